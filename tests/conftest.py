@@ -1,0 +1,40 @@
+"""Shared test fixtures.
+
+Real test data lives in ``../shared/data`` beside the repository (read-only). Tests that need
+it skip on a developer machine without it, but FAIL when ``CI`` is set: CI must never go green
+by skipping the real-data tests.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+def require_shared_data() -> Path:
+    """Return ../shared/data, or fail (CI) / skip (elsewhere) when it is missing."""
+    if not (SHARED_DATA / "README.md").exists():
+        message = f"shared test data not found at {SHARED_DATA}"
+        if os.environ.get("CI"):
+            pytest.fail(message + " (CI is set, so this is an error, not a skip)")
+        pytest.skip(message)
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    return require_shared_data()
+
+
+@pytest.fixture(scope="session")
+def shared_videos(shared_data) -> Path:
+    return shared_data / "videos"
+
+
+@pytest.fixture(scope="session")
+def flow_gt_dir(shared_data) -> Path:
+    return shared_data / "flow_gt"
