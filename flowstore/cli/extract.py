@@ -1,0 +1,120 @@
+"""``flowstore extract``."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from .common import EXIT_FAILURES, EXIT_USAGE, fail, parse_bytes, parse_params, user_errors
+
+HELP = """Decode videos, compute dense optical flow for every frame pair, quantize it to 8 bits and
+write RGB frames and flow into a sharded LMDB (default) or HDF5 store.
+
+INPUT is any mix of video files and directories (searched recursively); --list FILE adds one
+path per line. A video's id is its path relative to the input root without extension.
+
+The run is resumable: rerunning the same command skips videos already committed and
+completes the job, also after a crash or kill -9. Bad videos never stop the run: they are
+listed in STORE/failures.jsonl and skipped on reruns unless --retry-failed.
+
+\b
+Examples:
+  flowstore extract videos/ --out store --method tvl1 --size 340x256
+  flowstore extract --list train.txt --out store --method farneback --workers 8
+  flowstore extract videos/ --out store --method gmflow --ckpt gmflow.ckpt --gpu 0
+
+\b
+Exit codes:
+  0  every video was extracted (or --allow-failures)
+  2  bad command line or inputs (missing file, id collision), nothing was done
+  3  some videos failed; they are in STORE/failures.jsonl
+  4  another process is writing this store
+  5  the store cannot be written (disk full, read-only, permissions); it stays consistent
+"""
+
+
+@click.command("extract", help=HELP)
+@click.argument("inputs", nargs=-1, type=click.Path(path_type=str))
+@click.option("--out", "-o", required=True, type=click.Path(path_type=str), help="Store directory (created if needed).")
+@click.option("--list", "list_file", type=click.Path(path_type=str), help="Text file with one video path per line (relative to the file's folder).")
+@click.option("--root", type=click.Path(path_type=str), help="Make video ids relative to this folder instead of each input's own root.")
+@click.option("--format", "backend", type=click.Choice(["lmdb", "hdf5"]), default="lmdb", show_default=True, help="Shard format; LMDB reads ~20x faster for training.")
+@click.option("--method", default="tvl1", show_default=True, help="Flow method: farneback, tvl1, gmflow or ptlflow:NAME.")
+@click.option("--engine", type=click.Choice(["opencv", "torch", "ptlflow"]), default=None, help="Force an implementation (default: opencv on the CPU, torch when a device is given).")
+@click.option("--gpu", default=None, help="GPU index(es), e.g. 0 or 0,1,2,3 (one worker per GPU). Same as --device cuda:N.")
+@click.option("--device", default=None, help="Torch device for torch/ptlflow engines: cpu, cuda, cuda:N.")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Flow parameter, repeatable (e.g. --param winsize=21 --param levels=5).")
+@click.option("--batch-size", type=int, default=None, help="Pairs per batch for torch/ptlflow engines.")
+@click.option("--ckpt", type=click.Path(path_type=str), default=None, help="Checkpoint file for learned models (ptlflow).")
+@click.option("--fp16", is_flag=True, help="Half precision for learned models on CUDA.")
+@click.option("--quant", type=click.Choice(["bound", "minmax"]), default="bound", show_default=True, help="bound: clip to ±BOUND px (TSN); minmax: per-flow min/max, stored beside it.")
+@click.option("--bound", type=float, default=20.0, show_default=True, help="Clipping bound in pixels for --quant bound.")
+@click.option("--flow-codec", type=click.Choice(["jpeg", "png", "raw"]), default="jpeg", show_default=True, help="Codec of each flow component (see docs/benchmarks.md for size vs. error).")
+@click.option("--flow-quality", type=int, default=None, help="JPEG quality (default 95) or PNG level (default 1) for flow.")
+@click.option("--frame-quality", type=int, default=95, show_default=True, help="JPEG quality of the RGB frames.")
+@click.option("--size", default=None, help="Resize frames to WIDTHxHEIGHT before flow, e.g. 340x256 (TSN).")
+@click.option("--short-side", type=int, default=None, help="Resize so the shorter side is N pixels, keeping the aspect ratio.")
+@click.option("--stride", type=int, default=1, show_default=True, help="Frame gap of a flow pair: flow i goes from frame i to frame i+STRIDE.")
+@click.option("--decoder", type=click.Choice(["opencv", "pyav"]), default="opencv", show_default=True, help="Video decoding backend.")
+@click.option("--shard-size", default="1GB", show_default=True, help="Start a new shard file after this many bytes (shards hold whole videos).")
+@click.option("--workers", "-j", type=int, default=0, help="Worker processes (default: all cores).")
+@click.option("--retry-failed", is_flag=True, help="Retry videos listed in failures.jsonl.")
+@click.option("--allow-failures", is_flag=True, help="Exit 0 even if some videos failed.")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@click.option("--summary-json", type=click.Path(path_type=str), default=None, help="Also write the closing summary as JSON to this file.")
+@click.pass_context
+@user_errors
+def command(ctx, inputs, out, list_file, root, backend, method, engine, gpu, device, params, batch_size, ckpt,
+            fp16, quant, bound, flow_codec, flow_quality, frame_quality, size, short_side, stride, decoder,
+            shard_size, workers, retry_failed, allow_failures, no_progress, summary_json):
+    from ..decode import Resize, parse_size
+    from ..extract import ExtractConfig, PlanError, plan_jobs, run_extract
+    from ..quantize import QuantSpec
+
+    if not inputs and not list_file:
+        raise click.UsageError("give at least one INPUT (file or directory) or --list FILE")
+    devices = _devices(gpu, device)
+    options = {}
+    if batch_size is not None:
+        options["batch_size"] = batch_size
+    if ckpt is not None:
+        options["ckpt"] = ckpt
+    if fp16:
+        options["fp16"] = True
+    try:
+        jobs = plan_jobs(inputs, list_file=list_file, root=root)
+    except PlanError as exc:
+        fail(str(exc), EXIT_USAGE)
+    cfg = ExtractConfig(
+        out=out, backend=backend, method=method, engine=engine, device=devices[0] if devices else None,
+        devices=tuple(devices), flow_params=parse_params(params), flow_options=options,
+        quant=QuantSpec(scheme=quant, bound=bound), flow_codec=flow_codec, flow_quality=flow_quality,
+        frame_quality=frame_quality, resize=Resize(size=parse_size(size), short_side=short_side),
+        stride=stride, decoder=decoder, shard_size=parse_bytes(shard_size), workers=workers,
+    )
+    click.echo(f"extract: {len(jobs)} video(s) -> {out} [{backend}, {method}, {cfg.n_workers} worker(s)]", err=True)
+    summary = run_extract(jobs, cfg, retry_failed=retry_failed, show_progress=not no_progress)
+    for line in summary.lines():
+        click.echo(line)
+    if summary_json:
+        with open(summary_json, "w", encoding="utf-8") as f:
+            json.dump({"ok": summary.ok, "failed": summary.failed, "skipped_committed": summary.skipped_committed,
+                       "skipped_failed": summary.skipped_failed, "pairs": summary.pairs, "frames": summary.frames,
+                       "bytes": summary.bytes, "seconds": summary.seconds, "pairs_per_second": summary.pairs_per_second,
+                       "bytes_per_pair": summary.bytes_per_pair, "failures": summary.failures}, f, indent=1)
+    if summary.failures and not allow_failures:
+        click.echo(f"{len(summary.failures)} video(s) failed (listed above and in {out}/failures.jsonl); "
+                   "exit code 3. Use --allow-failures to accept them.", err=True)
+        sys.exit(EXIT_FAILURES)
+
+
+def _devices(gpu: str | None, device: str | None) -> list[str]:
+    if gpu is not None and device is not None:
+        raise click.UsageError("give --gpu or --device, not both")
+    if gpu is not None:
+        try:
+            return [f"cuda:{int(g)}" for g in gpu.split(",") if g.strip()]
+        except ValueError:
+            raise click.BadParameter(f"{gpu!r} is not a GPU index list like 0 or 0,1,2,3", param_hint="--gpu") from None
+    return [device] if device else []

@@ -1,0 +1,136 @@
+"""Decode stage: a video file -> a stream of RGB uint8 frames, resized on the way.
+
+Frames are yielded one at a time, so memory stays bounded by a few frames whatever the length
+of the video. The frame count is what decoding yields, never the container's header. Backends:
+``opencv`` (default: cv2.VideoCapture, FFmpeg inside the pip wheel) and ``pyav`` (optional, if
+the ``av`` package is installed; it raises on corrupt packets instead of stopping silently).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+DECODERS = ("opencv", "pyav")
+#: TSN's standard frame size
+TSN_SIZE = (340, 256)
+
+
+class VideoDecodeError(RuntimeError):
+    """A video that cannot be opened or decoded; the message is one line naming the problem."""
+
+
+@dataclass(frozen=True)
+class Resize:
+    """``size=(W, H)`` for a fixed size, or ``short_side=N`` keeping the aspect ratio, or neither."""
+
+    size: tuple[int, int] | None = None
+    short_side: int | None = None
+    interpolation: str = "area"  # area for shrinking (no aliasing); linear when enlarging
+
+    def __post_init__(self):
+        if self.size is not None and self.short_side is not None:
+            raise ValueError("give either size=(W, H) or short_side=N, not both")
+        if self.size is not None and (len(self.size) != 2 or min(self.size) < 1):
+            raise ValueError(f"size must be (W, H) with positive integers, got {self.size!r}")
+        if self.short_side is not None and self.short_side < 1:
+            raise ValueError(f"short_side must be a positive integer, got {self.short_side!r}")
+
+    def output_size(self, width: int, height: int) -> tuple[int, int]:
+        if self.size is not None:
+            return int(self.size[0]), int(self.size[1])
+        if self.short_side is not None:
+            scale = self.short_side / min(width, height)
+            return max(1, round(width * scale)), max(1, round(height * scale))
+        return width, height
+
+    def apply(self, rgb: np.ndarray) -> np.ndarray:
+        h, w = rgb.shape[:2]
+        out_w, out_h = self.output_size(w, h)
+        if (out_w, out_h) == (w, h):
+            return rgb
+        shrinking = out_w * out_h < w * h
+        interp = cv2.INTER_AREA if shrinking and self.interpolation == "area" else cv2.INTER_LINEAR
+        return cv2.resize(rgb, (out_w, out_h), interpolation=interp)
+
+    def to_manifest(self) -> dict:
+        return {
+            "size": list(self.size) if self.size else None,
+            "short_side": self.short_side,
+            "interpolation": "cv2.INTER_AREA when shrinking, cv2.INTER_LINEAR when enlarging",
+        }
+
+
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    """``"340x256"`` -> ``(340, 256)``."""
+    if text is None or text == "":
+        return None
+    try:
+        w, h = text.lower().split("x")
+        size = int(w), int(h)
+    except ValueError:
+        raise ValueError(f"bad size {text!r}; write WIDTHxHEIGHT, e.g. 340x256") from None
+    if min(size) < 1:
+        raise ValueError(f"bad size {text!r}; width and height must be positive")
+    return size
+
+
+def _check_file(path: str) -> None:
+    if not os.path.exists(path):
+        raise VideoDecodeError(f"file not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise VideoDecodeError("empty file (0 bytes)")
+
+
+def _iter_opencv(path: str) -> Iterator[np.ndarray]:
+    cap = cv2.VideoCapture(path)
+    try:
+        if not cap.isOpened():
+            raise VideoDecodeError("OpenCV cannot open it as a video (not a video, or truncated/corrupt container)")
+        while True:
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    finally:
+        cap.release()
+
+
+def _iter_pyav(path: str) -> Iterator[np.ndarray]:
+    try:
+        import av
+    except ImportError:
+        raise RuntimeError("the pyav decoder needs the 'av' package: pip install av") from None
+    try:
+        container = av.open(path)
+    except Exception as exc:  # av raises many types; report one line
+        raise VideoDecodeError(f"PyAV cannot open it: {exc}") from None
+    with container:
+        if not container.streams.video:
+            raise VideoDecodeError("no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        try:
+            for frame in container.decode(stream):
+                yield frame.to_ndarray(format="rgb24")
+        except av.error.FFmpegError as exc:
+            raise VideoDecodeError(f"decoding failed: {exc}") from None
+
+
+def iter_frames(path: str | os.PathLike, *, resize: Resize = Resize(), decoder: str = "opencv") -> Iterator[np.ndarray]:
+    """Yield RGB uint8 ``(H, W, 3)`` frames of ``path``, resized; raises VideoDecodeError."""
+    path = os.fspath(path)
+    if decoder not in DECODERS:
+        raise ValueError(f"unknown decoder {decoder!r}; choose from {sorted(DECODERS)}")
+    _check_file(path)
+    frames = _iter_opencv(path) if decoder == "opencv" else _iter_pyav(path)
+    for rgb in frames:
+        yield resize.apply(rgb)
+
+
+def read_frames(path: str | os.PathLike, *, resize: Resize = Resize(), decoder: str = "opencv") -> list[np.ndarray]:
+    """All frames in memory: for short clips and tests only (``iter_frames`` streams)."""
+    return list(iter_frames(path, resize=resize, decoder=decoder))

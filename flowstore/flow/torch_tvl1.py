@@ -1,0 +1,306 @@
+"""Batched dual TV-L1 optical flow in torch, following OpenCV's ``cv2.optflow.DualTVL1OpticalFlow``.
+
+The algorithm is Zach, Pock & Bischof (2007) in the formulation of Sánchez Pérez, Meinhardt-Llopis
+& Facciolo, "TV-L1 Optical Flow Estimation", IPOL 2013, which is what OpenCV implements. This is an
+independent re-implementation of the same steps, on ``B`` image pairs at once, on any torch device:
+
+* pyramid of ``nscales`` levels, each level the bilinear resize (OpenCV ``INTER_LINEAR`` sampling
+  positions, no pre-smoothing) of the previous one by ``scaleStep``; levels smaller than 16 px are
+  dropped; the flow is solved coarse to fine and upsampled bilinearly and divided by ``scaleStep``;
+* per level, ``warps`` warps: ``I1`` and its centred gradient are warped by the current flow with
+  bicubic interpolation (zeros outside the image, like ``cv2.remap``'s default constant border), and
+  the data term is linearised around that flow;
+* per warp, up to ``outerIterations`` outer iterations, each starting with a ``medianFiltering``
+  median filter of the flow, and each running up to ``innnerIterations`` inner iterations of:
+  thresholding step (v), divergence of the dual variable, flow update (u), forward gradient of u,
+  dual ROF update (p). The dual variable is reset per level, not per warp;
+* a warp stops early once the squared flow update summed over the image is at most
+  ``epsilon**2 * H * W`` (OpenCV's ``scaledEpsilon``).
+
+**Per-sample stopping.** Samples of a batch stop at different iterations. The stopping is applied
+exactly per sample by *masking*: every sample keeps its own "active" flag per warp, and once it is
+inactive its flow and dual variable are frozen (``torch.where``) and it skips the remaining median
+filters of that warp, so a sample's result does not depend on what else is in the batch (up to
+float rounding). The batch keeps iterating while any sample is active; the check for "all samples
+stopped" needs a device sync, so it is done every iteration on the CPU and every
+``sync_every`` iterations on accelerators (the masking keeps results exact either way).
+
+``gamma != 0`` adds OpenCV's third, illumination-change component ``u3`` (``gamma * u3`` in the
+data term, TV-regularised, not scaled between levels, not returned).
+
+Intensities are kept on the 0..255 scale as OpenCV does (``lambda_`` depends on it).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+#: float32 machine epsilon; OpenCV skips the thresholding step where |grad I1|^2 is below it.
+_FLT_EPS = float(torch.finfo(torch.float32).eps)
+
+
+# --------------------------------------------------------------------------------------------
+# image operators (all on (B, C, H, W) float tensors)
+
+
+def _linear_taps(n_in: int, n_out: int, src_per_dst: float, device) -> tuple[torch.Tensor, ...]:
+    """Index pairs and weights of OpenCV's INTER_LINEAR resize along one axis."""
+    d = torch.arange(n_out, device=device, dtype=torch.float64)
+    s = (d + 0.5) * src_per_dst - 0.5
+    i0 = torch.floor(s)
+    frac = s - i0
+    i0 = i0.long()
+    low = i0 < 0
+    frac = torch.where(low, torch.zeros_like(frac), frac)
+    i0 = torch.where(low, torch.zeros_like(i0), i0)
+    high = i0 >= n_in - 1
+    frac = torch.where(high, torch.zeros_like(frac), frac)
+    i0 = torch.where(high, torch.full_like(i0, n_in - 1), i0)
+    i1 = torch.clamp(i0 + 1, max=n_in - 1)
+    return i0, i1, frac.float()
+
+
+def resize_linear(
+    x: torch.Tensor, size: tuple[int, int], inv_scale: tuple[float, float] | None = None
+) -> torch.Tensor:
+    """Bilinear resize of ``(..., H, W)`` to ``size=(h, w)`` with ``cv2.resize`` INTER_LINEAR sampling.
+
+    ``inv_scale=(sy, sx)`` are the source-per-destination steps; by default ``H/h`` and ``W/w`` (what
+    cv2 uses when given an explicit size). Pass ``1/fy, 1/fx`` to mimic ``cv2.resize(..., fx, fy)``.
+    """
+    h_in, w_in = x.shape[-2:]
+    h, w = size
+    sy, sx = inv_scale if inv_scale is not None else (h_in / h, w_in / w)
+    y0, y1, fy = _linear_taps(h_in, h, sy, x.device)
+    x0, x1, fx = _linear_taps(w_in, w, sx, x.device)
+    fy = fy.to(x.dtype)[:, None]
+    fx = fx.to(x.dtype)
+    rows = torch.lerp(x.index_select(-2, y0), x.index_select(-2, y1), fy)
+    return torch.lerp(rows.index_select(-1, x0), rows.index_select(-1, x1), fx)
+
+
+def _shift_prev(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """x[i-1] along ``dim`` with a zero at i = 0."""
+    zero = torch.zeros_like(x.narrow(dim, 0, 1))
+    return torch.cat([zero, x.narrow(dim, 0, x.shape[dim] - 1)], dim)
+
+
+def centered_gradient(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """0.5 * (x[i+1] - x[i-1]) with the border pixel repeated (OpenCV's centeredGradient)."""
+    xr = torch.cat([x[..., 1:], x[..., -1:]], -1)
+    xl = torch.cat([x[..., :1], x[..., :-1]], -1)
+    yd = torch.cat([x[..., 1:, :], x[..., -1:, :]], -2)
+    yu = torch.cat([x[..., :1, :], x[..., :-1, :]], -2)
+    return 0.5 * (xr - xl), 0.5 * (yd - yu)
+
+
+def forward_gradient(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """u[i+1] - u[i], zero on the last column / row."""
+    ux = F.pad(u[..., 1:] - u[..., :-1], (0, 1))
+    uy = F.pad(u[..., 1:, :] - u[..., :-1, :], (0, 0, 0, 1))
+    return ux, uy
+
+
+def divergence(p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
+    """Backward-difference divergence, the negative adjoint of :func:`forward_gradient`."""
+    return p1 - _shift_prev(p1, -1) + p2 - _shift_prev(p2, -2)
+
+
+def median_filter(x: torch.Tensor, k: int) -> torch.Tensor:
+    """k x k median with replicated borders (``cv2.medianBlur``) of ``(B, C, H, W)``."""
+    r = k // 2
+    b, c, h, w = x.shape
+    xp = F.pad(x, (r, r, r, r), mode="replicate")
+    patches = F.unfold(xp, k)  # (B, C*k*k, H*W)
+    return patches.view(b, c, k * k, h * w).median(dim=2).values.view(b, c, h, w)
+
+
+def warp_bicubic(img: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """Sample ``img`` (B, C, H, W) at (x + u, y + v), bicubic, zeros outside (``cv2.remap`` default)."""
+    b, _, h, w = img.shape
+    ys = torch.arange(h, device=img.device, dtype=img.dtype).view(1, h, 1)
+    xs = torch.arange(w, device=img.device, dtype=img.dtype).view(1, 1, w)
+    gx = (2.0 * (xs + flow[:, 0]) + 1.0) / w - 1.0
+    gy = (2.0 * (ys + flow[:, 1]) + 1.0) / h - 1.0
+    grid = torch.stack([gx, gy], dim=-1)
+    return F.grid_sample(img, grid, mode="bicubic", padding_mode="zeros", align_corners=False)
+
+
+# --------------------------------------------------------------------------------------------
+# one inner iteration (the part worth fusing with torch.compile)
+
+
+def _inner_step(u, p1, p2, coef, rho_c, grad, safe_grad, l_t: float, theta: float, taut: float):
+    """One inner iteration for all samples.
+
+    u, p1, p2: (B, C, H, W) flow components (C = 2, or 3 with gamma) and dual variables (x / y parts);
+    coef: (B, C, H, W) data-term coefficients (I1wx, I1wy[, gamma]); rho_c, grad: (B, 1, H, W).
+    Returns new u, p1, p2 and the per-sample squared update sum (B,).
+    """
+    rho = rho_c + (coef * u).sum(1, keepdim=True)
+    thr = l_t * grad
+    step = torch.where(
+        rho < -thr,
+        l_t,
+        torch.where(rho > thr, -l_t, torch.where(grad > _FLT_EPS, -rho / safe_grad, 0.0)),
+    )
+    v = u + step * coef
+    u_new = v + theta * divergence(p1, p2)
+    err = (u_new - u).square().sum((1, 2, 3))
+    ux, uy = forward_gradient(u_new)
+    ng = 1.0 + taut * torch.sqrt(ux * ux + uy * uy)
+    p1 = (p1 + taut * ux) / ng
+    p2 = (p2 + taut * uy) / ng
+    return u_new, p1, p2, err
+
+
+_COMPILED: dict[str, Callable] = {}
+
+
+def _get_step(compile: bool) -> Callable:
+    if not compile:
+        return _inner_step
+    if "step" not in _COMPILED:
+        # dynamic=True: one graph for every pyramid level / batch size instead of one per shape
+        _COMPILED["step"] = torch.compile(_inner_step, dynamic=True)
+    return _COMPILED["step"]
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def pyramid_sizes(h: int, w: int, nscales: int, scale_step: float) -> list[tuple[int, int]]:
+    """Level sizes as OpenCV builds them (round each level from the previous; stop below 16 px)."""
+    sizes = [(h, w)]
+    for _ in range(1, nscales):
+        ph, pw = sizes[-1]
+        nh, nw = round(ph * scale_step), round(pw * scale_step)
+        if nh < 16 or nw < 16:
+            break
+        sizes.append((nh, nw))
+    return sizes
+
+
+@torch.no_grad()
+def tvl1_flow(
+    i0: torch.Tensor,
+    i1: torch.Tensor,
+    *,
+    tau: float = 0.25,
+    lambda_: float = 0.15,
+    theta: float = 0.3,
+    nscales: int = 5,
+    warps: int = 5,
+    epsilon: float = 0.01,
+    innnerIterations: int = 30,
+    outerIterations: int = 10,
+    scaleStep: float = 0.8,
+    gamma: float = 0.0,
+    medianFiltering: int = 5,
+    compile: bool = False,
+    sync_every: int | None = None,
+    stats: dict | None = None,
+) -> torch.Tensor:
+    """TV-L1 flow from ``i0`` to ``i1``, both ``(B, H, W)`` (uint8 or float on the 0..255 scale).
+
+    Returns float32 ``(B, 2, H, W)`` (u, v) in pixels on the input's device. Parameter names and
+    defaults are OpenCV's (``innnerIterations`` with its three n's, ``lambda_``). ``stats``, if given,
+    receives the number of inner iterations run per level.
+    """
+    if i0.shape != i1.shape or i0.dim() != 3:
+        raise ValueError(f"expected two (B, H, W) tensors of the same shape, got {tuple(i0.shape)} and {tuple(i1.shape)}")
+    if medianFiltering > 1 and medianFiltering % 2 == 0:
+        raise ValueError(f"medianFiltering must be odd (or <= 1 to disable), got {medianFiltering}")
+    if not 0.0 < scaleStep < 1.0 and nscales > 1:
+        raise ValueError(f"scaleStep must be in (0, 1), got {scaleStep}")
+    device = i0.device
+    if sync_every is None:
+        sync_every = 1 if device.type == "cpu" else 10
+    step_fn = _get_step(compile)
+    use_gamma = gamma != 0.0
+    n_comp = 3 if use_gamma else 2
+    l_t = float(lambda_ * theta)
+    taut = float(tau / theta)
+    theta = float(theta)
+
+    b, h, w = i0.shape
+    sizes = pyramid_sizes(h, w, nscales, scaleStep)
+    frames = torch.stack([i0, i1], 1).to(torch.float32)  # (B, 2, H, W)
+    pyr = [frames]
+    for lh, lw in sizes[1:]:
+        pyr.append(resize_linear(pyr[-1], (lh, lw), (1.0 / scaleStep, 1.0 / scaleStep)))
+
+    u = torch.zeros(b, n_comp, *sizes[-1], device=device, dtype=torch.float32)
+    for level in range(len(sizes) - 1, -1, -1):
+        lh, lw = sizes[level]
+        if u.shape[-2:] != (lh, lw):
+            flow = resize_linear(u[:, :2], (lh, lw)) * (1.0 / scaleStep)
+            parts = [flow]
+            if use_gamma:
+                parts.append(resize_linear(u[:, 2:], (lh, lw)))
+            u = torch.cat(parts, 1)
+        I0 = pyr[level][:, :1]
+        I1 = pyr[level][:, 1:]
+        scaled_eps = float(epsilon * epsilon * lh * lw)
+        I1x, I1y = centered_gradient(I1)
+        I1stack = torch.cat([I1, I1x, I1y], 1)
+        p1 = torch.zeros_like(u)
+        p2 = torch.zeros_like(u)
+        n_iter = 0
+        for _ in range(warps):
+            warped = warp_bicubic(I1stack, u)
+            I1w, coef_xy = warped[:, :1], warped[:, 1:]
+            grad = coef_xy.square().sum(1, keepdim=True)
+            rho_c = I1w - (coef_xy * u[:, :2]).sum(1, keepdim=True) - I0
+            coef = coef_xy
+            if use_gamma:
+                coef = torch.cat([coef_xy, torch.full_like(I1w, gamma)], 1)
+            safe_grad = torch.where(grad > _FLT_EPS, grad, torch.ones_like(grad))
+            # per-sample "still iterating in this warp" flag, kept on the device
+            active = torch.ones(b, dtype=torch.bool, device=device)
+            all_active = True  # host-side knowledge: no sample has stopped yet (skip the masking)
+            any_active = True
+            since_sync = 0
+            for _ in range(outerIterations):
+                if not any_active:
+                    break
+                if medianFiltering > 1:
+                    med = median_filter(u[:, :2], medianFiltering)
+                    if not all_active:
+                        med = torch.where(active.view(b, 1, 1, 1), med, u[:, :2])
+                    u = torch.cat([med, u[:, 2:]], 1) if use_gamma else med
+                for _ in range(innnerIterations):
+                    u_new, p1_new, p2_new, err = step_fn(
+                        u, p1, p2, coef, rho_c, grad, safe_grad, l_t, theta, taut
+                    )
+                    n_iter += 1
+                    if all_active:
+                        u, p1, p2 = u_new, p1_new, p2_new
+                    else:
+                        m = active.view(b, 1, 1, 1)
+                        u = torch.where(m, u_new, u)
+                        p1 = torch.where(m, p1_new, p1)
+                        p2 = torch.where(m, p2_new, p2)
+                    active = active & (err > scaled_eps)
+                    since_sync += 1
+                    if since_sync >= sync_every:
+                        since_sync = 0
+                        n_active = int(active.sum())
+                        all_active = n_active == b
+                        any_active = n_active > 0
+                        if not any_active:
+                            break
+                    else:
+                        # without a sync we must assume some sample may have stopped
+                        all_active = False
+                if since_sync:
+                    since_sync = 0
+                    n_active = int(active.sum())
+                    all_active = n_active == b
+                    any_active = n_active > 0
+        if stats is not None:
+            stats.setdefault("inner_iterations", []).append(n_iter)
+    return u[:, :2].contiguous()

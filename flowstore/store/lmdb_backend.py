@@ -1,0 +1,99 @@
+"""LMDB shards: one file each (``subdir=False``), no lock file (flowstore has its own writer lock)."""
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Iterator
+
+import lmdb
+
+from .backend import ShardReader, ShardWriter
+from .format import CRC_HEADER, pack_record, record_key, unpack_record
+
+# Address space only: LMDB files grow as written. 1 TiB fits any shard of whole videos.
+MAP_SIZE = 1 << 40
+# Records per write transaction: bounds the writer's memory for hour-long videos. Partial
+# transactions of a video are harmless: the video is visible only once committed to the log.
+RECORDS_PER_TXN = 512
+
+
+class LMDBShardWriter(ShardWriter):
+    def __init__(self, path: str):
+        super().__init__(path)
+        self._env = None
+        self._txn = None
+        self._video = None
+        self._pending = 0
+
+    def begin_video(self, video_id: str) -> None:
+        # Opened per video and closed after it, so no handle outlives a committed video.
+        self._env = lmdb.open(
+            self.path, subdir=False, lock=False, map_size=MAP_SIZE, sync=True, metasync=True,
+            readahead=False, meminit=False, max_dbs=0,
+        )
+        self._video = video_id
+        self._txn = self._env.begin(write=True)
+        self._pending = 0
+
+    def put(self, kind: str, index: int, payload: bytes) -> None:
+        self._txn.put(record_key(self._video, kind, index), pack_record(payload))
+        self._pending += 1
+        if self._pending >= RECORDS_PER_TXN:
+            self._txn.commit()
+            self._txn = self._env.begin(write=True)
+            self._pending = 0
+
+    def end_video(self) -> None:
+        self._txn.commit()
+        self._txn = None
+        self._env.sync(True)
+        self._env.close()
+        self._env = None
+
+    def abort_video(self) -> None:
+        if self._txn is not None:
+            self._txn.abort()
+            self._txn = None
+        if self._env is not None:
+            self._env.close()
+            self._env = None
+
+
+class LMDBShardReader(ShardReader):
+    def __init__(self, path: str):
+        super().__init__(path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"shard {path} is missing")
+        self._env = lmdb.open(
+            path, subdir=False, readonly=True, lock=False, readahead=False, max_readers=2048
+        )
+
+    def get(self, video_id: str, kind: str, index: int, *, check: bool = False) -> bytes:
+        with self._env.begin(buffers=False) as txn:
+            value = txn.get(record_key(video_id, kind, index))
+        if value is None:
+            raise KeyError(f"{self.path}: no record {video_id}/{kind}/{index}")
+        return unpack_record(value, check=check, what=f"{self.path}: {video_id}/{kind}/{index}")
+
+    def get_many(self, video_id: str, kind: str, indices, *, check: bool = False) -> list[bytes]:
+        out = []
+        with self._env.begin(buffers=False) as txn:
+            for index in indices:
+                value = txn.get(record_key(video_id, kind, index))
+                if value is None:
+                    raise KeyError(f"{self.path}: no record {video_id}/{kind}/{index}")
+                out.append(unpack_record(value, check=check, what=f"{self.path}: {video_id}/{kind}/{index}"))
+        return out
+
+    def iter_records(self, video_id: str, kind: str, count: int) -> Iterator[tuple[int, bytes, bool]]:
+        with self._env.begin(buffers=False) as txn:
+            for index in range(count):
+                value = txn.get(record_key(video_id, kind, index))
+                if value is None:
+                    raise KeyError(f"{self.path}: no record {video_id}/{kind}/{index}")
+                payload = value[CRC_HEADER.size:]
+                ok = len(value) >= CRC_HEADER.size and zlib.crc32(payload) == CRC_HEADER.unpack_from(value)[0]
+                yield index, payload, ok
+
+    def close(self) -> None:
+        self._env.close()

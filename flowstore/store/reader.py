@@ -1,0 +1,161 @@
+"""Read a flowstore store: committed videos only, handles opened lazily in each process."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..codec import decode_gray, decode_rgb
+from ..quantize import QuantSpec, dequantize
+from .backend import ShardReader, reader_class
+from .format import FLOW_RANGE, FLOW_X, FLOW_Y, RGB, SHARD_DIR
+from .manifest import load_failures, load_manifest
+
+
+class StoreReader:
+    """``open_store(path)``: the committed videos of a store.
+
+    ``check=True`` verifies the CRC-32 of every record read (cheap next to decoding).
+    Safe to hand to DataLoader workers: shard handles are dropped when pickled or forked
+    and reopened on first use in the new process.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, check: bool = False):
+        self.root = Path(path)
+        self.check = check
+        self.manifest = load_manifest(self.root)
+        self._entries = {v["id"]: v for v in self.manifest["videos"]}
+        self.videos: list[str] = sorted(self._entries)
+        self.backend: str = self.manifest["backend"]
+        self.quant = QuantSpec.from_manifest(self.manifest["quantization"])
+        self.flow_codec: str = self.manifest["flow"]["codec"]
+        self.frame_codec: str = self.manifest["frames"]["codec"]
+        self.stride: int = int(self.manifest.get("stride", 1))
+        self._handles: dict[str, ShardReader] = {}
+        self._pid = os.getpid()
+
+    # -- bookkeeping -----------------------------------------------------------------------
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_handles"] = {}
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def __contains__(self, video: str) -> bool:
+        return video in self._entries
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        if self._pid == os.getpid():
+            for handle in self._handles.values():
+                handle.close()
+        self._handles = {}
+
+    def entry(self, video: str) -> dict:
+        try:
+            return self._entries[video]
+        except KeyError:
+            hint = f"; e.g. {self.videos[:3]}" if self.videos else " (the store has no committed videos)"
+            raise KeyError(f"video {video!r} is not in store {self.root}{hint}") from None
+
+    def failures(self) -> list[dict]:
+        return load_failures(self.root, set(self._entries))
+
+    def _shard(self, video: str) -> ShardReader:
+        if self._pid != os.getpid():  # forked: the parent's handles must not be used here
+            self._handles, self._pid = {}, os.getpid()
+        shard = self.entry(video)["shard"]
+        handle = self._handles.get(shard)
+        if handle is None:
+            handle = reader_class(self.backend)(str(self.root / SHARD_DIR / shard))
+            self._handles[shard] = handle
+        return handle
+
+    # -- sizes -----------------------------------------------------------------------------
+    def num_frames(self, video: str) -> int:
+        return int(self.entry(video)["num_frames"])
+
+    def num_flows(self, video: str) -> int:
+        return int(self.entry(video)["num_flows"])
+
+    def frame_size(self, video: str) -> tuple[int, int]:
+        """``(width, height)`` of the stored frames and flows of ``video``."""
+        e = self.entry(video)
+        return int(e["width"]), int(e["height"])
+
+    def _check_index(self, video: str, index: int, count: int, what: str) -> int:
+        if not -count <= index < count:
+            raise IndexError(f"{what} index {index} out of range for video {video!r} (0..{count - 1})")
+        return index % count
+
+    # -- encoded bytes (for loaders that decode themselves) ---------------------------------
+    def frame_bytes(self, video: str, index: int) -> bytes:
+        index = self._check_index(video, index, self.num_frames(video), "frame")
+        return self._shard(video).get(video, RGB, index, check=self.check)
+
+    def flow_bytes(self, video: str, indices) -> tuple[list[bytes], list[bytes]]:
+        """Encoded x and y components of several flows in one go (e.g. a stack of L flows)."""
+        n = self.num_flows(video)
+        indices = [self._check_index(video, i, n, "flow") for i in indices]
+        shard = self._shard(video)
+        return (shard.get_many(video, FLOW_X, indices, check=self.check),
+                shard.get_many(video, FLOW_Y, indices, check=self.check))
+
+    # -- decoded ---------------------------------------------------------------------------
+    def frame(self, video: str, index: int) -> np.ndarray:
+        """RGB uint8 ``(H, W, 3)``."""
+        w, h = self.frame_size(video)
+        return decode_rgb(self.frame_bytes(video, index), self.frame_codec, (h, w))
+
+    def flow_q(self, video: str, index: int) -> np.ndarray:
+        """Stored uint8 flow ``(H, W, 2)`` (x, y), as quantized."""
+        w, h = self.frame_size(video)
+        (bx,), (by,) = self.flow_bytes(video, [index])
+        return np.dstack([decode_gray(bx, self.flow_codec, (h, w)), decode_gray(by, self.flow_codec, (h, w))])
+
+    def flow_range(self, video: str, index: int) -> np.ndarray | None:
+        """``(lo_x, hi_x, lo_y, hi_y)`` float32 for minmax stores, None for bound stores."""
+        if self.quant.scheme != "minmax":
+            return None
+        index = self._check_index(video, index, self.num_flows(video), "flow")
+        raw = self._shard(video).get(video, FLOW_RANGE, index, check=self.check)
+        return np.frombuffer(raw, "<f4").astype(np.float32)
+
+    def flow(self, video: str, index: int) -> np.ndarray:
+        """Dequantized flow, float32 ``(H, W, 2)`` in pixels."""
+        return dequantize(self.flow_q(video, index), self.quant, self.flow_range(video, index))
+
+    def info(self) -> dict:
+        m = self.manifest
+        return {
+            "path": str(self.root),
+            "format": m["format"],
+            "version": m["format_version"],
+            "flowstore_version": m.get("flowstore_version"),
+            "backend": self.backend,
+            "method": m["flow"].get("method"),
+            "engine": m["flow"].get("engine"),
+            "flow": m["flow"],
+            "frames": m["frames"],
+            "quantization": m["quantization"],
+            "resize": m.get("resize"),
+            "stride": self.stride,
+            "videos": [
+                {"id": v["id"], "num_frames": v["num_frames"], "num_flows": v["num_flows"],
+                 "width": v["width"], "height": v["height"], "shard": v["shard"], "bytes": v.get("bytes")}
+                for v in m["videos"]
+            ],
+            "failures": self.failures(),
+        }
