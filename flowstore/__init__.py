@@ -1,4 +1,11 @@
 """flowstore: video -> dense optical flow -> 8-bit quantized, sharded LMDB/HDF5 store."""
+import os as _os
+
+# FFmpeg and OpenCV print a warning per bad packet or unopenable file; flowstore reports those
+# itself (failures.jsonl), so keep the console readable unless the user asks otherwise.
+_os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+_os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+
 __version__ = "0.1.0"
 
 

@@ -59,8 +59,8 @@ class ExtractConfig:
     flow_params: dict = dataclasses.field(default_factory=dict)
     flow_options: dict = dataclasses.field(default_factory=dict)  # batch_size, ckpt, fp16 ...
     quant: QuantSpec = QuantSpec()
-    flow_codec: str = "png"
-    flow_quality: int | None = None
+    flow_codec: str = "jpeg"
+    flow_quality: int | None = None  # codec default: JPEG 95, PNG level 1
     frame_codec: str = "jpeg"
     frame_quality: int | None = 95
     resize: Resize = Resize()

@@ -127,7 +127,9 @@ def _model_args(ptlflow, model_name: str, params: dict | None):
 def _build_model(ptlflow, model_name: str, params: dict | None):
     args = _model_args(ptlflow, model_name, params)
     try:
-        model = ptlflow.get_model(model_name, args=args)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*instantiate_classes.*")  # inside ptlflow
+            model = ptlflow.get_model(model_name, args=args)
     except Exception as exc:  # jsonargparse type errors for params
         if params:
             raise ValueError(f"invalid params {params!r} for ptlflow model {model_name!r}: {exc}") from exc

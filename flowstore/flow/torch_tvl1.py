@@ -32,7 +32,7 @@ Intensities are kept on the 0..255 scale as OpenCV does (``lambda_`` depends on 
 """
 from __future__ import annotations
 
-import math
+import functools
 from collections.abc import Callable
 
 import torch
@@ -109,13 +109,80 @@ def divergence(p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
     return p1 - _shift_prev(p1, -1) + p2 - _shift_prev(p2, -2)
 
 
+def _batcher_pairs(n: int) -> list[tuple[int, int]]:
+    """Comparators of Batcher's odd-even merge sort for ``n`` a power of two."""
+    pairs = []
+    p = 1
+    while p < n:
+        k = p
+        while k >= 1:
+            for j in range(k % p, n - k, 2 * k):
+                for i in range(min(k, n - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
+                        pairs.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    return pairs
+
+
+@functools.lru_cache(maxsize=None)
+def _selection_network(n: int, outputs: tuple[int, ...]) -> tuple[tuple[int, int, bool, bool], ...]:
+    """Compare-exchange steps ``(i, j, keep_min, keep_max)`` that put ranks ``outputs`` of ``n`` values
+    in place: Batcher's network for the next power of two (the padding is +inf, so comparators that
+    touch it are no-ops), pruned backwards to the steps the wanted outputs depend on."""
+    size = 1
+    while size < n:
+        size *= 2
+    steps = [(i, j) for i, j in _batcher_pairs(size) if j < n]
+    needed = set(outputs)
+    kept = []
+    for i, j in reversed(steps):
+        if i in needed or j in needed:
+            kept.append((i, j, i in needed, j in needed))
+            needed |= {i, j}
+    return tuple(reversed(kept))
+
+
+def _run_network(values: list[torch.Tensor], network) -> list[torch.Tensor]:
+    values = list(values)
+    for i, j, keep_min, keep_max in network:
+        a, b = values[i], values[j]
+        if keep_min:
+            values[i] = torch.minimum(a, b)
+        if keep_max:
+            values[j] = torch.maximum(a, b)
+    return values
+
+
 def median_filter(x: torch.Tensor, k: int) -> torch.Tensor:
-    """k x k median with replicated borders (``cv2.medianBlur``) of ``(B, C, H, W)``."""
+    """k x k median (k odd) with replicated borders, like ``cv2.medianBlur``, of ``(..., H, W)``.
+
+    Elementwise min/max only (no unfold, no sort), so it runs on any device and fuses under
+    torch.compile: sort every vertical k-window once (shared by all windows of a row); the k x k
+    window is then column-sorted, and sorting its rows too leaves it sorted both ways, so an
+    element at (i, j) has at least (i+1)(j+1)-1 values below it and (k-i)(k-j)-1 above it. Only the
+    few elements that can be the median need their row position, and the median is a fixed-rank
+    element of those candidates (all others are known to lie below or above it).
+    """
+    if k <= 1:
+        return x
     r = k // 2
-    b, c, h, w = x.shape
-    xp = F.pad(x, (r, r, r, r), mode="replicate")
-    patches = F.unfold(xp, k)  # (B, C*k*k, H*W)
-    return patches.view(b, c, k * k, h * w).median(dim=2).values.view(b, c, h, w)
+    h, w = x.shape[-2:]
+    flat = x.reshape(-1, 1, h, w)
+    xp = F.pad(flat, (r, r, r, r), mode="replicate").view(*x.shape[:-2], h + 2 * r, w + 2 * r)
+    cols = _run_network([xp[..., i : i + h, :] for i in range(k)], _selection_network(k, tuple(range(k))))
+    half = (k * k + 1) // 2  # the median is the half-th smallest
+    candidates = []
+    below = 0
+    for i in range(k):
+        js = [j for j in range(k) if (i + 1) * (j + 1) <= half and (k - i) * (k - j) <= half]
+        below += sum(1 for j in range(k) if (k - i) * (k - j) > half)
+        if not js:
+            continue
+        row = _run_network([cols[i][..., j : j + w] for j in range(k)], _selection_network(k, tuple(js)))
+        candidates += [row[j] for j in js]
+    rank = half - 1 - below
+    return _run_network(candidates, _selection_network(len(candidates), (rank,)))[rank]
 
 
 def warp_bicubic(img: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
@@ -133,27 +200,30 @@ def warp_bicubic(img: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
 # one inner iteration (the part worth fusing with torch.compile)
 
 
-def _inner_step(u, p1, p2, coef, rho_c, grad, safe_grad, l_t: float, theta: float, taut: float):
+def _inner_step(u, p1, p2, coef, rho_c, neg_inv_grad, l_t: float, theta: float, taut: float):
     """One inner iteration for all samples.
 
-    u, p1, p2: (B, C, H, W) flow components (C = 2, or 3 with gamma) and dual variables (x / y parts);
-    coef: (B, C, H, W) data-term coefficients (I1wx, I1wy[, gamma]); rho_c, grad: (B, 1, H, W).
-    Returns new u, p1, p2 and the per-sample squared update sum (B,).
+    u, p1, p2: (B, C, H, W) flow components (C = 2, or 3 with gamma) and the x / y parts of the dual
+    variable; coef: (B, C, H, W) data-term coefficients (I1wx, I1wy[, gamma]); rho_c: (B, 1, H, W);
+    neg_inv_grad: -1 / |grad I1w|^2, or 0 where that is below float epsilon.
+    Returns the new u, p1, p2 and the per-sample sum of squared flow updates, shape (B,).
     """
+    # thresholding step: v = u + clamp(-rho / |grad|^2, -l_t, l_t) * grad (the three cases of TH)
     rho = rho_c + (coef * u).sum(1, keepdim=True)
-    thr = l_t * grad
-    step = torch.where(
-        rho < -thr,
-        l_t,
-        torch.where(rho > thr, -l_t, torch.where(grad > _FLT_EPS, -rho / safe_grad, 0.0)),
-    )
-    v = u + step * coef
-    u_new = v + theta * divergence(p1, p2)
-    err = (u_new - u).square().sum((1, 2, 3))
+    step = (rho * neg_inv_grad).clamp(-l_t, l_t)
+    v = torch.addcmul(u, step, coef)
+    # u = v + theta * div(p)
+    div = p1 + p2
+    div[..., 1:] -= p1[..., :-1]
+    div[..., 1:, :] -= p2[..., :-1, :]
+    u_new = torch.add(v, div, alpha=theta)
+    d = u_new - u
+    err = (d * d).sum((1, 2, 3))
+    # p = (p + taut * grad u) / (1 + taut * |grad u|)
     ux, uy = forward_gradient(u_new)
-    ng = 1.0 + taut * torch.sqrt(ux * ux + uy * uy)
-    p1 = (p1 + taut * ux) / ng
-    p2 = (p2 + taut * uy) / ng
+    ng = torch.sqrt(torch.addcmul(ux * ux, uy, uy)) * taut + 1.0
+    p1 = torch.add(p1, ux, alpha=taut) / ng
+    p2 = torch.add(p2, uy, alpha=taut) / ng
     return u_new, p1, p2, err
 
 
@@ -258,7 +328,9 @@ def tvl1_flow(
             coef = coef_xy
             if use_gamma:
                 coef = torch.cat([coef_xy, torch.full_like(I1w, gamma)], 1)
-            safe_grad = torch.where(grad > _FLT_EPS, grad, torch.ones_like(grad))
+            # OpenCV skips the thresholding step where |grad|^2 <= FLT_EPSILON; so do we (step 0)
+            big = grad > _FLT_EPS
+            neg_inv_grad = torch.where(big, -1.0 / torch.where(big, grad, torch.ones_like(grad)), 0.0)
             # per-sample "still iterating in this warp" flag, kept on the device
             active = torch.ones(b, dtype=torch.bool, device=device)
             all_active = True  # host-side knowledge: no sample has stopped yet (skip the masking)
@@ -274,7 +346,7 @@ def tvl1_flow(
                     u = torch.cat([med, u[:, 2:]], 1) if use_gamma else med
                 for _ in range(innnerIterations):
                     u_new, p1_new, p2_new, err = step_fn(
-                        u, p1, p2, coef, rho_c, grad, safe_grad, l_t, theta, taut
+                        u, p1, p2, coef, rho_c, neg_inv_grad, l_t, theta, taut
                     )
                     n_iter += 1
                     if all_active:

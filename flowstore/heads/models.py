@@ -14,8 +14,13 @@ arguments of :func:`build_head` -- which :mod:`flowstore.heads.io` stores next t
 ``state_dict`` so a checkpoint can be rebuilt without pickling any object.
 
 ``l2_normalize=True`` (accepted by every head) L2-normalises each segment's feature vector
-(the last axis) inside ``forward``, so the same preprocessing applies in training, in
-evaluation and after reloading a checkpoint.
+(the last axis, per view and segment) inside ``forward``, so the same preprocessing applies
+in training, in evaluation and after reloading a checkpoint. The unit vector is then
+multiplied by the constant ``sqrt(D)`` (unit RMS per component): this keeps the inputs at
+the scale PyTorch's default initialisation and AdamW learning rates (~1e-3) are tuned for --
+a plain unit-norm input makes a linear head on D=2048 features learn ~45x slower -- while
+only the feature direction reaches the head, i.e. the features stay invariant to scale
+(e.g. to the motion speed a random frozen net's flow features grow with).
 """
 from __future__ import annotations
 
@@ -35,9 +40,11 @@ __all__ = [
 ]
 
 
-def l2_normalize_features(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """L2-normalise each feature vector along the last axis (zero vectors stay zero)."""
-    return F.normalize(x, p=2.0, dim=-1, eps=eps)
+def l2_normalize_features(x: torch.Tensor, eps: float = 1e-12, *, rms: bool = False) -> torch.Tensor:
+    """L2-normalise each feature vector along the last axis (zero vectors stay zero); with
+    ``rms=True`` scale the result by ``sqrt(D)`` so each component has unit RMS."""
+    y = F.normalize(x, p=2.0, dim=-1, eps=eps)
+    return y * math.sqrt(x.shape[-1]) if rms else y
 
 
 class _HeadBase(nn.Module):
@@ -67,7 +74,7 @@ class _HeadBase(nn.Module):
         if x.shape[-1] != self.in_dim:
             raise ValueError(f"feature dim {x.shape[-1]} != head in_dim {self.in_dim}")
         if self.l2_normalize:
-            x = l2_normalize_features(x)
+            x = l2_normalize_features(x, rms=True)
         return x
 
 

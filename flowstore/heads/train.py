@@ -126,8 +126,9 @@ def train_head(
     - ``train_feats``: (N, S, D) or (N, V, S, D) array/tensor; ``train_labels``: (N,) ints.
     - ``num_classes`` defaults to ``max(label) + 1`` over train and val labels.
     - ``head_kwargs``: extra builder arguments (``hidden``, ``dropout``, ``dim``, ...).
-    - ``l2_normalize``: L2-normalise each segment feature vector inside the head (also at
-      test time and after reloading, because it is part of the head's config).
+    - ``l2_normalize``: L2-normalise each segment feature vector inside the head (rescaled
+      to unit RMS, see :mod:`flowstore.heads.models`); applies at test time and after
+      reloading too, because it is part of the head's config.
     - ``class_weighted``: cross-entropy weighted by :func:`class_weights_from_labels`.
     - ``schedule``: per-step ``"cosine"`` decay from ``lr`` to 0 over all epochs,
       ``"cyclic"`` triangular cycles between ``lr/10`` and ``lr`` of ``cycle_epochs``

@@ -1,0 +1,88 @@
+"""TOML recipes: a list of stages, each one flowstore command with its settings.
+
+::
+
+    [recipe]
+    name = "ucf101_tvl1"
+    stages = ["extract", "verify"]
+
+    [extract]                      # keys are the command's option names (dashes or underscores)
+    inputs = ["data/UCF101/videos"]  # positional arguments by their name
+    out = "stores/ucf101_tvl1"
+    method = "tvl1"
+    size = "340x256"
+
+A stage table may also name the command explicitly (``command = "show"``), so one command
+can appear twice under different stage names. Values given with ``--set STAGE.KEY=VALUE`` on
+the command line override the recipe.
+"""
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import click
+
+
+def load_recipe(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        recipe = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"recipe not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: not valid TOML ({exc})") from None
+    stages = recipe.get("recipe", {}).get("stages")
+    if not stages:
+        raise ValueError(f"{path}: needs [recipe] stages = [\"extract\", ...]")
+    for stage in stages:
+        if stage not in recipe:
+            raise ValueError(f"{path}: stage {stage!r} is listed in [recipe] stages but has no [{stage}] table")
+    return recipe
+
+
+def apply_overrides(recipe: dict, overrides: list[str]) -> dict:
+    from .cli.common import parse_value
+
+    for item in overrides:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ValueError(f"--set {item!r}: write STAGE.KEY=VALUE, e.g. --set extract.workers=2")
+        key, value = item.split("=", 1)
+        stage, name = key.split(".", 1)
+        if stage not in recipe:
+            raise ValueError(f"--set {item!r}: the recipe has no stage {stage!r}; stages: {recipe['recipe']['stages']}")
+        recipe[stage][name] = parse_value(value)
+    return recipe
+
+
+def stage_argv(command: click.Command, settings: dict, stage: str) -> list[str]:
+    """Turn a stage table into the command line of ``command``."""
+    settings = {k.replace("-", "_"): v for k, v in settings.items() if k != "command"}
+    argv: list[str] = []
+    positional: list[str] = []
+    known = set()
+    for param in command.params:
+        known.add(param.name)
+        if param.name not in settings:
+            continue
+        value = settings[param.name]
+        if isinstance(param, click.Argument):
+            positional += [str(v) for v in value] if isinstance(value, list) else [str(value)]
+            continue
+        flag = max(param.opts, key=len)  # the long form
+        if getattr(param, "is_flag", False):
+            if value:
+                argv.append(flag)
+        elif isinstance(value, list) and getattr(param, "multiple", False):
+            for v in value:
+                argv += [flag, str(v)]
+        elif isinstance(value, dict):  # e.g. params = {winsize = 21}
+            for k, v in value.items():
+                argv += [flag, f"{k}={v}"]
+        else:
+            argv += [flag, str(value)]
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        options = sorted(p.name for p in command.params)
+        raise ValueError(f"stage [{stage}]: unknown setting(s) {unknown} for `flowstore {command.name}`; choose from {options}")
+    return argv + ["--"] + positional if positional else argv
