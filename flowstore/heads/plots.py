@@ -51,7 +51,7 @@ def plot_confusion(cm, class_names: Sequence[str], path, *, normalize: bool = Tr
                    interpolation="nearest")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04,
                  label="fraction of true class" if normalize else "count")
-    fontsize = float(np.clip(180.0 / max(c, 1), 4.0, 10.0))
+    fontsize = float(np.clip(0.45 * size * 72.0 / max(c, 1), 4.0, 10.0))  # ~half a cell
     ax.set_xticks(range(c))
     ax.set_yticks(range(c))
     ax.set_xticklabels([str(n) for n in class_names], rotation=90, fontsize=fontsize)
@@ -97,7 +97,10 @@ def plot_curves(history: dict, path, *, best_epoch: int | None = None, title: st
         ax2.set_ylim(0.0, 1.0)
         ax2.grid(alpha=0.3)
         axes.append(ax2)
+    from matplotlib.ticker import MaxNLocator
+
     for a in axes:
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
         if best_epoch:
             a.axvline(best_epoch, color="gray", linestyle="--", label=f"best epoch {best_epoch}")
         a.legend(loc="best", fontsize=8)
