@@ -20,6 +20,12 @@ def check_codec(name: str) -> str:
     return name
 
 
+def check_quality(codec: str, quality: int | None) -> None:
+    """Raise ValueError if ``quality`` is not valid for ``codec`` (raw ignores it)."""
+    if codec != "raw":
+        _params(check_codec(codec), quality)
+
+
 def _params(codec: str, quality: int | None) -> list[int]:
     if codec == "jpeg":
         q = DEFAULT_JPEG_QUALITY if quality is None else int(quality)

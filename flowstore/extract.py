@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .codec import check_codec, encode_gray, encode_rgb
+from .codec import check_codec, check_quality, encode_gray, encode_rgb
 from .decode import DECODERS, Resize, VideoDecodeError, iter_frames
 from .quantize import QuantSpec, quantize
 from .store.backend import writer_class
@@ -62,7 +62,7 @@ class ExtractConfig:
     flow_codec: str = "jpeg"
     flow_quality: int | None = None  # codec default: JPEG 95, PNG level 1
     frame_codec: str = "jpeg"
-    frame_quality: int | None = 95
+    frame_quality: int | None = None  # codec default: JPEG 95
     resize: Resize = Resize()
     stride: int = 1
     decoder: str = "opencv"
@@ -74,6 +74,8 @@ class ExtractConfig:
             raise ValueError(f"unknown format {self.backend!r}; choose from {sorted(BACKENDS)}")
         check_codec(self.flow_codec)
         check_codec(self.frame_codec)
+        check_quality(self.flow_codec, self.flow_quality)  # fail now, not once per video
+        check_quality(self.frame_codec, self.frame_quality)
         if self.decoder not in DECODERS:
             raise ValueError(f"unknown decoder {self.decoder!r}; choose from {sorted(DECODERS)}")
         if self.stride < 1:
@@ -115,8 +117,8 @@ def plan_jobs(inputs: Sequence[str | os.PathLike], *, list_file: str | os.PathLi
     """Resolve inputs to jobs. Ids are paths relative to the input root without extension.
 
     A directory input is searched recursively and is its own root; a file's root is its
-    folder; ``--list`` lines are paths relative to the list file's folder. ``root`` overrides
-    all of these. Missing inputs and id collisions raise :class:`PlanError` before any work.
+    folder; ``--list`` lines are paths relative to the list file's folder, which is their root
+    (a listed path outside it has its own folder as root). ``root`` overrides all of these. Missing inputs and id collisions raise :class:`PlanError` before any work.
     """
     candidates: list[tuple[Path, Path]] = []
     base = Path(root).resolve() if root else None
@@ -141,7 +143,8 @@ def plan_jobs(inputs: Sequence[str | os.PathLike], *, list_file: str | os.PathLi
             f = Path(line) if Path(line).is_absolute() else lf.parent / line
             if not f.exists():
                 raise PlanError(f"{lf}:{n}: listed video not found: {f}")
-            candidates.append((f, base or lf.parent))
+            inside = f.resolve().is_relative_to(lf.parent.resolve())
+            candidates.append((f, base or (lf.parent if inside else f.parent)))
     jobs: dict[str, VideoJob] = {}
     for f, r in candidates:
         try:

@@ -53,7 +53,7 @@ Exit codes:
 @click.option("--flow-codec", type=click.Choice(["jpeg", "png", "raw"]), default="jpeg", show_default=True, help="Codec of each flow component (see docs/benchmarks.md for size vs. error).")
 @click.option("--flow-quality", type=int, default=None, help="JPEG quality (default 95) or PNG level (default 1) for flow.")
 @click.option("--frame-codec", type=click.Choice(["jpeg", "png", "raw"]), default="jpeg", show_default=True, help="Codec of the RGB frames.")
-@click.option("--frame-quality", type=int, default=95, show_default=True, help="JPEG quality (or PNG level) of the RGB frames.")
+@click.option("--frame-quality", type=int, default=None, help="JPEG quality (default 95) or PNG level (default 1) of the RGB frames.")
 @click.option("--size", default=None, help="Resize frames to WIDTHxHEIGHT before flow, e.g. 340x256 (TSN).")
 @click.option("--short-side", type=int, default=None, help="Resize so the shorter side is N pixels, keeping the aspect ratio.")
 @click.option("--stride", type=int, default=1, show_default=True, help="Frame gap of a flow pair: flow i goes from frame i to frame i+STRIDE.")
@@ -91,7 +91,7 @@ def command(ctx, inputs, out, list_file, root, backend, method, engine, gpu, dev
         out=out, backend=backend, method=method, engine=engine, device=devices[0] if devices else None,
         devices=tuple(devices), flow_params=parse_params(params), flow_options=options,
         quant=QuantSpec(scheme=quant, bound=bound), flow_codec=flow_codec, flow_quality=flow_quality,
-        frame_codec=frame_codec, frame_quality=frame_quality if frame_codec != "png" or frame_quality <= 9 else None, resize=Resize(size=parse_size(size), short_side=short_side),
+        frame_codec=frame_codec, frame_quality=frame_quality, resize=Resize(size=parse_size(size), short_side=short_side),
         stride=stride, decoder=decoder, shard_size=parse_bytes(shard_size), workers=workers,
     )
     click.echo(f"extract: {len(jobs)} video(s) -> {out} [{backend}, {method}, {cfg.n_workers} worker(s)]", err=True)

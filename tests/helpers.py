@@ -1,0 +1,36 @@
+"""Small helpers shared by test modules."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import flowstore
+from flowstore.store.format import FLOW_RANGE, FLOW_X, FLOW_Y, RGB
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def flowstore_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "flowstore", *args]
+
+
+def run_cli(*args: str, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(flowstore_cmd(*args), capture_output=True, text=True, timeout=timeout, env=env, **kwargs)
+
+
+def all_records(store_path) -> dict:
+    """Every committed record's payload, keyed by (video, kind, index): the store's content."""
+    out = {}
+    with flowstore.open_store(store_path, check=True) as reader:
+        minmax = reader.quant.scheme == "minmax"
+        for vid in reader.videos:
+            shard = reader._shard(vid)
+            for kind, n in [(RGB, reader.num_frames(vid)), (FLOW_X, reader.num_flows(vid)), (FLOW_Y, reader.num_flows(vid))] + (
+                [(FLOW_RANGE, reader.num_flows(vid))] if minmax else []
+            ):
+                for i in range(n):
+                    out[(vid, kind, i)] = shard.get(vid, kind, i, check=True)
+    return out
