@@ -67,39 +67,51 @@ def register_flow(method: str, engine: str, *, default: bool = False):
     return wrap
 
 
-def _load_builtin_engines() -> None:
-    # Imported lazily so that `import flowstore` does not pay for torch.
-    from . import opencv  # noqa: F401
+#: which module registers which engine; imported only when that engine is needed, so that an
+#: OpenCV run never pays for importing torch or ptlflow
+ENGINE_MODULES = {"opencv": "opencv", "torch": "torch_engines", "ptlflow": "learned"}
+#: the methods each engine offers, known without importing it
+KNOWN_METHODS = {
+    "farneback": ("opencv", "torch"),
+    "tvl1": ("opencv", "torch"),
+    "gmflow": ("ptlflow",),
+}
 
-    for optional in ("torch_engines", "learned"):
-        try:
-            __import__(f"{__package__}.{optional}")
-        except ImportError as exc:  # missing optional module while it is being written
-            if f"{__package__}.{optional}" not in str(exc):
-                raise
+
+def _load_engine(engine: str) -> None:
+    import importlib
+
+    try:
+        importlib.import_module(f"{__package__}.{ENGINE_MODULES[engine]}")
+    except ModuleNotFoundError as exc:  # an engine module not in this install
+        if exc.name != f"{__package__}.{ENGINE_MODULES[engine]}":
+            raise
+
+
+def _load_builtin_engines() -> None:
+    for engine in ENGINE_MODULES:
+        _load_engine(engine)
 
 
 def available_methods() -> list[str]:
-    _load_builtin_engines()
-    return sorted(METHODS)
+    return sorted(set(KNOWN_METHODS) | set(METHODS) - {"ptlflow:*"})
 
 
 def resolve_engine(method: str, *, engine: str | None = None, device: str | None = None) -> str:
     """Pick the engine: an explicit one wins; a device means torch; else the method's default."""
-    _load_builtin_engines()
-    if method.startswith("ptlflow:") or method in METHODS and set(METHODS[method]) == {"ptlflow"}:
-        return "ptlflow"
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)} or 'ptlflow:NAME'")
+    if method.startswith("ptlflow:"):
+        engines: tuple[str, ...] = ("ptlflow",)
+    elif method in KNOWN_METHODS or method in METHODS:
+        engines = tuple(dict.fromkeys(KNOWN_METHODS.get(method, ()) + tuple(METHODS.get(method, {}))))
+    else:
+        raise ValueError(f"unknown method {method!r}; choose from {available_methods()} or 'ptlflow:NAME'")
     if engine is not None:
-        if engine not in METHODS[method]:
-            raise ValueError(
-                f"method {method!r} has no engine {engine!r}; choose from {sorted(METHODS[method])}"
-            )
+        if engine not in engines:
+            raise ValueError(f"method {method!r} has no engine {engine!r}; choose from {sorted(engines)}")
         return engine
-    if device is not None and "torch" in METHODS[method]:
+    if device is not None and "torch" in engines:
         return "torch"
-    return DEFAULT_ENGINE[method]
+    return engines[0]
 
 
 def build_flow(
@@ -113,9 +125,12 @@ def build_flow(
     """Build a flow estimator; ``params`` are algorithm parameters recorded in the manifest,
     ``options`` are run settings (batch size, checkpoint path, fp16) for engines that take them."""
     engine = resolve_engine(method, engine=engine, device=device)
+    _load_engine(engine)
     if method.startswith("ptlflow:"):
         builder = METHODS["ptlflow:*"]["ptlflow"]
         return builder(model_name=method.split(":", 1)[1], device=device, params=params or {}, **options)
+    if engine not in METHODS.get(method, {}):
+        raise ValueError(f"method {method!r} has no engine {engine!r} in this install")
     builder = METHODS[method][engine]
     kwargs: dict[str, Any] = {"params": params or {}}
     if device is not None:
