@@ -120,11 +120,11 @@ def test_deterministic_on_cpu(est, ckpt0, small):
 def test_batch_equals_one_at_a_time(est, small):
     batched = _flows(est, small[:4])  # one chunk of 3 pairs
     single = np.stack([est(a, b) for a, b in zip(small[:3], small[1:4])])
-    np.testing.assert_allclose(batched, single, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(batched, single, rtol=1e-5, atol=5e-4)
     # 4 pairs with batch_size 3: a full chunk and a chunk of 1
     four = _flows(est, small)
-    np.testing.assert_allclose(four[:3], batched, rtol=1e-5, atol=1e-4)
-    np.testing.assert_allclose(four[3], est(small[3], small[4]), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(four[:3], batched, rtol=1e-5, atol=5e-4)
+    np.testing.assert_allclose(four[3], est(small[3], small[4]), rtol=1e-5, atol=5e-4)
 
 
 @needs_ptlflow
@@ -142,7 +142,7 @@ def test_padding_for_sizes_not_divisible_by_stride(est, clip):
     assert tuple(padded[0].shape) == (3, 64, 96)
     manual = est.compute(padded[:-1], padded[1:])
     cropped = padder.unpad(torch.from_numpy(manual).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
-    np.testing.assert_allclose(flows, cropped, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(flows, cropped, rtol=1e-5, atol=5e-4)
     with pytest.raises(ValueError, match="one size"):
         est.compute([prepared[0], padded[1]], [prepared[1], padded[2]])
 

@@ -128,7 +128,8 @@ def _build_model(ptlflow, model_name: str, params: dict | None):
     args = _model_args(ptlflow, model_name, params)
     try:
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*instantiate_classes.*")  # inside ptlflow
+            # ptlflow 0.4.2 calls jsonargparse's deprecated instantiate_classes()
+            warnings.simplefilter("ignore", DeprecationWarning)
             model = ptlflow.get_model(model_name, args=args)
     except Exception as exc:  # jsonargparse type errors for params
         if params:
