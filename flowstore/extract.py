@@ -107,6 +107,10 @@ class ExtractConfig:
 # ---------------------------------------------------------------------------------------
 # planning
 # ---------------------------------------------------------------------------------------
+def _absolute(path: str | os.PathLike) -> Path:
+    return Path(os.path.normpath(os.path.abspath(path)))
+
+
 def _video_id(path: Path, root: Path) -> str:
     rel = path.relative_to(root).with_suffix("")
     return rel.as_posix()
@@ -121,7 +125,8 @@ def plan_jobs(inputs: Sequence[str | os.PathLike], *, list_file: str | os.PathLi
     (a listed path outside it has its own folder as root). ``root`` overrides all of these. Missing inputs and id collisions raise :class:`PlanError` before any work.
     """
     candidates: list[tuple[Path, Path]] = []
-    base = Path(root).resolve() if root else None
+    # absolute, but symlinks are kept: a symlinked dataset folder keeps its own ids
+    base = _absolute(root) if root else None
     for item in inputs:
         p = Path(item)
         if p.is_dir():
@@ -143,12 +148,12 @@ def plan_jobs(inputs: Sequence[str | os.PathLike], *, list_file: str | os.PathLi
             f = Path(line) if Path(line).is_absolute() else lf.parent / line
             if not f.exists():
                 raise PlanError(f"{lf}:{n}: listed video not found: {f}")
-            inside = f.resolve().is_relative_to(lf.parent.resolve())
+            inside = _absolute(f).is_relative_to(_absolute(lf.parent))
             candidates.append((f, base or (lf.parent if inside else f.parent)))
     jobs: dict[str, VideoJob] = {}
     for f, r in candidates:
         try:
-            vid = _video_id(f.resolve(), r.resolve())
+            vid = _video_id(_absolute(f), _absolute(r))
         except ValueError:
             raise PlanError(f"{f} is not under the root {r}; pass a --root that contains every input") from None
         try:
