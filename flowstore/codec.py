@@ -20,6 +20,15 @@ def check_codec(name: str) -> str:
     return name
 
 
+def effective_quality(codec: str, quality: int | None) -> int | None:
+    """The quality/level actually used (recorded in the manifest); None for raw."""
+    if codec == "raw":
+        return None
+    if quality is not None:
+        return int(quality)
+    return DEFAULT_JPEG_QUALITY if codec == "jpeg" else DEFAULT_PNG_LEVEL
+
+
 def check_quality(codec: str, quality: int | None) -> None:
     """Raise ValueError if ``quality`` is not valid for ``codec`` (raw ignores it)."""
     if codec != "raw":

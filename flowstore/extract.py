@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .codec import check_codec, check_quality, encode_gray, encode_rgb
+from .codec import check_codec, check_quality, effective_quality, encode_gray, encode_rgb
 from .decode import DECODERS, Resize, VideoDecodeError, iter_frames
 from .quantize import QuantSpec, quantize
 from .store.backend import writer_class
-from .store.format import BACKENDS, FLOW_RANGE, FLOW_X, FLOW_Y, RGB, check_video_id
+from .store.format import BACKENDS, FLOW_RANGE, FLOW_X, FLOW_Y, MAX_RECORDS_PER_VIDEO, RGB, check_video_id
 from .store.writer import (
     ShardAllocator, StoreLock, StoreWriteError, StoreWriter, describe_os_error,
 )
@@ -93,13 +93,15 @@ class ExtractConfig:
         """The manifest header fields that every run extending this store must repeat."""
         return {
             "backend": self.backend,
-            "frames": {"codec": self.frame_codec, "quality": self.frame_quality, "color": "RGB"},
+            "frames": {"codec": self.frame_codec, "quality": effective_quality(self.frame_codec, self.frame_quality), "color": "RGB"},
             "resize": self.resize.to_manifest(),
             "decoder": self.decoder,
             "stride": self.stride,
-            "flow": {**flow_description, "codec": self.flow_codec, "quality": self.flow_quality,
-                     "components": [FLOW_X, FLOW_Y], "input": "grayscale of the stored RGB frames"
-                     if flow_description.get("engine") in ("opencv", "torch") else "stored RGB frames"},
+            "flow": {**flow_description, "codec": self.flow_codec,
+                     "quality": effective_quality(self.flow_codec, self.flow_quality),
+                     "components": [FLOW_X, FLOW_Y],
+                     "input": ("grayscale of" if flow_description.get("engine") in ("opencv", "torch") else "")
+                     + " the decoded, resized RGB frames, before they are encoded"},
             "quantization": self.quant.to_manifest(),
         }
 
@@ -312,6 +314,8 @@ def compute_video_records(frames: Iterable[np.ndarray], estimator, cfg: ExtractC
     for rgb in frames:
         if n_frames == 0:
             height, width = rgb.shape[:2]
+        if n_frames >= MAX_RECORDS_PER_VIDEO:
+            raise ValueError(f"more than {MAX_RECORDS_PER_VIDEO} frames: longer than format 1.x allows; split the video")
         put(RGB, n_frames, encode_rgb(rgb, cfg.frame_codec, cfg.frame_quality))
         window.append(estimator.prepare(rgb))
         n_frames += 1

@@ -11,8 +11,9 @@
 (``hi == lo``) is stored as all zeros and dequantizes to ``lo``.
 
 Horizontal flip of stored flow: mirror the image and map ``q_x -> 255 - q_x``. For ``bound``
-this is exactly ``u -> -u`` after dequantization; for ``minmax`` the range becomes
-``(-hi_x, -lo_x)`` as well.
+this is ``u -> -u`` after dequantization (exact in real arithmetic, within float32 rounding,
+~4e-6 px at bound 20, in practice); for ``minmax`` the range becomes ``(-hi_x, -lo_x)`` as well.
+Zero flow has no exact code with 255 levels: it is stored as 128 and reads back as +bound/255.
 """
 from __future__ import annotations
 

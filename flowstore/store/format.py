@@ -25,7 +25,9 @@ Records (indices are 0-based; mmaction2 rawframes are 1-based, converted only at
 LMDB shard (a single file, ``subdir=False``): key ``f"{video_id}/{kind}/{index:06d}"`` in
 UTF-8; value = 4-byte little-endian CRC-32 (zlib.crc32) of the payload, then the payload.
 
-HDF5 shard: group ``/videos/{video_id}``; per kind three datasets: ``{kind}_data`` (uint8,
+HDF5 shard: group ``/videos/{quote(video_id)}`` — the id percent-encoded with
+``urllib.parse.quote(video_id, safe="")`` so that ids never nest or collide with dataset names;
+per kind three datasets: ``{kind}_data`` (uint8,
 1-D: all payloads concatenated in index order), ``{kind}_offsets`` (int64, n + 1: record ``i``
 is ``data[offsets[i]:offsets[i+1]]``) and ``{kind}_crc32`` (uint32, n).
 """
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import json
 import struct
+import urllib.parse
 import zlib
 
 FORMAT_NAME = "flowstore"
@@ -57,6 +60,7 @@ INDEX_DIGITS = 6
 MAX_LMDB_KEY_BYTES = 511  # LMDB's default maximum key size
 _KEY_SUFFIX_BYTES = len(f"/{FLOW_RANGE}/") + INDEX_DIGITS
 MAX_VIDEO_ID_BYTES = MAX_LMDB_KEY_BYTES - _KEY_SUFFIX_BYTES
+MAX_RECORDS_PER_VIDEO = 10**INDEX_DIGITS  # 9.2 hours at 30 fps; keys keep a fixed width
 
 CRC_HEADER = struct.Struct("<I")
 
@@ -118,7 +122,8 @@ def unpack_record(value: bytes, *, check: bool = False, what: str = "record") ->
 
 
 def hdf5_group(video_id: str) -> str:
-    return f"videos/{video_id}"
+    # one flat level: "a/b" must not live inside video "a"'s group
+    return f"videos/{urllib.parse.quote(video_id, safe='')}"
 
 
 def check_video_id(video_id: str) -> None:

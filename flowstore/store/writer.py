@@ -119,8 +119,10 @@ class StoreWriter:
 
     def _open_or_create(self) -> None:
         (self.root / SHARD_DIR).mkdir(parents=True, exist_ok=True)
-        for stale in self.root.glob(f".{MANIFEST}.tmp-*"):
-            stale.unlink()
+        # temporary files of an interrupted run (we hold the lock: nobody else is writing)
+        for pattern in (".*.tmp-*", ".write-test-*"):
+            for stale in self.root.glob(pattern):
+                stale.unlink()
         if (self.root / MANIFEST).exists():
             manifest = load_manifest(self.root)
             diff = _settings_diff(manifest, self.settings)
