@@ -269,6 +269,81 @@ def pyramid_sizes(h: int, w: int, nscales: int, scale_step: float) -> list[tuple
     return sizes
 
 
+def _solve_warp(step_fn, u, p1, p2, consts, scalars, scaled_eps, n_outer, n_inner, median, sync_every):
+    """Outer/inner iterations of one warp with per-sample epsilon stopping.
+
+    Samples that have stopped are dropped from the working batch ("compaction", done at every
+    host sync) so they cost nothing afterwards; between syncs (accelerators) a device-side mask
+    freezes them instead. Either way a sample stops right after the iteration whose update was
+    small enough and skips the rest of the warp, as in OpenCV. Returns the updated u, p1, p2 and
+    the number of inner iterations run.
+    """
+    full = [u, p1, p2]
+    idx = None  # indices of the working samples into the full batch; None = all of them
+    work = [u, p1, p2]
+    cs = consts
+    active = None  # device mask over the working samples; None = all of them known active
+    since_sync = 0
+    n_iter = 0
+
+    def write_back():
+        if idx is None:
+            full[:] = work
+        else:
+            full[:] = [f.index_copy(0, idx, w) for f, w in zip(full, work)]
+
+    def sync() -> bool:
+        """Drop stopped samples from the working batch; False once none is left."""
+        nonlocal idx, work, cs, active, since_sync
+        since_sync = 0
+        if active is None:
+            return True
+        keep = active.tolist()
+        if all(keep):
+            active = None
+            return True
+        write_back()
+        if not any(keep):
+            return False
+        sel = active.nonzero().squeeze(1)
+        idx = sel if idx is None else idx.index_select(0, sel)
+        work = [t.index_select(0, idx) for t in full]
+        cs = tuple(t.index_select(0, idx) for t in consts)
+        active = None
+        return True
+
+    for _ in range(n_outer):
+        us, p1s, p2s = work
+        if median > 1:
+            med = median_filter(us[:, :2], median)
+            if active is not None:  # stopped since the last sync: no more filtering for them
+                med = torch.where(active.view(-1, 1, 1, 1), med, us[:, :2])
+            us = torch.cat([med, us[:, 2:]], 1) if us.shape[1] > 2 else med
+        for _ in range(n_inner):
+            u_new, p1_new, p2_new, err = step_fn(us, p1s, p2s, *cs, *scalars)
+            n_iter += 1
+            if active is None:
+                us, p1s, p2s = u_new, p1_new, p2_new
+                active = err > scaled_eps
+            else:
+                m = active.view(-1, 1, 1, 1)
+                us = torch.where(m, u_new, us)
+                p1s = torch.where(m, p1_new, p1s)
+                p2s = torch.where(m, p2_new, p2s)
+                active = active & (err > scaled_eps)
+            since_sync += 1
+            if since_sync >= sync_every:
+                work = [us, p1s, p2s]
+                if not sync():
+                    return (*full, n_iter)
+                us, p1s, p2s = work
+        work = [us, p1s, p2s]
+        if since_sync and not sync():
+            return (*full, n_iter)
+    write_back()
+    return (*full, n_iter)
+
+
 @torch.no_grad()
 def tvl1_flow(
     i0: torch.Tensor,
@@ -346,48 +421,11 @@ def tvl1_flow(
             # OpenCV skips the thresholding step where |grad|^2 <= FLT_EPSILON; so do we (step 0)
             big = grad > _FLT_EPS
             neg_inv_grad = torch.where(big, -1.0 / torch.where(big, grad, torch.ones_like(grad)), 0.0)
-            # per-sample "still iterating in this warp" flag, kept on the device
-            active = torch.ones(b, dtype=torch.bool, device=device)
-            all_active = True  # host-side knowledge: no sample has stopped yet (skip the masking)
-            any_active = True
-            since_sync = 0
-            for _ in range(outerIterations):
-                if not any_active:
-                    break
-                if medianFiltering > 1:
-                    med = median_filter(u[:, :2], medianFiltering)
-                    if not all_active:
-                        med = torch.where(active.view(b, 1, 1, 1), med, u[:, :2])
-                    u = torch.cat([med, u[:, 2:]], 1) if use_gamma else med
-                for _ in range(innnerIterations):
-                    u_new, p1_new, p2_new, err = step_fn(
-                        u, p1, p2, coef, rho_c, neg_inv_grad, l_t, theta, taut
-                    )
-                    n_iter += 1
-                    if all_active:
-                        u, p1, p2 = u_new, p1_new, p2_new
-                    else:
-                        m = active.view(b, 1, 1, 1)
-                        u = torch.where(m, u_new, u)
-                        p1 = torch.where(m, p1_new, p1)
-                        p2 = torch.where(m, p2_new, p2)
-                    active = active & (err > scaled_eps)
-                    since_sync += 1
-                    if since_sync >= sync_every:
-                        since_sync = 0
-                        n_active = int(active.sum())
-                        all_active = n_active == b
-                        any_active = n_active > 0
-                        if not any_active:
-                            break
-                    else:
-                        # without a sync we must assume some sample may have stopped
-                        all_active = False
-                if since_sync:
-                    since_sync = 0
-                    n_active = int(active.sum())
-                    all_active = n_active == b
-                    any_active = n_active > 0
+            u, p1, p2, n = _solve_warp(
+                step_fn, u, p1, p2, (coef, rho_c, neg_inv_grad), (l_t, theta, taut), scaled_eps,
+                outerIterations, innnerIterations, medianFiltering, sync_every,
+            )
+            n_iter += n
         if stats is not None:
             stats.setdefault("inner_iterations", []).append(n_iter)
     return u[:, :2].contiguous()
