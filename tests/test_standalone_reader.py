@@ -260,7 +260,8 @@ def test_header_and_entries(built):
         assert isinstance(m[key], typ), key
     assert m["format"] == "flowstore" and m["format_version"] == "1.0"
     assert m["backend"] == case["backend"] and m["stride"] == case["stride"]
-    assert m["frames"] == {"codec": case["frame_codec"], "quality": None, "color": "RGB"}
+    expected_quality = {"jpeg": 95, "png": 1, "raw": None}[case["frame_codec"]]  # the codec defaults used
+    assert m["frames"] == {"codec": case["frame_codec"], "quality": expected_quality, "color": "RGB"}
     assert m["resize"]["size"] == list(SIZE) and m["resize"]["short_side"] is None
     assert m["flow"]["codec"] == case["flow_codec"] and m["flow"]["components"] == ["flow_x", "flow_y"]
     assert m["flow"]["method"] == "farneback" and isinstance(m["flow"]["params"], dict)
