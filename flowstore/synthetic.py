@@ -102,14 +102,14 @@ CLASS_MOTION: dict[str, tuple[str, int]] = {
 #: Default per-clip speed ranges (magnitudes): px/frame, deg/frame, relative scale change/frame.
 MOTION_RANGES: dict[str, tuple[float, float]] = {
     "translate": (1.0, 3.0),
-    "rotate": (2.0, 5.0),
-    "zoom": (0.02, 0.04),
+    "rotate": (3.0, 6.0),
+    "zoom": (0.03, 0.05),
 }
 
 MOTION_UNITS = {"translate": "px/frame", "rotate": "deg/frame", "zoom": "scale/frame - 1"}
 
 #: object base radius as a fraction of min(W, H)
-OBJECT_RADIUS_RANGE = (0.15, 0.19)
+OBJECT_RADIUS_RANGE = (0.16, 0.20)
 #: amplitude of each of the radial harmonics k = 2, 3, 4 of the object outline
 OUTLINE_HARMONIC_MAX = 0.08
 OUTLINE_VERTICES = 48
