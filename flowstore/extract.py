@@ -30,7 +30,7 @@ from .quantize import QuantSpec, quantize
 from .store.backend import writer_class
 from .store.format import BACKENDS, FLOW_RANGE, FLOW_X, FLOW_Y, MAX_RECORDS_PER_VIDEO, RGB, check_video_id
 from .store.writer import (
-    ShardAllocator, StoreLock, StoreWriteError, StoreWriter, describe_os_error,
+    ShardAllocator, StoreLock, StoreWriteError, StoreWriter, describe_os_error, describe_storage_error,
 )
 
 #: what counts as a video when a directory is given
@@ -238,10 +238,8 @@ class _Guarded:
         def call(*args, **kwargs):
             try:
                 return method(*args, **kwargs)
-            except OSError as exc:
-                raise StoreWriteError(describe_os_error(exc, self._where)) from exc
-            except Exception as exc:  # lmdb.Error / h5py errors carry the OS reason in their text
-                raise StoreWriteError(f"cannot write {self._where}: {exc.__class__.__name__}: {exc}") from exc
+            except Exception as exc:  # OSError, lmdb.Error, h5py errors: the run must stop
+                raise StoreWriteError(describe_storage_error(exc, self._where)) from exc
 
         return call
 
@@ -343,12 +341,13 @@ def extract_video(job: VideoJob, cfg: ExtractConfig, run_token: str, progress_qu
     try:
         source_size = os.path.getsize(job.path)
         source_sha = file_sha256(job.path)
-        frames = _prefetch(iter_frames(job.path, resize=cfg.resize, decoder=cfg.decoder))
-        shard = allocator.shard_for_next_video()
     except OSError as exc:
         return {"ok": False, "id": job.id, "path": job.path, "reason": f"cannot read: {exc.strerror or exc}"}
-    except VideoDecodeError as exc:
-        return {"ok": False, "id": job.id, "path": job.path, "reason": str(exc)}
+    try:
+        shard = allocator.shard_for_next_video()
+    except OSError as exc:
+        raise StoreWriteError(describe_storage_error(exc, str(Path(cfg.out) / "shards"))) from exc
+    frames = _prefetch(iter_frames(job.path, resize=cfg.resize, decoder=cfg.decoder))
     shard_path = str(Path(cfg.out) / "shards" / shard)
     writer = _Guarded(writer_class(cfg.backend)(shard_path), shard_path)
     bytes_written = 0
@@ -503,7 +502,7 @@ def run_extract(jobs: Sequence[VideoJob], cfg: ExtractConfig, *, retry_failed: b
                         store.record_failure(result["id"], result["path"], result["reason"])
                         summary.failed += 1
                 except OSError as exc:
-                    raise StoreWriteError(describe_os_error(exc, f"the store {out}")) from exc
+                    raise StoreWriteError(describe_storage_error(exc, str(out))) from exc
                 bar_videos.update(1)
         finally:
             stop.set()

@@ -55,17 +55,28 @@ def apply_overrides(recipe: dict, overrides: list[str]) -> dict:
     return recipe
 
 
+def _setting_names(param: click.Parameter) -> set[str]:
+    """A setting may be written as the parameter's name or as any of its long option names."""
+    names = {param.name}
+    names.update(opt.lstrip("-").replace("-", "_") for opt in param.opts if opt.startswith("--"))
+    return names
+
+
 def stage_argv(command: click.Command, settings: dict, stage: str) -> list[str]:
     """Turn a stage table into the command line of ``command``."""
     settings = {k.replace("-", "_"): v for k, v in settings.items() if k != "command"}
     argv: list[str] = []
     positional: list[str] = []
-    known = set()
+    used: set[str] = set()
     for param in command.params:
-        known.add(param.name)
-        if param.name not in settings:
+        names = _setting_names(param) & set(settings)
+        if not names:
             continue
-        value = settings[param.name]
+        if len(names) > 1:
+            raise ValueError(f"stage [{stage}]: {sorted(names)} name the same setting; keep one")
+        key = names.pop()
+        used.add(key)
+        value = settings[key]
         if isinstance(param, click.Argument):
             positional += [str(v) for v in value] if isinstance(value, list) else [str(value)]
             continue
@@ -76,13 +87,13 @@ def stage_argv(command: click.Command, settings: dict, stage: str) -> list[str]:
         elif isinstance(value, list) and getattr(param, "multiple", False):
             for v in value:
                 argv += [flag, str(v)]
-        elif isinstance(value, dict):  # e.g. params = {winsize = 21}
+        elif isinstance(value, dict):  # e.g. param = {winsize = 21}
             for k, v in value.items():
                 argv += [flag, f"{k}={v}"]
         else:
             argv += [flag, str(value)]
-    unknown = sorted(set(settings) - known)
+    unknown = sorted(set(settings) - used)
     if unknown:
-        options = sorted(p.name for p in command.params)
+        options = sorted(set().union(*(_setting_names(p) for p in command.params)))
         raise ValueError(f"stage [{stage}]: unknown setting(s) {unknown} for `flowstore {command.name}`; choose from {options}")
     return argv + ["--"] + positional if positional else argv

@@ -5,6 +5,7 @@ and offsets are read once per video and cached.
 """
 from __future__ import annotations
 
+import errno
 import os
 import zlib
 from collections.abc import Iterator
@@ -17,6 +18,16 @@ from .format import hdf5_group
 
 CHUNK_BYTES = 1 << 18
 FLUSH_BYTES = 4 << 20  # buffered payload bytes per kind before they are appended to the file
+# HDF5 does not survive ENOSPC (h5py can crash while closing a file whose writes failed), so
+# the writer refuses to start a write that would leave less than this much room.
+SPACE_MARGIN = 2 << 20
+
+
+def _ensure_space(path: str, needed: int) -> None:
+    stats = os.statvfs(path)
+    free = stats.f_bavail * stats.f_frsize
+    if free < needed + SPACE_MARGIN:
+        raise OSError(errno.ENOSPC, f"No space left on device ({free:,} bytes free, need {needed + SPACE_MARGIN:,})", path)
 
 
 def _fsync(path: str) -> None:
@@ -37,6 +48,7 @@ class HDF5ShardWriter(ShardWriter):
         self._crcs: dict[str, list[int]] = {}
 
     def begin_video(self, video_id: str) -> None:
+        _ensure_space(self.path, 0)
         # a shard is created empty (O_EXCL) by the allocator; HDF5 needs "w" to initialise it
         mode = "w" if os.path.getsize(self.path) == 0 else "a"
         self._file = h5py.File(self.path, mode)
@@ -59,6 +71,7 @@ class HDF5ShardWriter(ShardWriter):
     def _flush(self, kind: str) -> None:
         chunk = b"".join(self._buffers.get(kind, []))
         self._buffers[kind] = []
+        _ensure_space(self.path, len(chunk))
         name = f"{kind}_data"
         if name not in self._group:
             self._group.create_dataset(name, shape=(0,), maxshape=(None,), dtype=np.uint8, chunks=(CHUNK_BYTES,))
@@ -69,6 +82,8 @@ class HDF5ShardWriter(ShardWriter):
             data[start:] = np.frombuffer(chunk, np.uint8)
 
     def end_video(self) -> None:
+        pending = sum(len(b) for buffers in self._buffers.values() for b in buffers)
+        _ensure_space(self.path, pending + 12 * sum(map(len, self._offsets.values())))
         for kind in self._offsets:
             self._flush(kind)
             self._group.create_dataset(f"{kind}_offsets", data=np.asarray(self._offsets[kind], np.int64))

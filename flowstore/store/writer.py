@@ -48,6 +48,30 @@ def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def free_bytes(path: str | os.PathLike) -> int | None:
+    """Free bytes on the file system holding ``path`` (or its nearest existing parent)."""
+    import shutil
+
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def describe_storage_error(exc: BaseException, where: str) -> str:
+    """One line for any storage failure. LMDB and HDF5 report a full disk as a generic I/O
+    error, so the free space is checked too."""
+    if isinstance(exc, OSError) and exc.errno not in (None, errno.EIO):
+        return describe_os_error(exc, where)
+    free = free_bytes(where)
+    if free is not None and free < (4 << 20):
+        return f"cannot write {where}: the disk is full ({free:,} bytes free; {exc.__class__.__name__}: {exc})"
+    return f"cannot write {where}: {exc.__class__.__name__}: {exc}"
+
+
 def describe_os_error(exc: OSError, where: str) -> str:
     reasons = {
         errno.ENOSPC: "the disk is full",
