@@ -1,0 +1,74 @@
+"""``flowstore bench-loader``."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from .common import user_errors
+
+
+@click.command("bench-loader")
+@click.argument("store", type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.option("-j", "--workers", type=click.IntRange(0), default=2, show_default=True,
+              help="DataLoader worker processes, the same for every variant.")
+@click.option("--modality", type=click.Choice(["flow", "rgb", "both"]), default="flow", show_default=True)
+@click.option("--sampling", type=click.Choice(["stack", "tsn", "frame"]), default="stack", show_default=True)
+@click.option("--length", type=click.IntRange(1), default=None,
+              help="Snippet length L (default: 10 for stack, 5 flows / 1 frame for tsn, 1 for frame).")
+@click.option("--segments", type=click.IntRange(1), default=3, show_default=True, help="TSN segments K.")
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True, help="Clips per batch.")
+@click.option("--epochs", type=click.IntRange(1), default=3, show_default=True,
+              help="Epochs timed per warm round (a cold round is one epoch).")
+@click.option("--rounds", type=click.IntRange(1), default=3, show_default=True,
+              help="Rounds per variant; figures are medians over rounds.")
+@click.option("--max-clips", type=click.IntRange(1), default=None, help="Use at most this many clips per epoch.")
+@click.option("--no-cold", is_flag=True, help="Skip the cold page-cache measurements.")
+@click.option("--rawframes", "rawframes_dir", type=click.Path(file_okay=False, path_type=str), default=None,
+              help="Export the rawframes tree here (and keep it); reused if it already holds one. "
+                   "Default: a temporary folder beside STORE, deleted afterwards.")
+@click.option("--read-ahead", type=click.IntRange(0), default=4, show_default=True,
+              help="Clips whose records a worker's reader thread fetches ahead of decoding (0: none).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object: decode_limit, flowstore, rawframes, flowstore_cold, "
+                   "rawframes_cold (clips/s) and workers. The report goes to stderr.")
+@click.option("--details", "details_path", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Also write everything (images/s, every round, memory per worker, ratios, settings) "
+                   "as JSON to this file.")
+@user_errors
+def command(store, workers, modality, sampling, length, segments, batch_size, epochs, rounds, max_clips,
+            no_cold, rawframes_dir, read_ahead, seed, as_json, details_path):
+    """Measure how fast the two-stream loader reads STORE, next to its limits.
+
+    Three variants run the same clips through the same dataset code and DataLoader settings;
+    only the source of the encoded bytes differs: (a) decode limit: the bytes held in RAM, so
+    only cv2.imdecode is measured; (b) flowstore: the store's shards; (c) rawframes: the same
+    bytes exported as an mmaction2 rawframes tree (img_00001.jpg, flow_x_00001.jpg,
+    flow_y_00001.jpg) read file by file.
+
+    (b) and (c) are measured warm (files in the page cache) and cold: before each cold round
+    every file of the store and of the tree is evicted from the page cache
+    (posix_fadvise DONTNEED) and only then are they opened. Worker start-up is not timed.
+    Reports clips/s, images/s and memory (RSS, USS) per worker.
+
+    Example: flowstore bench-loader store --workers 2 --json
+    """
+    from ..data.bench import JSON_KEYS, bench_loader, format_report
+
+    def log(msg):
+        click.echo(msg, err=True)
+
+    result = bench_loader(store, workers=workers, modality=modality, sampling=sampling, length=length,
+                          num_segments=segments, batch_size=batch_size, epochs=epochs, rounds=rounds,
+                          cold=not no_cold, rawframes_dir=rawframes_dir, keep_rawframes=rawframes_dir is not None,
+                          max_clips=max_clips, read_ahead=read_ahead, seed=seed, log=log)
+    if details_path:
+        with open(details_path, "w") as fh:
+            json.dump(result, fh, indent=1)
+            fh.write("\n")
+    if as_json:
+        log(format_report(result))
+        click.echo(json.dumps({k: result[k] for k in JSON_KEYS}))
+    else:
+        click.echo(format_report(result))

@@ -1,0 +1,469 @@
+"""``flowstore bench-loader``: clips/s of the flowstore loader next to its decode limit and to an
+mmaction2 rawframes tree holding the same bytes, warm and cold.
+
+Every variant runs the same clips through the same dataset code (:class:`_BenchDataset`) and the
+same DataLoader settings (workers, batch size, prefetching, one decode thread per worker);
+only where the encoded bytes come from differs:
+
+``decode_limit``  the bytes held in RAM (loaded before the workers fork): cv2.imdecode alone
+``flowstore``     the store (LMDB/HDF5 shard records, handles opened by each worker)
+``rawframes``     the store exported with :func:`~flowstore.data.rawframes.export_rawframes`,
+                  one ``open().read()`` per image as mmaction2's RawFrameDecode does
+
+Clips tile every video with non-overlapping snippets (stack/frame: ``0, L, 2L, ...``; tsn: K
+random segments per clip, ``count // (K*L)`` clips per video), so one epoch reads the store
+about once. *Warm*: every file of the store and of the tree is read once beforehand, then
+``epochs`` epochs are timed. *Cold*: for each round every file of both is evicted from the page
+cache (``posix_fadvise(POSIX_FADV_DONTNEED)`` after ``fdatasync``; residency is checked with
+``mincore``), then the store (or tree) is opened, the workers are started, and one epoch is
+timed. Worker start-up is never timed: the workers answer a ping before the clock starts, and
+after the pass they report their memory (RSS and USS). Rounds alternate between variants and
+the reported figure is the median over rounds.
+"""
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from .dataset import _ClipSource, open_source, worker_init
+from .rawframes import META, RawframesReader, export_rawframes
+from .sampling import default_length, non_overlapping_starts, tsn_starts
+
+JSON_KEYS = ("decode_limit", "flowstore", "rawframes", "flowstore_cold", "rawframes_cold", "workers")
+GOALS = {"warm_vs_decode_limit": 0.9, "warm_vs_rawframes": 1.0, "cold_vs_rawframes": 1.5}
+PING = -1
+
+
+# ---------------------------------------------------------------------------------------
+# page cache
+# ---------------------------------------------------------------------------------------
+def store_files(root) -> list[Path]:
+    return sorted(p for p in Path(root).rglob("*") if p.is_file())
+
+
+def evict(paths) -> None:
+    """Drop the files' pages from the page cache (written back first, so they are clean)."""
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fdatasync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def prime(paths) -> None:
+    """Read every file once so that its pages are in the page cache."""
+    for p in paths:
+        with open(p, "rb") as fh:
+            while fh.read(1 << 20):
+                pass
+
+
+_libc = None
+
+
+def _lib():
+    global _libc
+    if _libc is None:
+        lib = ctypes.CDLL(None, use_errno=True)
+        lib.mmap.restype = ctypes.c_void_p
+        lib.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+        lib.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        lib.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte)]
+        _libc = lib
+    return _libc
+
+
+def resident_bytes(paths) -> tuple[int, int]:
+    """``(bytes in the page cache, total bytes)`` of the files, from mincore(2).
+
+    Mapping a file does not read it: only pages already cached are reported resident.
+    """
+    lib = _lib()
+    page = mmap.PAGESIZE
+    resident = total = 0
+    for p in paths:
+        size = os.path.getsize(p)
+        total += size
+        if size == 0:
+            continue
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            addr = lib.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+            if addr in (None, ctypes.c_void_p(-1).value):
+                raise OSError(ctypes.get_errno(), f"mmap of {p} failed")
+            try:
+                n = (size + page - 1) // page
+                vec = (ctypes.c_ubyte * n)()
+                if lib.mincore(addr, size, vec) != 0:
+                    raise OSError(ctypes.get_errno(), f"mincore of {p} failed")
+                resident += int(np.count_nonzero(np.frombuffer(vec, np.uint8) & 1)) * page
+            finally:
+                lib.munmap(addr, size)
+        finally:
+            os.close(fd)
+    return min(resident, total), total
+
+
+# ---------------------------------------------------------------------------------------
+# sources and dataset
+# ---------------------------------------------------------------------------------------
+class InMemorySource:
+    """The encoded records a list of clips needs, held in RAM (the decode limit's source)."""
+
+    def __init__(self, store, needs: dict[str, tuple[set, set]]):
+        src = open_source(store)
+        self.videos = list(src.videos)
+        self.quant, self.flow_codec, self.frame_codec = src.quant, src.flow_codec, src.frame_codec
+        self._meta = {v: (src.num_frames(v), src.num_flows(v), src.frame_size(v)) for v in self.videos}
+        self._frames: dict[tuple[str, int], bytes] = {}
+        self._flows: dict[tuple[str, int], tuple[bytes, bytes]] = {}
+        self._ranges: dict[tuple[str, int], np.ndarray] = {}
+        for v, (frames, flows) in needs.items():
+            for i in sorted(frames):
+                self._frames[v, i] = src.frame_bytes(v, i)
+            if flows:
+                idx = sorted(flows)
+                xs, ys = src.flow_bytes(v, idx)
+                for i, bx, by in zip(idx, xs, ys):
+                    self._flows[v, i] = (bx, by)
+                    if src.quant.scheme == "minmax":
+                        self._ranges[v, i] = src.flow_range(v, i)
+        self.nbytes = sum(map(len, self._frames.values())) + sum(len(x) + len(y) for x, y in self._flows.values())
+
+    def num_frames(self, v):
+        return self._meta[v][0]
+
+    def num_flows(self, v):
+        return self._meta[v][1]
+
+    def frame_size(self, v):
+        return self._meta[v][2]
+
+    def frame_bytes(self, v, i):
+        return self._frames[v, int(i)]
+
+    def flow_bytes(self, v, indices):
+        pairs = [self._flows[v, int(i)] for i in indices]
+        return [p[0] for p in pairs], [p[1] for p in pairs]
+
+    def flow_range(self, v, i):
+        return self._ranges.get((v, int(i)))
+
+
+class _BenchDataset(_ClipSource, Dataset):
+    """Fixed clips ``(video, starts)`` -> uint8 tensors; key PING answers with the worker's memory."""
+
+    def __init__(self, source, clips, **kwargs):
+        super().__init__(source, None, flow_values="uint8", rgb_values="uint8", **kwargs)
+        self.clips = clips
+
+    def __len__(self):
+        return len(self.clips)
+
+    @staticmethod
+    def _ping() -> dict:
+        import psutil
+
+        mem = psutil.Process().memory_full_info()
+        return {"pid": os.getpid(), "rss": mem.rss, "uss": mem.uss}
+
+    def plan(self, index: int, epoch: int):
+        video, starts = self.clips[index]
+        return index, video, starts, None
+
+    def finish(self, plan, raw: dict) -> dict:
+        clip = self.decode(plan[1], raw)
+        sample = {k: torch.from_numpy(v) for k, v in (("rgb", clip.rgb), ("flow", clip.flow)) if v is not None}
+        sample["images"] = sum(int(t.shape[0] * t.shape[1] // (3 if k == "rgb" else 1)) for k, t in sample.items())
+        return sample
+
+    def __getitem__(self, key):
+        return self._ping() if key == PING else self.get(key, 0)
+
+    def __getitems__(self, keys):
+        if keys and keys[0] == PING:
+            return [self._ping() for _ in keys]
+        return list(self.get_many(self.plan(k, 0) for k in keys))
+
+
+def _collate(batch):
+    if "pid" in batch[0]:
+        return batch
+    try:
+        return default_collate(batch)
+    except RuntimeError:  # clips of different frame sizes: keep the list
+        return batch
+
+
+class _Batches:
+    """A batch sampler whose batches are replaced between passes (the loader's workers persist)."""
+
+    def __init__(self):
+        self.batches: list[list[int]] = []
+
+    def __iter__(self):
+        return iter(list(self.batches))
+
+    def __len__(self):
+        return len(self.batches)
+
+
+def make_clips(source, *, modality: str, sampling: str, length: int, num_segments: int, seed: int,
+               max_clips: int | None = None) -> list[tuple[str, np.ndarray]]:
+    """Clips that tile every video about once (see the module docstring)."""
+    rng = np.random.default_rng([seed, 0xBE4C])
+    clips = []
+    for v in source.videos:
+        count = source.num_frames(v) if modality == "rgb" else source.num_flows(v)
+        if sampling == "tsn":
+            for _ in range(max(count // (num_segments * length), 1)):
+                clips.append((v, tsn_starts(count, num_segments, length, train=True, rng=rng)))
+        else:
+            clips.extend((v, np.array([s], np.int64)) for s in non_overlapping_starts(count, length))
+    if max_clips is not None and len(clips) > max_clips:
+        keep = np.sort(rng.choice(len(clips), max_clips, replace=False))
+        clips = [clips[i] for i in keep]
+    return clips
+
+
+def _needs(clips, modality: str, length: int, source) -> dict[str, tuple[set, set]]:
+    from .sampling import snippet_indices
+
+    needs: dict[str, tuple[set, set]] = {}
+    for v, starts in clips:
+        frames, flows = needs.setdefault(v, (set(), set()))
+        if modality in ("flow", "both"):
+            flows.update(int(i) for i in snippet_indices(starts, length, source.num_flows(v)).ravel())
+        if modality == "rgb":
+            frames.update(int(i) for i in snippet_indices(starts, length, source.num_frames(v)).ravel())
+        elif modality == "both":
+            frames.update(int(i) for i in np.minimum(starts + length // 2, source.num_frames(v) - 1))
+    return needs
+
+
+# ---------------------------------------------------------------------------------------
+# one measurement
+# ---------------------------------------------------------------------------------------
+class _Runner:
+    """A DataLoader with persistent workers over a bench dataset; passes are timed without start-up."""
+
+    def __init__(self, dataset: _BenchDataset, workers: int, batch_size: int, prefetch_factor: int = 4):
+        self.dataset = dataset
+        self.workers = workers
+        self.batch_size = batch_size
+        self.batches = _Batches()
+        kwargs = dict(num_workers=workers, collate_fn=_collate, batch_sampler=self.batches)
+        if workers > 0:
+            kwargs.update(persistent_workers=True, prefetch_factor=prefetch_factor, worker_init_fn=worker_init)
+        self.loader = DataLoader(dataset, **kwargs)
+
+    def ping(self) -> list[dict]:
+        """Every worker answers (round-robin dispatch: 2 pings per worker)."""
+        self.batches.batches = [[PING] for _ in range(max(self.workers, 1) * 2)]
+        answers = [item for batch in self.loader for item in batch]
+        by_pid = {}
+        for a in answers:
+            by_pid[a["pid"]] = a
+        return list(by_pid.values())
+
+    def timed(self, order) -> tuple[float, int, int]:
+        """Seconds, clips and images of one pass over ``order`` (clip indices)."""
+        bs = self.batch_size
+        self.batches.batches = [list(map(int, order[i:i + bs])) for i in range(0, len(order), bs)]
+        clips = images = 0
+        t0 = time.perf_counter()
+        for batch in self.loader:
+            if isinstance(batch, list):
+                clips += len(batch)
+                images += sum(int(b["images"]) for b in batch)
+            else:
+                clips += len(batch["images"])
+                images += int(batch["images"].sum())
+        return time.perf_counter() - t0, clips, images
+
+    def close(self):
+        # ends the persistent workers (and with them their store handles)
+        it = getattr(self.loader, "_iterator", None)
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+        self.loader = None
+
+
+def _measure(make_source, clips, orders, *, workers, batch_size, ds_kwargs, read_ahead) -> dict:
+    source = make_source()
+    runner = _Runner(_BenchDataset(source, clips, read_ahead=read_ahead, **ds_kwargs), workers, batch_size)
+    try:
+        runner.ping()  # workers started; nothing of the data read yet
+        seconds = 0.0
+        n_clips = n_images = 0
+        for order in orders:
+            s, c, i = runner.timed(order)
+            seconds, n_clips, n_images = seconds + s, n_clips + c, n_images + i
+        mem = runner.ping()
+    finally:
+        runner.close()
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()
+    return {"seconds": seconds, "clips": n_clips, "images": n_images,
+            "clips_per_s": n_clips / seconds, "images_per_s": n_images / seconds,
+            "worker_rss_mb": [round(m["rss"] / 2**20, 1) for m in mem],
+            "worker_uss_mb": [round(m["uss"] / 2**20, 1) for m in mem]}
+
+
+def _summary(runs: list[dict]) -> dict:
+    return {
+        "clips_per_s": statistics.median(r["clips_per_s"] for r in runs),
+        "images_per_s": statistics.median(r["images_per_s"] for r in runs),
+        "runs_clips_per_s": [round(r["clips_per_s"], 1) for r in runs],
+        "clips": sum(r["clips"] for r in runs),
+        "seconds": round(sum(r["seconds"] for r in runs), 3),
+        "worker_rss_mb": max(max(r["worker_rss_mb"]) for r in runs),
+        "worker_uss_mb": max(max(r["worker_uss_mb"]) for r in runs),
+        **({"resident_after_evict": runs[0]["resident_after_evict"]} if "resident_after_evict" in runs[0] else {}),
+    }
+
+
+def bench_loader(store_path, *, workers: int = 2, modality: str = "flow", sampling: str = "stack",
+                 length: int | None = None, num_segments: int = 3, batch_size: int = 8, epochs: int = 3,
+                 rounds: int = 3, cold: bool = True, rawframes_dir=None, keep_rawframes: bool = False,
+                 max_clips: int | None = None, read_ahead: int = 4, seed: int = 0, log=None) -> dict:
+    """Run the benchmark; returns the full record (:data:`JSON_KEYS` at the top level, clips/s)."""
+    log = log or (lambda msg: None)
+    store_path = Path(store_path)
+    length = default_length(sampling, modality) if length is None else length
+    meta_store = open_source(store_path)
+    clips = make_clips(meta_store, modality=modality, sampling=sampling, length=length,
+                       num_segments=num_segments, seed=seed, max_clips=max_clips)
+    if not clips:
+        raise ValueError(f"store {store_path} has no videos to read")
+    ds_kwargs = dict(modality=modality, sampling=sampling, length=length, num_segments=num_segments)
+    rng = np.random.default_rng([seed, 0x0D0E])
+    made_tree = False
+    if rawframes_dir is None:
+        rawframes_dir = Path(tempfile.mkdtemp(prefix="flowstore-rawframes-", dir=store_path.parent))
+        made_tree = True
+    rawframes_dir = Path(rawframes_dir)
+    try:
+        if not (rawframes_dir / META).exists():
+            log(f"exporting the store to rawframes in {rawframes_dir} ...")
+            export_rawframes(meta_store, rawframes_dir, frames=modality != "flow", flows=modality != "rgb")
+        store_list, tree_list = store_files(store_path), store_files(rawframes_dir)
+        needs = _needs(clips, modality, length, meta_store)
+        memory = InMemorySource(meta_store, needs)
+        meta_store.close()
+        log(f"{len(clips)} clips per epoch, {memory.nbytes / 2**20:.1f} MB of encoded records; "
+            f"store {sum(p.stat().st_size for p in store_list) / 2**20:.1f} MB in {len(store_list)} files, "
+            f"rawframes {sum(p.stat().st_size for p in tree_list) / 2**20:.1f} MB in {len(tree_list)} files")
+
+        def orders(n):
+            return [rng.permutation(len(clips)) for _ in range(n)]
+
+        # name -> (source, read_ahead). rawframes reads synchronously, file by file, as mmaction2
+        # does; rawframes_readahead (details only) gives it flowstore's read-ahead thread as well
+        variants = {
+            "decode_limit": (lambda: memory, read_ahead),
+            "flowstore": (lambda: open_source(store_path), read_ahead),
+            "rawframes": (lambda: RawframesReader(rawframes_dir), 0),
+            "rawframes_readahead": (lambda: RawframesReader(rawframes_dir), read_ahead),
+        }
+        common = dict(workers=workers, batch_size=batch_size, ds_kwargs=ds_kwargs)
+        warm: dict[str, list] = {k: [] for k in variants}
+        prime(store_list)
+        prime(tree_list)
+        for r in range(rounds):
+            for name, (make, ahead) in variants.items():
+                res = _measure(make, clips, orders(epochs), read_ahead=ahead, **common)
+                warm[name].append(res)
+                log(f"warm round {r + 1}/{rounds} {name:19s} {res['clips_per_s']:8.1f} clips/s "
+                    f"{res['images_per_s']:9.0f} images/s")
+        cold_runs: dict[str, list] = {"flowstore": [], "rawframes": [], "rawframes_readahead": []}
+        if cold:
+            for r in range(rounds):
+                for name in cold_runs:
+                    evict(store_list)
+                    evict(tree_list)
+                    files = store_list if name == "flowstore" else tree_list
+                    cached, total = resident_bytes(files)
+                    make, ahead = variants[name]
+                    res = _measure(make, clips, orders(1), read_ahead=ahead, **common)
+                    res["resident_after_evict"] = round(cached / max(total, 1), 4)
+                    cold_runs[name].append(res)
+                    log(f"cold round {r + 1}/{rounds} {name:19s} {res['clips_per_s']:8.1f} clips/s "
+                        f"{res['images_per_s']:9.0f} images/s (resident after eviction {cached / max(total, 1):.1%})")
+    finally:
+        if made_tree and not keep_rawframes:
+            shutil.rmtree(rawframes_dir, ignore_errors=True)
+
+    details = {f"{k}": _summary(v) for k, v in warm.items()}
+    details.update({f"{k}_cold": _summary(v) for k, v in cold_runs.items() if v})
+    out = {k: round(details[k]["clips_per_s"], 2) if k in details else None for k in JSON_KEYS[:-1]}
+    out["workers"] = workers
+    ratios = {"warm_vs_decode_limit": out["flowstore"] / out["decode_limit"],
+              "warm_vs_rawframes": out["flowstore"] / out["rawframes"]}
+    if cold:
+        ratios["cold_vs_rawframes"] = out["flowstore_cold"] / out["rawframes_cold"]
+
+    def paired(a, b, runs):
+        return [round(x["clips_per_s"] / y["clips_per_s"], 3) for x, y in zip(runs[a], runs[b])]
+
+    per_round = {"warm_vs_decode_limit": paired("flowstore", "decode_limit", warm),
+                 "warm_vs_rawframes": paired("flowstore", "rawframes", warm)}
+    if cold:
+        per_round["cold_vs_rawframes"] = paired("flowstore", "rawframes", cold_runs)
+    return {
+        **out,
+        "details": details,
+        "ratios": {k: round(v, 3) for k, v in ratios.items()},
+        "ratios_per_round": per_round,
+        "goals": {k: {"target": GOALS[k], "met": ratios[k] >= GOALS[k]} for k in ratios},
+        "settings": {"store": str(store_path), "modality": modality, "sampling": sampling, "length": length,
+                     "num_segments": num_segments, "batch_size": batch_size, "epochs_warm": epochs,
+                     "read_ahead": read_ahead,
+                     "rounds": rounds, "clips_per_epoch": len(clips), "seed": seed,
+                     "rawframes": str(rawframes_dir) if (keep_rawframes or not made_tree) else None,
+                     "torch": torch.__version__, "cpus": os.cpu_count()},
+    }
+
+
+def format_report(result: dict) -> str:
+    d = result["details"]
+    s = result["settings"]
+    lines = [f"bench-loader {s['store']}: {s['modality']} {s['sampling']} L={s['length']}, "
+             f"{result['workers']} workers, batch {s['batch_size']}, {s['clips_per_epoch']} clips/epoch, "
+             f"median of {s['rounds']} rounds",
+             f"{'':22s}{'clips/s':>10s}{'images/s':>11s}{'vs decode':>11s}{'RSS/worker':>12s}{'USS/worker':>12s}"]
+    names = [("decode_limit", "decode limit (RAM)"), ("flowstore", "flowstore warm"), ("rawframes", "rawframes warm"),
+             ("rawframes_readahead", "(rawframes+readahead)"), ("flowstore_cold", "flowstore cold"),
+             ("rawframes_cold", "rawframes cold"), ("rawframes_readahead_cold", "(rawframes+ra cold)")]
+    base = d["decode_limit"]["clips_per_s"]
+    for key, label in names:
+        if key not in d:
+            continue
+        x = d[key]
+        lines.append(f"{label:22s}{x['clips_per_s']:10.1f}{x['images_per_s']:11.0f}{x['clips_per_s'] / base:10.2f}x"
+                     f"{x['worker_rss_mb']:9.0f} MB{x['worker_uss_mb']:9.0f} MB")
+    for k, g in result["goals"].items():
+        rounds = ", ".join(f"{x:.2f}" for x in result["ratios_per_round"][k])
+        lines.append(f"goal {k} >= {g['target']}: {result['ratios'][k]:.2f} -> {'met' if g['met'] else 'MISSED'}"
+                     f" (per round: {rounds})")
+    for key in ("flowstore_cold", "rawframes_cold"):
+        if key in d:
+            lines.append(f"{key}: {d[key]['resident_after_evict']:.1%} of the files resident after eviction")
+    return "\n".join(lines)
+
+
+__all__ = ["GOALS", "JSON_KEYS", "InMemorySource", "bench_loader", "evict", "format_report", "make_clips",
+           "prime", "resident_bytes", "store_files"]

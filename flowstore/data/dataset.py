@@ -1,0 +1,432 @@
+"""Two-stream datasets straight from a flowstore store (``torch.utils.data``).
+
+::
+
+    from flowstore.data import StoreClipDataset, make_loader, read_demo_labels, train_transform
+
+    labels = read_demo_labels("demo/labels.csv", split="train")
+    ds = StoreClipDataset("demo/store", labels, modality="flow", sampling="stack",
+                          transform=train_transform(224), train=True)
+    loader = make_loader(ds, batch_size=32, num_workers=8, shuffle=True, seed=0)
+    for epoch in range(10):
+        set_epoch(loader, epoch)
+        for batch in loader:          # batch["flow"]: (B, S, 2L, 224, 224), batch["label"]: (B,)
+            ...
+
+A sample is a dict: ``"rgb"`` float32 ``(S, 3L, H, W)`` and/or ``"flow"`` ``(S, 2L, H, W)``
+(x/y interleaved), ``"label"`` (int, -1 without labels), ``"video"`` (store id), ``"index"``
+(sample number) and ``"starts"`` (S snippet starts, 0-based). S is the number of snippets
+(K segments for tsn, 1 for stack/frame in training; the test views in testing; times 10 after
+:class:`~flowstore.data.transforms.TenCrop`). With ``modality="both"`` each snippet's RGB
+frame is the one in the middle of its flow snippet, ``start + length // 2``.
+
+Processes and randomness
+------------------------
+* The store is opened in the main process for its manifest only; every DataLoader worker opens
+  its own LMDB/HDF5 handles on first use after the fork (StoreReader drops handles when pickled
+  or forked), and decodes with OpenCV from the encoded bytes (one thread per worker).
+* Every random choice of sample ``i`` in epoch ``e`` (segment offsets, crops, flips) comes from
+  ``numpy.random.default_rng([seed, e, i])``: results do not depend on the number of workers,
+  on which worker loads a sample, or on the order samples are loaded.
+* Map-style: :class:`ClipSampler` hands ``(index, epoch)`` keys to the workers, so the epoch
+  reaches persistent workers too; it shards samples across distributed ranks (strided,
+  ``pad=False``: each sample exactly once per epoch).
+* :class:`StoreIterableDataset` splits the samples, grouped by shard, into contiguous ranges:
+  one per (rank, worker), so each consumer reads few shards and every sample is yielded exactly
+  once per epoch over all ranks and workers. Call ``set_epoch`` before each epoch (with
+  ``persistent_workers=False``, the default of :func:`make_loader` for iterable datasets).
+"""
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
+
+from ..codec import decode_gray, decode_rgb
+from .labels import as_label_map
+from .sampling import check_sampling, default_length, sample_starts, snippet_indices
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, Clip, finalize
+
+MODALITIES = ("rgb", "flow", "both")
+
+
+def open_source(store):
+    """A path opens a StoreReader; an already open reader (or rawframes/in-memory source) is used as is."""
+    if isinstance(store, (str, os.PathLike)):
+        from .. import open_store
+
+        return open_store(store)
+    return store
+
+
+def distributed_info(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """``(rank, world_size)``: the given values, else torch.distributed's when initialised, else (0, 1)."""
+    if rank is None or world_size is None:
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            rank = dist.get_rank() if rank is None else rank
+            world_size = dist.get_world_size() if world_size is None else world_size
+        else:
+            rank = 0 if rank is None else rank
+            world_size = 1 if world_size is None else world_size
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+    return int(rank), int(world_size)
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The generator of every random choice of sample ``index`` in ``epoch``."""
+    return np.random.default_rng([int(seed), int(epoch), int(index)])
+
+
+class _ClipSource:
+    """What both dataset kinds share: configuration, sample list and the loading of one clip."""
+
+    def __init__(self, store, labels=None, *, videos: Sequence[str] | None = None, modality: str = "flow",
+                 sampling: str = "tsn", num_segments: int = 3, length: int | None = None, train: bool = True,
+                 test_views: int | None = None, transform=None, flow_values: str = "pixels",
+                 mean_subtract: str | None = None, rgb_values: str = "float", rgb_mean=IMAGENET_MEAN,
+                 rgb_std=IMAGENET_STD, clips_per_video: int = 1, seed: int = 0, min_flows: int = 1,
+                 read_ahead: int = 4):
+        if modality not in MODALITIES:
+            raise ValueError(f"unknown modality {modality!r}; choose from {list(MODALITIES)}")
+        self.store = open_source(store)
+        self.modality = modality
+        self.sampling = check_sampling(sampling)
+        self.length = default_length(sampling, modality) if length is None else int(length)
+        if sampling == "frame" and self.length != 1:
+            raise ValueError("frame sampling has length 1")
+        self.num_segments = int(num_segments)
+        self.train = bool(train)
+        self.test_views = test_views
+        self.transform = transform
+        self.flow_values = flow_values
+        self.mean_subtract = mean_subtract
+        self.rgb_values = rgb_values
+        self.rgb_mean, self.rgb_std = rgb_mean, rgb_std
+        if clips_per_video < 1:
+            raise ValueError("clips_per_video must be >= 1")
+        self.clips_per_video = int(clips_per_video)
+        self.seed = int(seed)
+        self.epoch = 0
+        store_name = f"store {getattr(self.store, 'root', '')}".strip()
+        vids, self.labels = as_label_map(labels, self.store.videos, store_name)
+        if videos is not None:
+            wanted = set(videos)
+            unknown = wanted - set(self.store.videos)
+            if unknown:
+                raise KeyError(f"videos not in {store_name}: {sorted(unknown)[:5]}")
+            vids = [v for v in vids if v in wanted]
+        if self.modality != "rgb":
+            vids = [v for v in vids if self.store.num_flows(v) >= min_flows]
+        self.videos: list[str] = vids
+        self.read_ahead = int(read_ahead)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid = None
+
+    # -- samples ---------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.videos) * self.clips_per_video
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _count(self, video: str) -> int:
+        return self.store.num_frames(video) if self.modality == "rgb" else self.store.num_flows(video)
+
+    def starts(self, index: int, rng: np.random.Generator) -> np.ndarray:
+        video = self.videos[index // self.clips_per_video]
+        return sample_starts(self.sampling, self._count(video), length=self.length, train=self.train,
+                             num_segments=self.num_segments, test_views=self.test_views, rng=rng)
+
+    def fetch(self, video: str, starts: np.ndarray) -> dict:
+        """The encoded records of the snippets at ``starts`` (the I/O half of :meth:`load`)."""
+        src = self.store
+        starts = np.asarray(starts, np.int64)
+        L = self.length
+        raw = {"starts": starts}
+        if self.modality in ("flow", "both"):
+            idx = snippet_indices(starts, L, src.num_flows(video))
+            raw["flow"] = src.flow_bytes(video, [int(i) for i in idx.ravel()])
+            if src.quant.scheme == "minmax":
+                raw["flow_range"] = np.stack([src.flow_range(video, int(i)) for i in idx.ravel()])
+        if self.modality in ("rgb", "both"):
+            n = src.num_frames(video)
+            if self.modality == "rgb":
+                idx = snippet_indices(starts, L, n)
+            else:
+                idx = np.minimum(starts + L // 2, n - 1)[:, None]
+            raw["rgb"] = [[src.frame_bytes(video, int(i)) for i in row] for row in idx]
+        return raw
+
+    def decode(self, video: str, raw: dict) -> Clip:
+        """Decoded uint8 channel-first snippets from :meth:`fetch`'s records (the CPU half)."""
+        src = self.store
+        w, h = src.frame_size(video)
+        S, L = len(raw["starts"]), self.length
+        clip = Clip()
+        if "flow" in raw:
+            xs, ys = raw["flow"]
+            flow = np.empty((S, 2 * L, h, w), np.uint8)
+            codec = src.flow_codec
+            for k, (bx, by) in enumerate(zip(xs, ys)):
+                s, l = divmod(k, L)
+                flow[s, 2 * l] = decode_gray(bx, codec, (h, w))
+                flow[s, 2 * l + 1] = decode_gray(by, codec, (h, w))
+            clip.flow = flow
+            if "flow_range" in raw:
+                clip.flow_range = raw["flow_range"].reshape(S, L, 4)
+        if "rgb" in raw:
+            rows = raw["rgb"]
+            rgb = np.empty((S, 3 * len(rows[0]), h, w), np.uint8)
+            for s, row in enumerate(rows):
+                for l, data in enumerate(row):
+                    rgb[s, 3 * l:3 * l + 3] = decode_rgb(data, src.frame_codec, (h, w)).transpose(2, 0, 1)
+            clip.rgb = rgb
+        return clip
+
+    def load(self, video: str, starts: np.ndarray) -> Clip:
+        """Read and decode the snippets at ``starts`` (uint8, channel-first)."""
+        return self.decode(video, self.fetch(video, starts))
+
+    # -- one sample: plan (cheap) -> fetch (I/O) -> decode + transform (CPU) -----------------
+    def plan(self, index: int, epoch: int):
+        if not 0 <= index < len(self):
+            raise IndexError(f"sample {index} out of range (0..{len(self) - 1})")
+        rng = sample_rng(self.seed, epoch, index)
+        video = self.videos[index // self.clips_per_video]
+        return index, video, self.starts(index, rng), rng
+
+    def finish(self, plan, raw: dict) -> dict:
+        index, video, starts, rng = plan
+        clip = self.decode(video, raw)
+        if self.transform is not None:
+            clip = self.transform(clip, rng)
+        out = finalize(clip, self.store.quant, flow_mode=self.flow_values, mean_subtract=self.mean_subtract,
+                       rgb_mode=self.rgb_values, rgb_mean=_tile(self.rgb_mean, clip.rgb),
+                       rgb_std=_tile(self.rgb_std, clip.rgb))
+        out.update(label=self.labels[video], video=video, index=index, starts=torch.from_numpy(starts))
+        return out
+
+    def get(self, index: int, epoch: int) -> dict:
+        p = self.plan(index, epoch)
+        return self.finish(p, self.fetch(p[1], p[2]))
+
+    def get_many(self, plans) -> Iterator[dict]:
+        """Samples of ``plans`` in order, their records read ahead by a background thread
+        (up to ``read_ahead`` samples ahead) while the current one is decoded, so I/O waits
+        (e.g. on a cold page cache) overlap with decoding (cv2.imdecode releases the GIL)."""
+        plans = iter(plans)
+        if self.read_ahead <= 0:
+            for p in plans:
+                yield self.finish(p, self.fetch(p[1], p[2]))
+            return
+        pool = self._reader_pool()
+        pending: deque = deque()
+        for p in plans:
+            pending.append((p, pool.submit(self.fetch, p[1], p[2])))
+            if len(pending) > self.read_ahead:
+                break
+        while pending:
+            p, fut = pending.popleft()
+            nxt = next(plans, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(self.fetch, nxt[1], nxt[2])))
+            yield self.finish(p, fut.result())
+
+    def _reader_pool(self) -> ThreadPoolExecutor:
+        if self._pool is None or self._pool_pid != os.getpid():  # threads do not survive a fork
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="flowstore-read")
+            self._pool_pid = os.getpid()
+        return self._pool
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_pool"] = None
+        return state
+
+    def shard_of(self, video: str) -> str:
+        entry = getattr(self.store, "entry", None)
+        return str(entry(video).get("shard", "")) if entry is not None else ""
+
+
+def _tile(values, rgb):
+    """Per-channel mean/std repeated for RGB snippets of several frames (3L channels)."""
+    if values is None or rgb is None:
+        return values
+    return tuple(values) * (rgb.shape[1] // 3)
+
+
+class StoreClipDataset(_ClipSource, Dataset):
+    """Map-style dataset: ``len = videos * clips_per_video``; ``ds[i]`` or ``ds[(i, epoch)]``.
+
+    Arguments: ``store`` (path or open reader), ``labels`` (:class:`~flowstore.data.labels.Annotations`,
+    ``{video: label}`` or None), ``modality`` rgb|flow|both, ``sampling`` tsn|stack|frame,
+    ``num_segments`` (tsn K, default 3), ``length`` (snippet length; default 1 frame / 5 flows
+    for tsn, 10 for stack), ``train`` (random offsets) or test (centres / ``test_views`` evenly
+    spaced snippets), ``transform`` (see :mod:`flowstore.data.transforms`), ``flow_values``
+    pixels|q128|uint8, ``mean_subtract`` None|field|stack, ``rgb_values`` float|uint8,
+    ``clips_per_video``, ``seed``.
+    """
+
+    def __getitem__(self, key) -> dict:
+        if isinstance(key, tuple):
+            index, epoch = key
+        else:
+            index, epoch = key, self.epoch
+        return self.get(int(index), int(epoch))
+
+    def __getitems__(self, keys) -> list[dict]:
+        """A batch (what DataLoader workers call): records read ahead while decoding."""
+        plans = []
+        for key in keys:
+            index, epoch = key if isinstance(key, tuple) else (key, self.epoch)
+            plans.append(self.plan(int(index), int(epoch)))
+        return list(self.get_many(plans))
+
+
+class ClipSampler(Sampler):
+    """Yields ``(index, epoch)`` for :class:`StoreClipDataset`: a per-epoch seeded permutation
+    (or the identity without ``shuffle``), strided across ranks. ``pad=True`` repeats samples so
+    every rank gets the same count (DDP needs that); the default gives each sample exactly once."""
+
+    def __init__(self, num_samples: int, *, shuffle: bool = True, seed: int = 0, rank: int | None = None,
+                 world_size: int | None = None, pad: bool = False):
+        self.num_samples = int(num_samples)
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.rank, self.world_size = distributed_info(rank, world_size)
+        self.pad = pad
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def order(self) -> np.ndarray:
+        n = self.num_samples
+        order = (np.random.default_rng([self.seed, self.epoch, 0x5A3]).permutation(n) if self.shuffle
+                 else np.arange(n))
+        if self.pad and n % self.world_size:
+            order = np.concatenate([order, order[: self.world_size - n % self.world_size]])
+        return order[self.rank::self.world_size]
+
+    def __iter__(self):
+        epoch = self.epoch
+        return iter([(int(i), epoch) for i in self.order()])
+
+    def __len__(self) -> int:
+        n = self.num_samples
+        if self.pad:
+            return -(-n // self.world_size)
+        return len(range(self.rank, n, self.world_size))
+
+
+class StoreIterableDataset(_ClipSource, IterableDataset):
+    """Iterable dataset: every sample exactly once per epoch over all ranks x workers.
+
+    The samples are grouped by shard (shards in a per-epoch seeded order when ``shuffle``, and
+    samples shuffled within their shard), and the sequence is cut into ``world_size *
+    num_workers`` contiguous ranges whose sizes differ by at most one; consumer
+    ``rank * num_workers + worker_id`` reads its range. Same arguments as
+    :class:`StoreClipDataset`, plus ``shuffle``, ``rank`` and ``world_size``.
+    """
+
+    def __init__(self, store, labels=None, *, shuffle: bool = True, rank: int | None = None,
+                 world_size: int | None = None, **kwargs):
+        super().__init__(store, labels, **kwargs)
+        self.shuffle = shuffle
+        self.rank, self.world_size = distributed_info(rank, world_size)
+
+    def epoch_order(self) -> list[int]:
+        """All sample indices of the current epoch, grouped by shard."""
+        groups: dict[str, list[int]] = {}
+        for vi, video in enumerate(self.videos):
+            groups.setdefault(self.shard_of(video), []).extend(
+                range(vi * self.clips_per_video, (vi + 1) * self.clips_per_video))
+        names = sorted(groups)
+        rng = np.random.default_rng([self.seed, self.epoch, 0x17E])
+        if self.shuffle:
+            names = [names[i] for i in rng.permutation(len(names))]
+        order = []
+        for name in names:
+            members = groups[name]
+            if self.shuffle:
+                members = [members[i] for i in rng.permutation(len(members))]
+            order.extend(members)
+        return order
+
+    def consumer_range(self, consumer: int, consumers: int, total: int) -> range:
+        return range(consumer * total // consumers, (consumer + 1) * total // consumers)
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        order = self.epoch_order()
+        consumer = self.rank * workers + worker
+        epoch = self.epoch
+        mine = self.consumer_range(consumer, self.world_size * workers, len(order))
+        yield from self.get_many(self.plan(order[k], epoch) for k in mine)
+
+    def __len__(self) -> int:  # samples of this rank (all its workers)
+        n = len(self.videos) * self.clips_per_video
+        return len(self.consumer_range(self.rank, self.world_size, n))
+
+
+def worker_init(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: one OpenCV/torch thread per worker, and numpy/random
+    seeded from torch's per-worker seed (for user transforms; flowstore's own randomness is
+    per sample, see :func:`sample_rng`)."""
+    import random
+
+    import cv2
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def make_loader(dataset, batch_size: int = 1, *, shuffle: bool = True, num_workers: int = 2, seed: int | None = None,
+                drop_last: bool = False, pin_memory: bool | None = None, prefetch_factor: int | None = 4,
+                persistent_workers: bool | None = None, rank: int | None = None, world_size: int | None = None,
+                pad: bool = False, **kwargs) -> DataLoader:
+    """A DataLoader wired for flowstore datasets: workers open their own store handles, one
+    decode thread each, prefetching ``prefetch_factor`` batches per worker, memory pinned when
+    CUDA is available. Map-style datasets get a :class:`ClipSampler` (``shuffle``, ranks)."""
+    if pin_memory is None:
+        pin_memory = torch.cuda.is_available()
+    common = dict(batch_size=batch_size, num_workers=num_workers, drop_last=drop_last, pin_memory=pin_memory,
+                  worker_init_fn=worker_init, **kwargs)
+    if num_workers > 0:
+        common["prefetch_factor"] = prefetch_factor
+    else:
+        common.pop("worker_init_fn")
+    if isinstance(dataset, IterableDataset):
+        if rank is not None or world_size is not None:
+            raise ValueError("set rank/world_size on the StoreIterableDataset itself")
+        common["persistent_workers"] = bool(persistent_workers) and num_workers > 0
+        return DataLoader(dataset, **common)
+    sampler = ClipSampler(len(dataset), shuffle=shuffle, seed=dataset.seed if seed is None else seed,
+                          rank=rank, world_size=world_size, pad=pad)
+    common["persistent_workers"] = (num_workers > 0) if persistent_workers is None else persistent_workers
+    return DataLoader(dataset, sampler=sampler, **common)
+
+
+def set_epoch(loader: DataLoader, epoch: int) -> None:
+    """Start epoch ``epoch``: the sampler's permutation and the dataset's random choices."""
+    if hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)
+    if hasattr(loader.dataset, "set_epoch"):
+        loader.dataset.set_epoch(epoch)
+
+
+__all__ = [
+    "MODALITIES", "ClipSampler", "StoreClipDataset", "StoreIterableDataset", "distributed_info",
+    "make_loader", "open_source", "sample_rng", "set_epoch", "worker_init",
+]
