@@ -236,3 +236,11 @@ def test_objects_stay_in_frame_even_when_speeds_are_capped(tmp_path):
             mask = object_mask(entry, t)
             assert mask.any()
             assert not (mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
+
+
+def test_unknown_codec_falls_back_to_mjpg_avi(tmp_path):
+    with pytest.warns(UserWarning, match="falling back to MJPG"):
+        ds = make_demo_dataset(tmp_path, clips_per_class=1, num_frames=3, codec="ZZZZ")
+    assert (ds.codec, ds.video_ext) == ("MJPG", ".avi")
+    assert len(decode(ds.video_path(ds.video_ids[0]))) == 3
+    assert load_motion(ds.motion_path)["config"]["video_ext"] == ".avi"
