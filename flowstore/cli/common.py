@@ -67,7 +67,7 @@ def user_errors(func):
             fail(f"{exc} — the store is left consistent; free space or fix permissions and rerun the same command", EXIT_STORE)
         except (StoreNotFoundError, FormatError, SettingsMismatchError) as exc:
             fail(str(exc), EXIT_USAGE)
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, FileExistsError) as exc:
             fail(str(exc), EXIT_USAGE)
         except (ValueError, KeyError, IndexError) as exc:
             fail(exc.args[0] if exc.args else str(exc), EXIT_USAGE)
