@@ -279,50 +279,84 @@ def _prefetch(iterator: Iterable, depth: int = 4):
                 thread.join(0.01)
 
 
+def _encode_frame_records(kind: str, index: int, array: np.ndarray, cfg: ExtractConfig) -> list[tuple[str, int, bytes]]:
+    """Quantize/encode one frame or flow into its records (runs in the encoder thread)."""
+    if kind == RGB:
+        return [(RGB, index, encode_rgb(array, cfg.frame_codec, cfg.frame_quality))]
+    bx, by, brange = encode_flow(array, cfg)
+    records = [(FLOW_X, index, bx), (FLOW_Y, index, by)]
+    if brange is not None:
+        records.append((FLOW_RANGE, index, brange))
+    return records
+
+
+#: encoded-but-unwritten frames/flows in flight; bounds memory while encoding overlaps flow
+ENCODE_QUEUE_DEPTH = 8
+
+
 def compute_video_records(frames: Iterable[np.ndarray], estimator, cfg: ExtractConfig, put: Callable,
                           progress: Callable[[int], None] | None = None) -> tuple[int, int, int, int]:
     """Stream frames -> records through ``put(kind, index, payload)``.
 
-    Memory stays bounded: at most ``stride + batch_size`` prepared frames are held.
-    Returns (num_frames, num_flows, width, height).
+    Three stages overlap: decoding (the ``frames`` iterator, a background thread in
+    :func:`extract_video`), flow on this thread, and quantize + encode on an encoder thread
+    (OpenCV and numpy release the GIL). ``put`` is always called from this thread, in
+    submission order, so records are written deterministically and LMDB transactions stay on
+    the thread that opened them. Memory stays bounded: at most ``stride + batch_size`` prepared
+    frames and ``ENCODE_QUEUE_DEPTH`` frames/flows in flight. Returns
+    (num_frames, num_flows, width, height).
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     window: deque = deque()
     prev_batch: list = []
     next_batch: list = []
+    in_flight: deque = deque()
     n_frames = n_flows = 0
     width = height = 0
 
-    def flush():
+    def write_done(limit: int) -> None:
+        # write finished encodings in order; block on the oldest while too many are in flight
+        while in_flight and (len(in_flight) > limit or in_flight[0].done()):
+            for record in in_flight.popleft().result():
+                put(*record)
+
+    def submit(kind: str, index: int, array: np.ndarray) -> None:
+        in_flight.append(encoder.submit(_encode_frame_records, kind, index, array, cfg))
+        write_done(ENCODE_QUEUE_DEPTH)
+
+    def flush() -> None:
         nonlocal n_flows
         if not prev_batch:
             return
-        flows = estimator.compute(prev_batch, next_batch)
-        for flow in flows:
-            bx, by, brange = encode_flow(flow, cfg)
-            put(FLOW_X, n_flows, bx)
-            put(FLOW_Y, n_flows, by)
-            if brange is not None:
-                put(FLOW_RANGE, n_flows, brange)
+        for flow in estimator.compute(prev_batch, next_batch):
+            submit("flow", n_flows, flow)
             n_flows += 1
         if progress is not None:
             progress(len(prev_batch))
         prev_batch.clear()
         next_batch.clear()
 
-    for rgb in frames:
-        if n_frames == 0:
-            height, width = rgb.shape[:2]
-        if n_frames >= MAX_RECORDS_PER_VIDEO:
-            raise ValueError(f"more than {MAX_RECORDS_PER_VIDEO} frames: longer than format 1.x allows; split the video")
-        put(RGB, n_frames, encode_rgb(rgb, cfg.frame_codec, cfg.frame_quality))
-        window.append(estimator.prepare(rgb))
-        n_frames += 1
-        if len(window) > cfg.stride:
-            prev_batch.append(window.popleft())
-            next_batch.append(window[-1])
-            if len(prev_batch) >= estimator.batch_size:
-                flush()
-    flush()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="flowstore-encode") as encoder:
+        try:
+            for rgb in frames:
+                if n_frames == 0:
+                    height, width = rgb.shape[:2]
+                if n_frames >= MAX_RECORDS_PER_VIDEO:
+                    raise ValueError(f"more than {MAX_RECORDS_PER_VIDEO} frames: longer than format 1.x allows; split the video")
+                submit(RGB, n_frames, rgb)
+                window.append(estimator.prepare(rgb))
+                n_frames += 1
+                if len(window) > cfg.stride:
+                    prev_batch.append(window.popleft())
+                    next_batch.append(window[-1])
+                    if len(prev_batch) >= estimator.batch_size:
+                        flush()
+            flush()
+            write_done(0)
+        finally:
+            for future in in_flight:  # on an error: do not write, just stop
+                future.cancel()
     return n_frames, n_flows, width, height
 
 
