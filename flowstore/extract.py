@@ -42,6 +42,10 @@ class PlanError(ValueError):
     """Bad inputs found before any work starts (missing files, id collisions)."""
 
 
+class WorkerDiedError(RuntimeError):
+    """A worker process was killed (out of memory, a crash in a decoder): the run stops."""
+
+
 @dataclasses.dataclass(frozen=True)
 class VideoJob:
     id: str
@@ -538,6 +542,16 @@ def run_extract(jobs: Sequence[VideoJob], cfg: ExtractConfig, *, retry_failed: b
                 except OSError as exc:
                     raise StoreWriteError(describe_storage_error(exc, str(out))) from exc
                 bar_videos.update(1)
+        except Exception as exc:
+            from joblib.externals.loky.process_executor import TerminatedWorkerError
+
+            if isinstance(exc, TerminatedWorkerError):
+                raise WorkerDiedError(
+                    f"a worker process died ({' '.join(str(exc).split())[:200]}); the {summary.ok} video(s) "
+                    "committed so far are safe: rerun the same command to continue (with --workers 1 the "
+                    "video that kills the process is the one shown by the progress bar)"
+                ) from None
+            raise
         finally:
             stop.set()
             drainer.join(timeout=2)

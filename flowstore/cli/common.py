@@ -53,6 +53,7 @@ def fail(message: str, code: int = EXIT_ERROR):
 
 def user_errors(func):
     """Turn expected errors into one clear line and an exit code instead of a traceback."""
+    from ..extract import WorkerDiedError
     from ..store.format import FormatError
     from ..store.manifest import StoreNotFoundError
     from ..store.writer import SettingsMismatchError, StoreLockedError, StoreWriteError
@@ -63,6 +64,8 @@ def user_errors(func):
             return func(*args, **kwargs)
         except StoreLockedError as exc:
             fail(str(exc), EXIT_LOCKED)
+        except WorkerDiedError as exc:
+            fail(str(exc), EXIT_ERROR)
         except StoreWriteError as exc:
             fail(f"{exc} — the store is left consistent; free space or fix permissions and rerun the same command", EXIT_STORE)
         except (StoreNotFoundError, FormatError, SettingsMismatchError) as exc:
