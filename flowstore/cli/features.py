@@ -1,0 +1,111 @@
+"""``flowstore features``."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from .common import user_errors
+
+HELP = """Extract frozen-backbone features of one stream (rgb frames or stacked flow) of every
+video in a flowstore store into an HDF5 feature store.
+
+The backbone is a timm model (resnet18, resnet50, efficientnet_b0, ... any timm name), frozen
+and in eval mode. --weights random builds it with timm's random initialisation (seeded by
+--seed; residual branches are NOT zero-initialised, or a random ResNet would be mostly
+identity blocks); --weights PATH loads a local .pth/.pt (torch.load weights_only) or
+.safetensors file. A flow backbone takes 2L input channels (x0, y0, x1, y1, ...); RGB weights
+are adapted by TSN's cross-modality initialisation (first-layer filters averaged over the RGB
+channels and replicated over the 2L channels).
+
+Sampling is TSN's: --segments K snippets per video, each of --length items (1 frame for rgb,
+L flows for flow), each segment taken at --temporal-views T positions; every snippet gives
+--spatial-views C crops (1: centre or whole frame, 2: plus its mirror, 10: TSN's ten crops).
+Each video is stored as (V = T*C views, K segments, D features).
+
+The feature store records its provenance (backbone, weights SHA-256, sampling, views, input
+values, the flow store's path and manifest hash). Reruns are resumable: videos already in
+OUT are never recomputed; a rerun with other settings is refused unless --overwrite.
+
+\b
+Examples:
+  flowstore features --store demo_out/store --stream flow --backbone resnet18 --weights random --out flow.h5
+  flowstore features --store store --stream rgb --backbone resnet50 --weights resnet50_a1.pth \\
+      --resize 256 --crop 224 --spatial-views 10 --out rgb_r50.h5 --gpu 0
+"""
+
+
+def _size(text: str | None, what: str):
+    if text is None:
+        return None
+    t = text.lower().strip()
+    try:
+        if "x" in t:
+            w, h = (int(v) for v in t.split("x"))
+            return (w, h)
+        return int(t)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a size; write WIDTHxHEIGHT or one number",
+                                 param_hint=what) from None
+
+
+@click.command("features", help=HELP)
+@click.option("--store", "-s", required=True, type=click.Path(path_type=str), help="The flowstore store to read.")
+@click.option("--stream", type=click.Choice(["rgb", "flow"]), required=True, help="RGB frames or stacked optical flow.")
+@click.option("--backbone", "-b", default="resnet18", show_default=True, help="timm model name.")
+@click.option("--weights", "-w", default="random", show_default=True, metavar="PATH|random",
+              help="Local weights file (.pth/.pt/.safetensors), or 'random' (frozen random init).")
+@click.option("--out", "-o", required=True, type=click.Path(path_type=str), help="Feature store file (HDF5, e.g. feats.h5).")
+@click.option("--segments", "num_segments", type=int, default=3, show_default=True, help="TSN segments K per video.")
+@click.option("--length", type=int, default=None, help="Items per snippet: 1 frame for rgb; flows L for flow (default 5).")
+@click.option("--temporal-views", type=int, default=1, show_default=True, help="Positions T per segment (evenly spaced; 1 = segment centre).")
+@click.option("--spatial-views", type=click.Choice(["1", "2", "10"]), default="1", show_default=True,
+              help="Crops per snippet: 1 centre, 2 centre + mirror, 10 TSN ten-crop (needs --crop).")
+@click.option("--resize", default=None, metavar="WxH|N", help="Resize frames/flow first: WIDTHxHEIGHT, or shorter side N.")
+@click.option("--crop", default=None, metavar="WxH|N", help="Crop size (default: the whole frame).")
+@click.option("--flow-values", type=click.Choice(["q128", "pixels", "uint8"]), default="q128", show_default=True,
+              help="Flow input: (q-128)/128 as TSN, dequantized pixels, or raw 8-bit values.")
+@click.option("--mean-subtract", type=click.Choice(["none", "field", "stack"]), default="none", show_default=True,
+              help="Camera-motion compensation: subtract each flow field's (or stack's) mean vector.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random initialisation.")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Images per forward pass.")
+@click.option("--device", default=None, help="Torch device: cpu, cuda, cuda:N, mps (default cpu).")
+@click.option("--gpu", default=None, type=int, help="GPU index; same as --device cuda:N.")
+@click.option("--threads", type=int, default=None, help="Torch CPU threads (default: torch's choice).")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="Storage type of the features.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT instead of resuming it.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--summary-json", type=click.Path(path_type=str), default=None, help="Also write the summary as JSON here.")
+@user_errors
+def command(store, stream, backbone, weights, out, num_segments, length, temporal_views, spatial_views, resize, crop,
+            flow_values, mean_subtract, seed, batch_size, device, gpu, threads, dtype, overwrite, no_progress,
+            summary_json):
+    import torch
+
+    from ..features.extract import FeatureConfig, extract_features
+
+    if gpu is not None and device is not None:
+        raise click.UsageError("give --gpu or --device, not both")
+    device = f"cuda:{gpu}" if gpu is not None else (device or "cpu")
+    if threads:
+        torch.set_num_threads(threads)
+    crop_size = _size(crop, "--crop")
+    if isinstance(crop_size, int):
+        crop_size = (crop_size, crop_size)
+    cfg = FeatureConfig(stream=stream, backbone=backbone, weights=weights, seed=seed, num_segments=num_segments,
+                        length=length, temporal_views=temporal_views, spatial_views=int(spatial_views),
+                        resize=_size(resize, "--resize"), crop=crop_size, flow_values=flow_values,
+                        mean_subtract=None if mean_subtract == "none" else mean_subtract, dtype=dtype,
+                        batch_size=batch_size, device=device)
+    click.echo(f"features: {stream} of {store} with {backbone} ({'random init' if weights == 'random' else weights}) "
+               f"-> {out} [{device}]", err=True)
+    summary = extract_features(store, out, cfg, overwrite=overwrite, show_progress=not no_progress,
+                               log=lambda m: click.echo(m, err=True))
+    for line in summary.lines():
+        click.echo(line)
+    if summary_json:
+        with open(summary_json, "w", encoding="utf-8") as f:
+            json.dump({"out": summary.out, "total": summary.total, "computed": summary.computed,
+                       "skipped": summary.skipped, "images": summary.images, "forward_calls": summary.forward_calls,
+                       "seconds": summary.seconds, "shape": list(summary.shape)}, f, indent=1)

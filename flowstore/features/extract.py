@@ -1,0 +1,361 @@
+"""Frozen-backbone feature extraction from a flowstore store into a feature store.
+
+For every committed video of the store and one stream (``rgb`` or ``flow``):
+
+1. **Snippets.** TSN sampling with K segments (``num_segments``) and snippets of ``length``
+   items (1 frame for rgb; L flows, 2L channels x0, y0, x1, y1, ... for flow). Each segment
+   is sampled at T temporal positions (``temporal_views``): with ``A = count - length + 1``
+   valid starts, view t of segment k starts at ``floor((k + (t + 1/2) / T) * A / K)`` --
+   :func:`flowstore.data.sampling.evenly_spaced_starts` with ``K * T`` snippets, so T = 1 is
+   exactly TSN's test sampling (the segment centres).
+2. **Views.** Every snippet is optionally resized, then cut into C spatial views
+   (``spatial_views``): 1 = the centre crop (or the whole frame without ``crop``), 2 = the
+   centre and its mirror (flow: u negated), 10 = TSN's ten crops. Views are ``V = T * C``,
+   index ``t * C + c``.
+3. **Values.** RGB: [0, 1] then normalised with the backbone's mean/std (ImageNet for timm's
+   ResNets); flow: ``q128`` ((q - 128) / 128, TSN/mmaction2's flow normalisation), ``pixels``
+   or ``uint8`` values, optionally minus each field's or stack's mean vector
+   (``mean_subtract``: camera-motion compensation). Reading and decoding use
+   :class:`flowstore.data.dataset.StoreClipDataset` and :func:`flowstore.data.transforms.finalize`.
+4. **Features.** The frozen backbone (:func:`flowstore.features.backbones.build_backbone`) maps
+   each view/segment image to its pooled feature vector; results go to the feature store as
+   ``(V, S=K, D)`` per video. Features are stored as computed (not normalised); heads
+   L2-normalise them (``train-head --l2-normalize``, the default).
+
+Decoding runs on a background thread ahead of the forward passes; images of several videos
+are batched together (``batch_size`` images per forward). Videos already in the output file
+are never recomputed; rerunning after an interruption computes only the rest.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .backbones import build_backbone
+from .store import FeatureStore, FeatureStoreError
+
+__all__ = ["FeatureConfig", "FeatureSummary", "extract_features", "manifest_hashes", "snippet_starts",
+           "STREAMS", "SPATIAL_VIEWS", "FLOW_INPUT_VALUES"]
+
+STREAMS = ("rgb", "flow")
+SPATIAL_VIEWS = (1, 2, 10)
+FLOW_INPUT_VALUES = ("q128", "pixels", "uint8")
+MANIFEST_HASH_OF = ("SHA-256 of the canonical JSON (sorted keys, no spaces) of the store manifest as read "
+                    "by flowstore.open_store: the header of manifest.json without its 'updated_at' "
+                    "timestamp, with 'videos' = every committed video entry (manifest.json + "
+                    "commits.jsonl) sorted by id; header_sha256 is the same without 'videos'")
+#: manifest keys left out of the hashes: they change when a run touches the store, not its content
+VOLATILE_KEYS = ("updated_at",)
+
+
+def _canonical(obj) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _sha256(obj) -> str:
+    return hashlib.sha256(_canonical(obj)).hexdigest()
+
+
+def manifest_hashes(manifest: dict) -> tuple[str, str]:
+    """``(header_sha256, manifest_sha256)`` of a store manifest (see :data:`MANIFEST_HASH_OF`);
+    the header hash leaves the video list out, so it stays fixed when videos are added."""
+    header = {k: v for k, v in manifest.items() if k != "videos" and k not in VOLATILE_KEYS}
+    full = dict(header, videos=sorted(manifest.get("videos", []), key=lambda v: v["id"]))
+    return _sha256(header), _sha256(full)
+
+
+def entry_sha256(entry: dict) -> str:
+    return _sha256(entry)
+
+
+def snippet_starts(count: int, num_segments: int, length: int, temporal_views: int) -> np.ndarray:
+    """``(T, K)`` snippet starts: view t of segment k (see module docstring)."""
+    from ..data.sampling import evenly_spaced_starts
+
+    k, t = int(num_segments), int(temporal_views)
+    return evenly_spaced_starts(count, k * t, length).reshape(k, t).T.copy()
+
+
+@dataclasses.dataclass
+class FeatureConfig:
+    stream: str = "rgb"
+    backbone: str = "resnet18"
+    weights: str = "random"
+    seed: int = 0
+    num_segments: int = 3
+    length: int | None = None          # None: 1 frame (rgb) / 5 flows (flow)
+    temporal_views: int = 1
+    spatial_views: int = 1
+    resize: tuple[int, int] | int | None = None   # (w, h) or shorter side
+    crop: tuple[int, int] | None = None           # (w, h)
+    flow_values: str = "q128"
+    mean_subtract: str | None = None
+    dtype: str = "float32"
+    batch_size: int = 64
+    device: str = "cpu"
+    decode_ahead: int = 8
+
+    def check(self) -> None:
+        if self.stream not in STREAMS:
+            raise ValueError(f"unknown stream {self.stream!r}; choose from {list(STREAMS)}")
+        if self.length is None:
+            self.length = 1 if self.stream == "rgb" else 5
+        if self.stream == "rgb" and self.length != 1:
+            raise ValueError("rgb features use one frame per snippet (--length 1)")
+        if self.length < 1 or self.num_segments < 1 or self.temporal_views < 1 or self.batch_size < 1:
+            raise ValueError("length, segments, temporal views and batch size must be >= 1")
+        if self.spatial_views not in SPATIAL_VIEWS:
+            raise ValueError(f"spatial views must be one of {list(SPATIAL_VIEWS)}, got {self.spatial_views}")
+        if self.spatial_views == 10 and self.crop is None:
+            raise ValueError("10 spatial views (ten-crop) need a crop size (--crop)")
+        if self.flow_values not in FLOW_INPUT_VALUES:
+            raise ValueError(f"unknown flow values {self.flow_values!r}; choose from {list(FLOW_INPUT_VALUES)}")
+        if self.mean_subtract not in (None, "field", "stack"):
+            raise ValueError(f"mean subtraction must be field, stack or none, got {self.mean_subtract!r}")
+        if self.dtype not in ("float32", "float16"):
+            raise ValueError(f"dtype must be float32 or float16, got {self.dtype!r}")
+
+    @property
+    def in_chans(self) -> int:
+        return 3 if self.stream == "rgb" else 2 * int(self.length)
+
+    @property
+    def num_views(self) -> int:
+        return self.temporal_views * self.spatial_views
+
+
+@dataclasses.dataclass
+class FeatureSummary:
+    out: str
+    total: int = 0            # videos in the store
+    computed: int = 0         # videos computed by this run
+    skipped: int = 0          # already in the feature store
+    images: int = 0           # backbone inputs (views x segments) run this time
+    forward_calls: int = 0
+    seconds: float = 0.0
+    shape: tuple = ()         # (N, V, S, D) after the run
+
+    def lines(self) -> list[str]:
+        rate = f", {self.images / self.seconds:.0f} images/s" if self.seconds > 0 and self.images else ""
+        return [f"features: {self.computed} video(s) computed, {self.skipped} already stored, "
+                f"{self.total} in the store; {self.images} images in {self.seconds:.1f} s{rate}",
+                f"features: {self.out} holds (N, V, S, D) = {tuple(self.shape)}"]
+
+
+def _spatial_clips(clip, cfg: FeatureConfig):
+    """The C spatial views of a decoded clip (a list of Clips with the same snippets)."""
+    from ..data import transforms as T
+
+    if cfg.resize is not None:
+        clip = T.Resize(cfg.resize)(clip)
+    if cfg.spatial_views == 10:
+        w, h = cfg.crop
+        out = []
+        for x, y, cw, ch, flipped in T.ten_crop_boxes(*clip.size, w, h):
+            c = T.crop(clip, x, y, cw, ch)
+            out.append(T.hflip(c) if flipped else c)
+        return out
+    if cfg.crop is not None:
+        clip = T.CenterCrop(cfg.crop)(clip)
+    return [clip] if cfg.spatial_views == 1 else [clip, T.hflip(clip)]
+
+
+class _Preparer:
+    """Reads, decodes and prepares the backbone inputs of one video (runs on a worker thread)."""
+
+    def __init__(self, reader, cfg: FeatureConfig, rgb_mean, rgb_std):
+        from ..data.dataset import StoreClipDataset
+
+        self.reader, self.cfg = reader, cfg
+        self.rgb_mean, self.rgb_std = rgb_mean, rgb_std
+        self.ds = StoreClipDataset(reader, None, modality=cfg.stream, sampling="tsn",
+                                   num_segments=cfg.num_segments, length=cfg.length, train=False,
+                                   flow_values=cfg.flow_values,
+                                   mean_subtract=cfg.mean_subtract, read_ahead=0)
+
+    def count(self, video: str) -> int:
+        return self.reader.num_frames(video) if self.cfg.stream == "rgb" else self.reader.num_flows(video)
+
+    def __call__(self, video: str):
+        from ..data.transforms import Clip, finalize
+
+        cfg = self.cfg
+        count = self.count(video)
+        starts = snippet_starts(count, cfg.num_segments, cfg.length, cfg.temporal_views)  # (T, K)
+        clip = self.ds.load(video, starts.reshape(-1))
+        views = _spatial_clips(clip, cfg)                       # C clips of T*K snippets
+        merged = Clip(
+            rgb=None if views[0].rgb is None else np.concatenate([np.ascontiguousarray(v.rgb) for v in views]),
+            flow=None if views[0].flow is None else np.concatenate([np.ascontiguousarray(v.flow) for v in views]),
+            flow_range=None if views[0].flow_range is None else np.concatenate([v.flow_range for v in views]),
+        )
+        values = finalize(merged, self.reader.quant, flow_mode=cfg.flow_values, mean_subtract=cfg.mean_subtract,
+                          rgb_mode="float", rgb_mean=self.rgb_mean, rgb_std=self.rgb_std)[cfg.stream]
+        x = values.float() if values.dtype != torch.float32 else values
+        c_sp, t, k = len(views), cfg.temporal_views, cfg.num_segments
+        x = x.reshape(c_sp, t, k, *x.shape[1:]).transpose(0, 1).reshape(t * c_sp * k, *x.shape[1:])
+        return video, x.contiguous(), starts, count
+
+
+def _provenance(reader, cfg: FeatureConfig, backbone_info: dict, rgb_mean, rgb_std, created: str | None) -> dict:
+    from .. import __version__
+
+    header_sha, manifest_sha = manifest_hashes(reader.manifest)
+    m = reader.manifest
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return {
+        "format": "flowstore-features",
+        "flowstore_version": __version__,
+        "torch": torch.__version__,
+        "created": created or now,
+        "updated": now,
+        "stream": cfg.stream,
+        "backbone": backbone_info,
+        "sampling": {
+            "mode": "tsn", "num_segments": cfg.num_segments, "length": cfg.length,
+            "temporal_views": cfg.temporal_views,
+            "rule": "view t of segment k starts at floor((k + (t + 1/2) / T) * A / K), A = count - length + 1",
+            "count": "frames" if cfg.stream == "rgb" else "flows",
+        },
+        "views": {
+            "temporal": cfg.temporal_views, "spatial": cfg.spatial_views, "total": cfg.num_views,
+            "spatial_mode": {1: "center", 2: "center+flip", 10: "ten-crop"}[cfg.spatial_views],
+            "order": "view = t * spatial + c",
+        },
+        "input": {
+            "resize": list(cfg.resize) if isinstance(cfg.resize, tuple) else cfg.resize,
+            "crop": None if cfg.crop is None else list(cfg.crop),
+            "channels": 3 if cfg.stream == "rgb" else f"2L = {2 * cfg.length}: x0, y0, x1, y1, ...",
+            "values": (f"rgb in [0, 1], (x - mean) / std, mean={list(rgb_mean)}, std={list(rgb_std)}"
+                       if cfg.stream == "rgb" else cfg.flow_values),
+            "mean_subtract": cfg.mean_subtract if cfg.stream == "flow" else None,
+        },
+        "dtype": cfg.dtype,
+        "store": {
+            "path": str(Path(reader.root).resolve()),
+            "backend": reader.backend,
+            "flow": m.get("flow"),
+            "quantization": m.get("quantization"),
+            "frames": m.get("frames"),
+            "resize": m.get("resize"),
+            "stride": reader.stride,
+            "num_videos": len(reader.videos),
+            "header_sha256": header_sha,
+            "manifest_sha256": manifest_sha,
+            "manifest_hash_of": MANIFEST_HASH_OF,
+        },
+        "features_are": "pooled backbone outputs as computed (not normalised); shape (V, S, D) per video",
+    }
+
+
+def extract_features(store, out, cfg: FeatureConfig, *, overwrite: bool = False, show_progress: bool = True,
+                     log=None) -> FeatureSummary:
+    """Compute the features of every committed video of ``store`` not yet in ``out``."""
+    from .. import open_store
+
+    cfg.check()
+    log = log or (lambda msg: None)
+    reader = store if hasattr(store, "manifest") else open_store(store)
+    start = time.perf_counter()
+    device = torch.device(cfg.device)
+    model, info = build_backbone(cfg.backbone, in_chans=cfg.in_chans, weights=cfg.weights, seed=cfg.seed,
+                                 device=device)
+    pcfg = getattr(model, "pretrained_cfg", None) or {}
+    rgb_mean = tuple(float(x) for x in pcfg.get("mean", (0.485, 0.456, 0.406)))
+    rgb_std = tuple(float(x) for x in pcfg.get("std", (0.229, 0.224, 0.225)))
+    provenance = _provenance(reader, cfg, info, rgb_mean, rgb_std, None)
+    fs = FeatureStore.create_or_resume(out, provenance, num_views=cfg.num_views, num_segments=cfg.num_segments,
+                                       feature_dim=info["feature_dim"], temporal_views=cfg.temporal_views,
+                                       dtype=cfg.dtype, overwrite=overwrite)
+    summary = FeatureSummary(out=str(out), total=len(reader.videos))
+    try:
+        provenance["created"] = fs.provenance.get("created", provenance["created"])
+        stored = fs.entry_hashes()
+        changed = [v for v, h in stored.items() if v in reader and entry_sha256(reader.entry(v)) != h]
+        if changed:
+            raise FeatureStoreError(
+                f"{len(changed)} video(s) changed in the store since their features were computed "
+                f"(e.g. {changed[:3]}); pass --overwrite to recompute everything")
+        gone = [v for v in stored if v not in reader]
+        if gone:
+            log(f"warning: {len(gone)} video(s) of {out} are no longer in the store (e.g. {gone[:3]}); kept")
+        preparer = _Preparer(reader, cfg, rgb_mean, rgb_std)
+        todo = [v for v in reader.videos if v not in stored and preparer.count(v) >= 1]
+        empty = [v for v in reader.videos if v not in stored and preparer.count(v) < 1]
+        if empty:
+            log(f"warning: {len(empty)} video(s) have no {'frames' if cfg.stream == 'rgb' else 'flows'}, "
+                f"skipped (e.g. {empty[:3]})")
+        summary.skipped = len(reader.videos) - len(todo) - len(empty)
+        if todo:
+            _run(model, preparer, todo, fs, cfg, reader, device, summary, show_progress)
+        fs.update_provenance(provenance)
+        summary.shape = fs.shape
+    finally:
+        fs.close()
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+@torch.inference_mode()
+def _run(model, preparer, todo, fs, cfg, reader, device, summary, show_progress) -> None:
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(todo), unit="video", desc=f"features {cfg.stream}", disable=not show_progress)
+    pending: deque = deque()          # (video, x, starts, count) waiting for a forward pass
+    pending_images = 0
+    it = iter(todo)
+    with ThreadPoolExecutor(1, thread_name_prefix="flowstore-features") as pool:
+        futures: deque = deque()
+
+        def refill():
+            while len(futures) < max(1, cfg.decode_ahead):
+                v = next(it, None)
+                if v is None:
+                    return
+                futures.append(pool.submit(preparer, v))
+
+        def flush():
+            nonlocal pending_images
+            if not pending:
+                return
+            batch = torch.cat([p[1] for p in pending]).to(device)
+            feats = []
+            for i in range(0, batch.shape[0], cfg.batch_size):
+                feats.append(model(batch[i:i + cfg.batch_size]).float().cpu())
+                summary.forward_calls += 1
+            feats = torch.cat(feats).numpy()
+            d = feats.shape[-1]
+            rows, offset = [], 0
+            for video, x, starts, count in pending:
+                n = x.shape[0]
+                rows.append(feats[offset:offset + n].reshape(cfg.num_views, cfg.num_segments, d))
+                offset += n
+            fs.append([p[0] for p in pending], np.stack(rows), np.stack([p[2] for p in pending]).astype(np.int32),
+                      [p[3] for p in pending], [entry_sha256(reader.entry(p[0])) for p in pending])
+            summary.images += offset
+            summary.computed += len(pending)
+            bar.update(len(pending))
+            pending.clear()
+            pending_images = 0
+
+        refill()
+        while futures:
+            item = futures.popleft().result()
+            refill()
+            if pending and pending[0][1].shape[1:] != item[1].shape[1:]:
+                flush()  # videos of another size: batch them separately
+            pending.append(item)
+            pending_images += item[1].shape[0]
+            if pending_images >= cfg.batch_size:
+                flush()
+        flush()
+    bar.close()
