@@ -14,8 +14,8 @@ Clips tile every video with non-overlapping snippets (stack/frame: ``0, L, 2L, .
 random segments per clip, ``count // (K*L)`` clips per video), so one epoch reads the store
 about once. *Warm*: every file of the store and of the tree is read once beforehand, then
 ``epochs`` epochs are timed. *Cold*: for each round every file of both is evicted from the page
-cache (``posix_fadvise(POSIX_FADV_DONTNEED)`` after ``fdatasync``; residency is checked with
-``mincore``), then the store (or tree) is opened, the workers are started, and one epoch is
+cache (``posix_fadvise(POSIX_FADV_DONTNEED)``; the residency left is checked with ``mincore``
+and reported), then the store (or tree) is opened, the workers are started, and one epoch is
 timed. Worker start-up is never timed: the workers answer a ping before the clock starts, and
 after the pass they report their memory (RSS and USS). Rounds alternate between variants and
 the reported figure is the median over rounds.
@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from .dataset import _ClipSource, open_source, worker_init
+from .dataset import _ClipSource, open_source, prepare_fork, worker_init
 from .rawframes import META, RawframesReader, export_rawframes
 from .sampling import default_length, non_overlapping_starts, tsn_starts
 
@@ -51,12 +51,15 @@ def store_files(root) -> list[Path]:
     return sorted(p for p in Path(root).rglob("*") if p.is_file())
 
 
-def evict(paths) -> None:
-    """Drop the files' pages from the page cache (written back first, so they are clean)."""
+def evict(paths, *, sync: bool = False) -> None:
+    """Drop the files' pages from the page cache. Dirty pages are not dropped: the files must
+    have been written back (``sync=True`` does it per file; the store's writer fsyncs its
+    shards and :func:`export_rawframes` ends with os.sync). :func:`resident_bytes` checks."""
     for p in paths:
         fd = os.open(p, os.O_RDONLY)
         try:
-            os.fdatasync(fd)
+            if sync:
+                os.fdatasync(fd)
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
@@ -266,6 +269,7 @@ class _Runner:
         self.batches = _Batches()
         kwargs = dict(num_workers=workers, collate_fn=_collate, batch_sampler=self.batches)
         if workers > 0:
+            prepare_fork()
             kwargs.update(persistent_workers=True, prefetch_factor=prefetch_factor, worker_init_fn=worker_init)
         self.loader = DataLoader(dataset, **kwargs)
 

@@ -130,8 +130,13 @@ class _ClipSource:
         self._pool_pid = None
 
     # -- samples ---------------------------------------------------------------------------
-    def __len__(self) -> int:
+    @property
+    def num_samples(self) -> int:
+        """All samples of an epoch: ``videos * clips_per_video``."""
         return len(self.videos) * self.clips_per_video
+
+    def __len__(self) -> int:
+        return self.num_samples
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -196,8 +201,8 @@ class _ClipSource:
 
     # -- one sample: plan (cheap) -> fetch (I/O) -> decode + transform (CPU) -----------------
     def plan(self, index: int, epoch: int):
-        if not 0 <= index < len(self):
-            raise IndexError(f"sample {index} out of range (0..{len(self) - 1})")
+        if not 0 <= index < self.num_samples:
+            raise IndexError(f"sample {index} out of range (0..{self.num_samples - 1})")
         rng = sample_rng(self.seed, epoch, index)
         video = self.videos[index // self.clips_per_video]
         return index, video, self.starts(index, rng), rng
@@ -372,9 +377,21 @@ class StoreIterableDataset(_ClipSource, IterableDataset):
         mine = self.consumer_range(consumer, self.world_size * workers, len(order))
         yield from self.get_many(self.plan(order[k], epoch) for k in mine)
 
-    def __len__(self) -> int:  # samples of this rank (all its workers)
-        n = len(self.videos) * self.clips_per_video
-        return len(self.consumer_range(self.rank, self.world_size, n))
+    def __len__(self) -> int:
+        """Samples of this rank over all its workers."""
+        return len(self.consumer_range(self.rank, self.world_size, self.num_samples))
+
+
+def prepare_fork() -> None:
+    """Call in the main process before DataLoader workers fork (:func:`make_loader` does):
+    OpenCV is set to one thread here, which stops its thread pool. A child forked while that
+    pool runs inherits it without its threads and can deadlock inside OpenCV (e.g. in
+    cv2.setNumThreads); mmengine sets ``cv2.setNumThreads(0)`` for the same reason. The main
+    process keeps one OpenCV thread afterwards."""
+    import cv2
+
+    if cv2.getNumThreads() != 1:
+        cv2.setNumThreads(1)
 
 
 def worker_init(worker_id: int) -> None:
@@ -385,7 +402,8 @@ def worker_init(worker_id: int) -> None:
 
     import cv2
 
-    cv2.setNumThreads(1)
+    if cv2.getNumThreads() != 1:  # 1 already when the parent called prepare_fork()
+        cv2.setNumThreads(1)
     torch.set_num_threads(1)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
@@ -401,6 +419,8 @@ def make_loader(dataset, batch_size: int = 1, *, shuffle: bool = True, num_worke
     CUDA is available. Map-style datasets get a :class:`ClipSampler` (``shuffle``, ranks)."""
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
+    if num_workers > 0:
+        prepare_fork()
     common = dict(batch_size=batch_size, num_workers=num_workers, drop_last=drop_last, pin_memory=pin_memory,
                   worker_init_fn=worker_init, **kwargs)
     if num_workers > 0:
@@ -428,5 +448,5 @@ def set_epoch(loader: DataLoader, epoch: int) -> None:
 
 __all__ = [
     "MODALITIES", "ClipSampler", "StoreClipDataset", "StoreIterableDataset", "distributed_info",
-    "make_loader", "open_source", "sample_rng", "set_epoch", "worker_init",
+    "make_loader", "open_source", "prepare_fork", "sample_rng", "set_epoch", "worker_init",
 ]
