@@ -298,8 +298,17 @@ def _encode_frame_records(kind: str, index: int, array: np.ndarray, cfg: Extract
 ENCODE_QUEUE_DEPTH = 8
 
 
+@dataclasses.dataclass
+class VideoStats:
+    num_frames: int = 0
+    num_flows: int = 0
+    width: int = 0
+    height: int = 0
+    flow_seconds: float = 0.0  # time inside the flow engine: how busy the device was kept
+
+
 def compute_video_records(frames: Iterable[np.ndarray], estimator, cfg: ExtractConfig, put: Callable,
-                          progress: Callable[[int], None] | None = None) -> tuple[int, int, int, int]:
+                          progress: Callable[[int], None] | None = None) -> VideoStats:
     """Stream frames -> records through ``put(kind, index, payload)``.
 
     Three stages overlap: decoding (the ``frames`` iterator, a background thread in
@@ -307,8 +316,7 @@ def compute_video_records(frames: Iterable[np.ndarray], estimator, cfg: ExtractC
     (OpenCV and numpy release the GIL). ``put`` is always called from this thread, in
     submission order, so records are written deterministically and LMDB transactions stay on
     the thread that opened them. Memory stays bounded: at most ``stride + batch_size`` prepared
-    frames and ``ENCODE_QUEUE_DEPTH`` frames/flows in flight. Returns
-    (num_frames, num_flows, width, height).
+    frames and ``ENCODE_QUEUE_DEPTH`` frames/flows in flight.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -318,6 +326,7 @@ def compute_video_records(frames: Iterable[np.ndarray], estimator, cfg: ExtractC
     in_flight: deque = deque()
     n_frames = n_flows = 0
     width = height = 0
+    flow_seconds = 0.0
 
     def write_done(limit: int) -> None:
         # write finished encodings in order; block on the oldest while too many are in flight
@@ -330,10 +339,13 @@ def compute_video_records(frames: Iterable[np.ndarray], estimator, cfg: ExtractC
         write_done(ENCODE_QUEUE_DEPTH)
 
     def flush() -> None:
-        nonlocal n_flows
+        nonlocal n_flows, flow_seconds
         if not prev_batch:
             return
-        for flow in estimator.compute(prev_batch, next_batch):
+        start = time.perf_counter()
+        flows = estimator.compute(prev_batch, next_batch)
+        flow_seconds += time.perf_counter() - start
+        for flow in flows:
             submit("flow", n_flows, flow)
             n_flows += 1
         if progress is not None:
@@ -361,7 +373,7 @@ def compute_video_records(frames: Iterable[np.ndarray], estimator, cfg: ExtractC
         finally:
             for future in in_flight:  # on an error: do not write, just stop
                 future.cancel()
-    return n_frames, n_flows, width, height
+    return VideoStats(n_frames, n_flows, width, height, flow_seconds)
 
 
 def extract_video(job: VideoJob, cfg: ExtractConfig, run_token: str, progress_queue=None, device_queue=None) -> dict:
@@ -397,7 +409,8 @@ def extract_video(job: VideoJob, cfg: ExtractConfig, run_token: str, progress_qu
 
     try:
         writer.begin_video(job.id)
-        n_frames, n_flows, width, height = compute_video_records(frames, estimator, cfg, put, reporter)
+        stats = compute_video_records(frames, estimator, cfg, put, reporter)
+        n_frames, n_flows, width, height = stats.num_frames, stats.num_flows, stats.width, stats.height
         if n_flows == 0:
             raise VideoDecodeError(
                 f"only {n_frames} frame(s) decoded; a flow pair needs at least {cfg.stride + 1}"
@@ -415,7 +428,7 @@ def extract_video(job: VideoJob, cfg: ExtractConfig, run_token: str, progress_qu
         "num_frames": n_frames, "num_flows": n_flows, "width": width, "height": height,
         "shard": shard, "bytes": bytes_written,
     }
-    return {"ok": True, "entry": entry, "seconds": time.perf_counter() - start}
+    return {"ok": True, "entry": entry, "seconds": time.perf_counter() - start, "flow_seconds": stats.flow_seconds}
 
 
 # ---------------------------------------------------------------------------------------
@@ -432,6 +445,8 @@ class ExtractSummary:
     frames: int = 0
     bytes: int = 0
     seconds: float = 0.0
+    worker_seconds: float = 0.0  # wall time of the workers' videos, summed
+    flow_seconds: float = 0.0    # of which inside the flow engine
     failures: list = dataclasses.field(default_factory=list)  # failures among the planned videos
 
     @property
@@ -449,6 +464,9 @@ class ExtractSummary:
             f"pairs: {self.pairs} in {self.seconds:.1f} s = {self.pairs_per_second:.1f} pairs/s; frames: {self.frames}",
             f"bytes: {self.bytes:,} ({self.bytes_per_pair:,.0f} per pair incl. its RGB frame)",
         ]
+        if self.worker_seconds > 0:
+            out.append(f"flow engine busy {100 * self.flow_seconds / self.worker_seconds:.0f}% of worker time "
+                       "(decoding and encoding overlap with it on other threads)")
         for f in self.failures:
             out.append(f"FAILED {f['id']}: {f['reason']}  [{f['source']}]")
         return out
@@ -536,6 +554,8 @@ def run_extract(jobs: Sequence[VideoJob], cfg: ExtractConfig, *, retry_failed: b
                         summary.pairs += entry["num_flows"]
                         summary.frames += entry["num_frames"]
                         summary.bytes += entry["bytes"]
+                        summary.worker_seconds += result["seconds"]
+                        summary.flow_seconds += result["flow_seconds"]
                     else:
                         store.record_failure(result["id"], result["path"], result["reason"])
                         summary.failed += 1
@@ -570,6 +590,6 @@ def run_extract(jobs: Sequence[VideoJob], cfg: ExtractConfig, *, retry_failed: b
 
 
 __all__ = [
-    "ExtractConfig", "ExtractSummary", "PlanError", "VideoJob", "compute_video_records", "encode_flow",
+    "ExtractConfig", "ExtractSummary", "PlanError", "VideoJob", "VideoStats", "compute_video_records", "encode_flow",
     "extract_video", "plan_jobs", "run_extract", "__version__",
 ]
