@@ -5,7 +5,10 @@ Frames are consecutive frames of ../shared/data/videos/test.mp4 resized to --siz
 configuration first does one untimed warm-up batch (this is where torch.compile compiles). OpenCV
 runs on the CPU, the torch engines on --device. Timings include the host->device copy of the
 grayscale frames and the copy of the flow back to numpy. "vs OpenCV" is the speed ratio
-(> 1: torch is faster); "|d| px" is the mean absolute difference to OpenCV's flow.
+(> 1: torch is faster); "cpu s/pair" is the CPU time of this process (all its threads) per pair,
+less sensitive than wall time to other load on a shared machine; "|d| px" is the mean absolute
+difference to OpenCV's flow. On a busy machine use --threads 1: torch's many small ops slow down
+badly when its threads compete with other processes for the cores.
 
     python benchmarks/torch_flow.py [--device cpu|cuda] [--pairs 16] [--size 340x256]
                                     [--threads N] [--compile] [--batch-sizes 1,8]
@@ -43,14 +46,15 @@ def read_frames(count: int, width: int, height: int) -> list[np.ndarray]:
     return frames
 
 
-def timed(est, frames: list[np.ndarray], warmup: bool) -> tuple[float, np.ndarray]:
+def timed(est, frames: list[np.ndarray], warmup: bool) -> tuple[float, float, np.ndarray]:
+    """Wall seconds, CPU seconds of this process (all threads) and the flows of all pairs."""
     prepared = [est.prepare(f) for f in frames]
     if warmup:  # one pair; a whole batch with torch.compile (batch size 1 is compiled apart)
         n = min(est.batch_size if getattr(est, "compile", False) else 1, len(prepared) - 1)
         est.compute(prepared[:n], prepared[1 : n + 1])
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     flows = est.compute(prepared[:-1], prepared[1:])  # numpy result: the device work is finished
-    return time.perf_counter() - start, flows
+    return time.perf_counter() - start, time.process_time() - cpu_start, flows
 
 
 def main():
@@ -78,25 +82,27 @@ def main():
         f"({torch.get_num_threads()} threads), OpenCV {cv2.__version__} ({cv2.getNumThreads()} threads); "
         f"load average {load:.1f} on {os.cpu_count()} CPUs"
     )
-    print(f"{'method':<10} {'engine':<8} {'device':<8} {'batch':>5} {'compile':>7} {'pairs/s':>8} {'vs OpenCV':>9} {'|d| px':>7}")
+    print(f"{'method':<10} {'engine':<8} {'device':<8} {'batch':>5} {'compile':>7} {'pairs/s':>8} {'vs OpenCV':>9} "
+          f"{'cpu s/pair':>10} {'|d| px':>7}")
 
-    def row(method, engine, device, batch, compiled, seconds, ref_rate=None, diff=None):
+    def row(method, engine, device, batch, compiled, seconds, cpu, ref_rate=None, diff=None):
         rate = args.pairs / seconds
         ratio = f"{rate / ref_rate:8.2f}x" if ref_rate else f"{'':>9}"
         d = f"{diff:7.3f}" if diff is not None else f"{'':>7}"
-        print(f"{method:<10} {engine:<8} {device:<8} {batch:>5} {str(compiled):>7} {rate:8.2f} {ratio} {d}", flush=True)
+        print(f"{method:<10} {engine:<8} {device:<8} {batch:>5} {str(compiled):>7} {rate:8.2f} {ratio} "
+              f"{cpu / args.pairs:10.3f} {d}", flush=True)
         return rate
 
     for method in ("tvl1", "farneback"):
-        seconds, ref = timed(build_flow(method, engine="opencv"), frames, warmup=False)
-        ref_rate = row(method, "opencv", "cpu", 1, False, seconds)
+        seconds, cpu, ref = timed(build_flow(method, engine="opencv"), frames, warmup=False)
+        ref_rate = row(method, "opencv", "cpu", 1, False, seconds, cpu)
         configs = [(b, False) for b in batch_sizes] if method == "tvl1" else [(max(batch_sizes), False)]
         if method == "tvl1" and args.compile:
             configs += [(max(batch_sizes), True)]
         for batch, compiled in configs:
             est = build_flow(method, engine="torch", device=args.device, batch_size=batch, compile=compiled)
-            seconds, flows = timed(est, frames, warmup=True)
-            row(method, "torch", args.device, batch, compiled, seconds, ref_rate, float(np.abs(flows - ref).mean()))
+            seconds, cpu, flows = timed(est, frames, warmup=True)
+            row(method, "torch", args.device, batch, compiled, seconds, cpu, ref_rate, float(np.abs(flows - ref).mean()))
 
 
 if __name__ == "__main__":
