@@ -137,6 +137,16 @@ def test_workers_are_deterministic_and_open_their_own_handles(store):
     assert reader.frame_bytes("test", 0)  # the parent's handle still works after the workers ran
 
 
+def test_reader_threads_open_shards_safely(store):
+    # a fresh reader: several reader threads hit unopened shards at once (LMDB refuses a second open)
+    for _ in range(6):
+        ds = StoreClipDataset(flowstore.open_store(store), modality="flow", sampling="frame", clips_per_video=4,
+                              read_ahead=12, read_threads=4, flow_values="uint8")
+        batch = ds.__getitems__([(i, 0) for i in range(12)])
+        assert [b["index"] for b in batch] == list(range(12))
+        assert batch[5]["video"] == ds.videos[1]
+
+
 def test_clip_sampler_splits_ranks_exactly_once():
     seen = []
     for rank in range(2):

@@ -27,8 +27,10 @@ from .common import user_errors
 @click.option("--rawframes", "rawframes_dir", type=click.Path(file_okay=False, path_type=str), default=None,
               help="Export the rawframes tree here (and keep it); reused if it already holds one. "
                    "Default: a temporary folder beside STORE, deleted afterwards.")
-@click.option("--read-ahead", type=click.IntRange(0), default=4, show_default=True,
-              help="Clips whose records a worker's reader thread fetches ahead of decoding (0: none).")
+@click.option("--read-ahead", type=click.IntRange(0), default=8, show_default=True,
+              help="Clips whose records a flowstore worker reads ahead of decoding (0: none).")
+@click.option("--read-threads", type=click.IntRange(1), default=2, show_default=True,
+              help="Reader threads per worker doing that read-ahead.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object: decode_limit, flowstore, rawframes, flowstore_cold, "
@@ -38,7 +40,7 @@ from .common import user_errors
                    "as JSON to this file.")
 @user_errors
 def command(store, workers, modality, sampling, length, segments, batch_size, epochs, rounds, max_clips,
-            no_cold, rawframes_dir, read_ahead, seed, as_json, details_path):
+            no_cold, rawframes_dir, read_ahead, read_threads, seed, as_json, details_path):
     """Measure how fast the two-stream loader reads STORE, next to its limits.
 
     Three variants run the same clips through the same dataset code and DataLoader settings;
@@ -62,7 +64,7 @@ def command(store, workers, modality, sampling, length, segments, batch_size, ep
     result = bench_loader(store, workers=workers, modality=modality, sampling=sampling, length=length,
                           num_segments=segments, batch_size=batch_size, epochs=epochs, rounds=rounds,
                           cold=not no_cold, rawframes_dir=rawframes_dir, keep_rawframes=rawframes_dir is not None,
-                          max_clips=max_clips, read_ahead=read_ahead, seed=seed, log=log)
+                          max_clips=max_clips, read_ahead=read_ahead, read_threads=read_threads, seed=seed, log=log)
     if details_path:
         with open(details_path, "w") as fh:
             json.dump(result, fh, indent=1)

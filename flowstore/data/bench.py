@@ -305,9 +305,10 @@ class _Runner:
         self.loader = None
 
 
-def _measure(make_source, clips, orders, *, workers, batch_size, ds_kwargs, read_ahead) -> dict:
+def _measure(make_source, clips, orders, *, workers, batch_size, ds_kwargs, read_ahead, read_threads) -> dict:
     source = make_source()
-    runner = _Runner(_BenchDataset(source, clips, read_ahead=read_ahead, **ds_kwargs), workers, batch_size)
+    ds = _BenchDataset(source, clips, read_ahead=read_ahead, read_threads=read_threads, **ds_kwargs)
+    runner = _Runner(ds, workers, batch_size)
     try:
         runner.ping()  # workers started; nothing of the data read yet
         seconds = 0.0
@@ -343,7 +344,8 @@ def _summary(runs: list[dict]) -> dict:
 def bench_loader(store_path, *, workers: int = 2, modality: str = "flow", sampling: str = "stack",
                  length: int | None = None, num_segments: int = 3, batch_size: int = 8, epochs: int = 3,
                  rounds: int = 3, cold: bool = True, rawframes_dir=None, keep_rawframes: bool = False,
-                 max_clips: int | None = None, read_ahead: int = 4, seed: int = 0, log=None) -> dict:
+                 max_clips: int | None = None, read_ahead: int = 8, read_threads: int = 2, seed: int = 0,
+                 log=None) -> dict:
     """Run the benchmark; returns the full record (:data:`JSON_KEYS` at the top level, clips/s)."""
     log = log or (lambda msg: None)
     store_path = Path(store_path)
@@ -383,7 +385,7 @@ def bench_loader(store_path, *, workers: int = 2, modality: str = "flow", sampli
             "rawframes": (lambda: RawframesReader(rawframes_dir), 0),
             "rawframes_readahead": (lambda: RawframesReader(rawframes_dir), read_ahead),
         }
-        common = dict(workers=workers, batch_size=batch_size, ds_kwargs=ds_kwargs)
+        common = dict(workers=workers, batch_size=batch_size, ds_kwargs=ds_kwargs, read_threads=read_threads)
         warm: dict[str, list] = {k: [] for k in variants}
         prime(store_list)
         prime(tree_list)
@@ -435,7 +437,7 @@ def bench_loader(store_path, *, workers: int = 2, modality: str = "flow", sampli
         "goals": {k: {"target": GOALS[k], "met": ratios[k] >= GOALS[k]} for k in ratios},
         "settings": {"store": str(store_path), "modality": modality, "sampling": sampling, "length": length,
                      "num_segments": num_segments, "batch_size": batch_size, "epochs_warm": epochs,
-                     "read_ahead": read_ahead,
+                     "read_ahead": read_ahead, "read_threads": read_threads,
                      "rounds": rounds, "clips_per_epoch": len(clips), "seed": seed,
                      "rawframes": str(rawframes_dir) if (keep_rawframes or not made_tree) else None,
                      "torch": torch.__version__, "cpus": os.cpu_count()},

@@ -2,7 +2,7 @@
 
 ::
 
-    from flowstore.data import StoreClipDataset, make_loader, read_demo_labels, train_transform
+    from flowstore.data import StoreClipDataset, make_loader, read_demo_labels, set_epoch, train_transform
 
     labels = read_demo_labels("demo/labels.csv", split="train")
     ds = StoreClipDataset("demo/store", labels, modality="flow", sampling="stack",
@@ -39,6 +39,7 @@ Processes and randomness
 from __future__ import annotations
 
 import os
+import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -53,6 +54,7 @@ from .sampling import check_sampling, default_length, sample_starts, snippet_ind
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, Clip, finalize
 
 MODALITIES = ("rgb", "flow", "both")
+_OPEN_LOCK = threading.Lock()
 
 
 def open_source(store):
@@ -92,7 +94,7 @@ class _ClipSource:
                  test_views: int | None = None, transform=None, flow_values: str = "pixels",
                  mean_subtract: str | None = None, rgb_values: str = "float", rgb_mean=IMAGENET_MEAN,
                  rgb_std=IMAGENET_STD, clips_per_video: int = 1, seed: int = 0, min_flows: int = 1,
-                 read_ahead: int = 4):
+                 read_ahead: int = 8, read_threads: int = 2):
         if modality not in MODALITIES:
             raise ValueError(f"unknown modality {modality!r}; choose from {list(MODALITIES)}")
         self.store = open_source(store)
@@ -126,8 +128,11 @@ class _ClipSource:
             vids = [v for v in vids if self.store.num_flows(v) >= min_flows]
         self.videos: list[str] = vids
         self.read_ahead = int(read_ahead)
+        self.read_threads = max(1, int(read_threads))
         self._pool: ThreadPoolExecutor | None = None
         self._pool_pid = None
+        self._opened: set[str] = set()
+        self._opened_pid = None
 
     # -- samples ---------------------------------------------------------------------------
     @property
@@ -149,9 +154,25 @@ class _ClipSource:
         return sample_starts(self.sampling, self._count(video), length=self.length, train=self.train,
                              num_segments=self.num_segments, test_views=self.test_views, rng=rng)
 
+    def _open_shard(self, video: str) -> None:
+        """Open ``video``'s shard under a lock the first time in this process: StoreReader opens
+        shards lazily, and two reader threads must not open the same one at once."""
+        if getattr(self.store, "entry", None) is None:
+            return
+        pid = os.getpid()
+        if self._opened_pid != pid:
+            self._opened, self._opened_pid = set(), pid
+        shard = self.shard_of(video)
+        if shard not in self._opened:
+            with _OPEN_LOCK:
+                if shard not in self._opened:
+                    self.store.flow_bytes(video, [])  # opens the shard handle, reads nothing
+                    self._opened.add(shard)
+
     def fetch(self, video: str, starts: np.ndarray) -> dict:
         """The encoded records of the snippets at ``starts`` (the I/O half of :meth:`load`)."""
         src = self.store
+        self._open_shard(video)
         starts = np.asarray(starts, np.int64)
         L = self.length
         raw = {"starts": starts}
@@ -223,9 +244,10 @@ class _ClipSource:
         return self.finish(p, self.fetch(p[1], p[2]))
 
     def get_many(self, plans) -> Iterator[dict]:
-        """Samples of ``plans`` in order, their records read ahead by a background thread
-        (up to ``read_ahead`` samples ahead) while the current one is decoded, so I/O waits
-        (e.g. on a cold page cache) overlap with decoding (cv2.imdecode releases the GIL)."""
+        """Samples of ``plans`` in order, their records read ahead by ``read_threads`` background
+        threads (up to ``read_ahead`` samples ahead) while the current one is decoded, so I/O
+        waits (e.g. on a cold page cache) overlap with decoding. Both sides mostly run without
+        the GIL: cv2.imdecode releases it, and py-lmdb faults record pages in with it released."""
         plans = iter(plans)
         if self.read_ahead <= 0:
             for p in plans:
@@ -246,13 +268,14 @@ class _ClipSource:
 
     def _reader_pool(self) -> ThreadPoolExecutor:
         if self._pool is None or self._pool_pid != os.getpid():  # threads do not survive a fork
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="flowstore-read")
+            self._pool = ThreadPoolExecutor(self.read_threads, thread_name_prefix="flowstore-read")
             self._pool_pid = os.getpid()
         return self._pool
 
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_pool"] = None
+        state["_opened"], state["_opened_pid"] = set(), None
         return state
 
     def shard_of(self, video: str) -> str:
