@@ -17,13 +17,16 @@ independent re-implementation of the same steps, on ``B`` image pairs at once, o
 * a warp stops early once the squared flow update summed over the image is at most
   ``epsilon**2 * H * W`` (OpenCV's ``scaledEpsilon``).
 
-**Per-sample stopping.** Samples of a batch stop at different iterations. The stopping is applied
-exactly per sample by *masking*: every sample keeps its own "active" flag per warp, and once it is
-inactive its flow and dual variable are frozen (``torch.where``) and it skips the remaining median
-filters of that warp, so a sample's result does not depend on what else is in the batch (up to
-float rounding). The batch keeps iterating while any sample is active; the check for "all samples
-stopped" needs a device sync, so it is done every iteration on the CPU and every
-``sync_every`` iterations on accelerators (the masking keeps results exact either way).
+**Per-sample stopping.** Samples of a batch stop at different iterations; the stopping is exact
+per sample, as in OpenCV, not a fixed iteration count. Each sample has its own "still iterating
+in this warp" flag; a sample stops right after the inner iteration whose update was small enough,
+and skips the rest of the warp (including the remaining median filters). Stopped samples are
+dropped from the working batch (gathered out with ``index_select``, written back with
+``index_copy``), so they cost nothing afterwards. Knowing which samples stopped needs a
+device-to-host sync: on the CPU this is done after every inner iteration; on accelerators only
+every ``sync_every`` (default 10) iterations, and in between a device-side mask freezes stopped
+samples (``torch.where``), so the result is the same either way. A sample's flow therefore does
+not depend on what else is in its batch (the tests check batch == one at a time).
 
 ``gamma != 0`` adds OpenCV's third, illumination-change component ``u3`` (``gamma * u3`` in the
 data term, TV-regularised, not scaled between levels, not returned).
@@ -85,12 +88,6 @@ def resize_linear(
     return torch.lerp(rows.index_select(-1, x0), rows.index_select(-1, x1), fx)
 
 
-def _shift_prev(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """x[i-1] along ``dim`` with a zero at i = 0."""
-    zero = torch.zeros_like(x.narrow(dim, 0, 1))
-    return torch.cat([zero, x.narrow(dim, 0, x.shape[dim] - 1)], dim)
-
-
 def centered_gradient(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """0.5 * (x[i+1] - x[i-1]) with the border pixel repeated (OpenCV's centeredGradient)."""
     xr = torch.cat([x[..., 1:], x[..., -1:]], -1)
@@ -108,8 +105,9 @@ def forward_gradient(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def divergence(p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
-    """Backward-difference divergence, the negative adjoint of :func:`forward_gradient`."""
-    return p1 - _shift_prev(p1, -1) + p2 - _shift_prev(p2, -2)
+    """Backward-difference divergence (p[i] - p[i-1], with p[-1] = 0), the negative adjoint of
+    :func:`forward_gradient`."""
+    return p1 - F.pad(p1[..., :-1], (1, 0)) + p2 - F.pad(p2[..., :-1, :], (0, 0, 1, 0))
 
 
 def _batcher_pairs(n: int) -> list[tuple[int, int]]:
@@ -236,8 +234,7 @@ def _inner_step_functional(u, p1, p2, coef, rho_c, neg_inv_grad, l_t: float, the
     rho = rho_c + (coef * u).sum(1, keepdim=True)
     step = (rho * neg_inv_grad).clamp(-l_t, l_t)
     v = u + step * coef
-    div = p1 - F.pad(p1[..., :-1], (1, 0)) + p2 - F.pad(p2[..., :-1, :], (0, 0, 1, 0))
-    u_new = v + theta * div
+    u_new = v + theta * divergence(p1, p2)
     d = u_new - u
     err = (d * d).sum((1, 2, 3))
     ux, uy = forward_gradient(u_new)
