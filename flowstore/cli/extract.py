@@ -48,6 +48,7 @@ Exit codes:
 @click.option("--batch-size", type=int, default=None, help="Pairs per batch for torch/ptlflow engines.")
 @click.option("--ckpt", type=click.Path(path_type=str), default=None, help="Checkpoint file for learned models (ptlflow).")
 @click.option("--fp16", is_flag=True, help="Half precision for learned models on CUDA.")
+@click.option("--compile", "use_compile", is_flag=True, help="torch.compile the torch TV-L1 inner step (20-40 s to compile; pays off on long runs).")
 @click.option("--quant", type=click.Choice(["bound", "minmax"]), default="bound", show_default=True, help="bound: clip to ±BOUND px (TSN); minmax: per-flow min/max, stored beside it.")
 @click.option("--bound", type=float, default=20.0, show_default=True, help="Clipping bound in pixels for --quant bound.")
 @click.option("--flow-codec", type=click.Choice(["jpeg", "png", "raw"]), default="jpeg", show_default=True, help="Codec of each flow component (see docs/benchmarks.md for size vs. error).")
@@ -67,7 +68,7 @@ Exit codes:
 @click.pass_context
 @user_errors
 def command(ctx, inputs, out, list_file, root, backend, method, engine, gpu, device, params, batch_size, ckpt,
-            fp16, quant, bound, flow_codec, flow_quality, frame_codec, frame_quality, size, short_side, stride, decoder,
+            fp16, use_compile, quant, bound, flow_codec, flow_quality, frame_codec, frame_quality, size, short_side, stride, decoder,
             shard_size, workers, retry_failed, allow_failures, no_progress, summary_json):
     from ..decode import Resize, parse_size
     from ..extract import ExtractConfig, PlanError, plan_jobs, run_extract
@@ -83,6 +84,8 @@ def command(ctx, inputs, out, list_file, root, backend, method, engine, gpu, dev
         options["ckpt"] = ckpt
     if fp16:
         options["fp16"] = True
+    if use_compile:
+        options["compile"] = True
     try:
         jobs = plan_jobs(inputs, list_file=list_file, root=root)
     except PlanError as exc:
