@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 import flowstore
 from flowstore.data.dataset import (
@@ -135,6 +135,23 @@ def test_workers_are_deterministic_and_open_their_own_handles(store):
         assert torch.equal(a0[i], b0[i])
     assert any(not torch.equal(b0[i], b1[i]) for i in b0)
     assert reader.frame_bytes("test", 0)  # the parent's handle still works after the workers ran
+
+
+@pytest.mark.parametrize("modality", ["flow", "both"])
+def test_batches_decoded_in_workers_equal_collated_samples(store, modality):
+    ds = StoreClipDataset(store, modality=modality, sampling="tsn", flow_values="uint8", rgb_values="uint8",
+                          clips_per_video=3, seed=2)
+    loader = make_loader(ds, batch_size=4, num_workers=2, shuffle=True, prefetch_factor=2)
+    assert ds.batch_in_worker
+    seen = []
+    for batch in loader:
+        expect = default_collate([ds[(i, 0)] for i in batch["index"].tolist()])
+        assert batch.keys() == expect.keys() and batch["video"] == expect["video"]
+        for key in expect:
+            if key != "video":
+                assert torch.equal(batch[key], expect[key]), key
+        seen += batch["index"].tolist()
+    assert sorted(seen) == list(range(9))
 
 
 def test_reader_threads_open_shards_safely(store):

@@ -18,10 +18,10 @@ from .common import user_errors
               help="Snippet length L (default: 10 for stack, 5 flows / 1 frame for tsn, 1 for frame).")
 @click.option("--segments", type=click.IntRange(1), default=3, show_default=True, help="TSN segments K.")
 @click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True, help="Clips per batch.")
-@click.option("--epochs", type=click.IntRange(1), default=3, show_default=True,
+@click.option("--epochs", type=click.IntRange(1), default=2, show_default=True,
               help="Epochs timed per warm round (a cold round is one epoch).")
-@click.option("--rounds", type=click.IntRange(1), default=3, show_default=True,
-              help="Rounds per variant; figures are medians over rounds.")
+@click.option("--rounds", type=click.IntRange(1), default=5, show_default=True,
+              help="Rounds per variant (variants alternate within a round); figures are medians over rounds.")
 @click.option("--max-clips", type=click.IntRange(1), default=None, help="Use at most this many clips per epoch.")
 @click.option("--no-cold", is_flag=True, help="Skip the cold page-cache measurements.")
 @click.option("--rawframes", "rawframes_dir", type=click.Path(file_okay=False, path_type=str), default=None,

@@ -1,14 +1,20 @@
 """``flowstore bench-loader``: clips/s of the flowstore loader next to its decode limit and to an
 mmaction2 rawframes tree holding the same bytes, warm and cold.
 
-Every variant runs the same clips through the same dataset code (:class:`_BenchDataset`) and the
-same DataLoader settings (workers, batch size, prefetching, one decode thread per worker);
-only where the encoded bytes come from differs:
+Every variant runs the same clips through the same code, the loader's own
+(:class:`~flowstore.data.dataset.StoreClipDataset`: uint8 clips decoded straight into batches
+in the workers, as :func:`~flowstore.data.dataset.make_loader` sets it up) with the same
+DataLoader settings (workers, batch size, prefetching, one OpenCV thread per worker); only
+where the encoded bytes come from, and whether they are read ahead, differs:
 
-``decode_limit``  the bytes held in RAM (loaded before the workers fork): cv2.imdecode alone
+``decode_limit``  the bytes held in RAM (loaded before the workers fork): no I/O at all, only
+                  cv2.imdecode and the batch assembly and transfer every variant has
 ``flowstore``     the store (LMDB/HDF5 shard records, handles opened by each worker)
 ``rawframes``     the store exported with :func:`~flowstore.data.rawframes.export_rawframes`,
-                  one ``open().read()`` per image as mmaction2's RawFrameDecode does
+                  one ``open().read()`` per image when the image is needed, as mmaction2's
+                  RawFrameDecode does (no read-ahead)
+``rawframes_readahead``  (a control, reported but not a goal) the rawframes tree with the
+                  flowstore loader's read-ahead threads
 
 Clips tile every video with non-overlapping snippets (stack/frame: ``0, L, 2L, ...``; tsn: K
 random segments per clip, ``count // (K*L)`` clips per video), so one epoch reads the store
@@ -33,9 +39,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader
 
-from .dataset import _ClipSource, open_source, prepare_fork, worker_init
+from .dataset import StoreClipDataset, collate, open_source, prepare_fork, worker_init
 from .rawframes import META, RawframesReader, export_rawframes
 from .sampling import default_length, non_overlapping_starts, tsn_starts
 
@@ -165,14 +171,19 @@ class InMemorySource:
         return self._ranges.get((v, int(i)))
 
 
-class _BenchDataset(_ClipSource, Dataset):
-    """Fixed clips ``(video, starts)`` -> uint8 tensors; key PING answers with the worker's memory."""
+class _BenchDataset(StoreClipDataset):
+    """The loader's own dataset over fixed clips ``(video, starts)``, uint8 values and no
+    transform, batches decoded in the workers (as with :func:`make_loader`); key PING answers
+    with the worker's memory instead."""
+
+    batch_in_worker = True
 
     def __init__(self, source, clips, **kwargs):
         super().__init__(source, None, flow_values="uint8", rgb_values="uint8", **kwargs)
         self.clips = clips
 
-    def __len__(self):
+    @property
+    def num_samples(self) -> int:
         return len(self.clips)
 
     @staticmethod
@@ -186,28 +197,29 @@ class _BenchDataset(_ClipSource, Dataset):
         video, starts = self.clips[index]
         return index, video, starts, None
 
-    def finish(self, plan, raw: dict) -> dict:
-        clip = self.decode(plan[1], raw)
-        sample = {k: torch.from_numpy(v) for k, v in (("rgb", clip.rgb), ("flow", clip.flow)) if v is not None}
-        sample["images"] = sum(int(t.shape[0] * t.shape[1] // (3 if k == "rgb" else 1)) for k, t in sample.items())
-        return sample
-
     def __getitem__(self, key):
-        return self._ping() if key == PING else self.get(key, 0)
+        return self._ping() if key == PING else super().__getitem__(key)
 
     def __getitems__(self, keys):
         if keys and keys[0] == PING:
             return [self._ping() for _ in keys]
-        return list(self.get_many(self.plan(k, 0) for k in keys))
+        return super().__getitems__(keys)
 
 
 def _collate(batch):
-    if "pid" in batch[0]:
+    if isinstance(batch, list) and batch and "pid" in batch[0]:
         return batch
-    try:
-        return default_collate(batch)
-    except RuntimeError:  # clips of different frame sizes: keep the list
-        return batch
+    return collate(batch)
+
+
+def _images(batch) -> int:
+    """Images in a collated batch: 2L per flow snippet, L per RGB snippet of L frames."""
+    n = 0
+    if "flow" in batch:
+        n += int(np.prod(batch["flow"].shape[:3]))
+    if "rgb" in batch:
+        n += int(np.prod(batch["rgb"].shape[:3])) // 3
+    return n
 
 
 class _Batches:
@@ -289,12 +301,8 @@ class _Runner:
         clips = images = 0
         t0 = time.perf_counter()
         for batch in self.loader:
-            if isinstance(batch, list):
-                clips += len(batch)
-                images += sum(int(b["images"]) for b in batch)
-            else:
-                clips += len(batch["images"])
-                images += int(batch["images"].sum())
+            clips += len(batch["video"])
+            images += _images(batch)
         return time.perf_counter() - t0, clips, images
 
     def close(self):
@@ -342,8 +350,8 @@ def _summary(runs: list[dict]) -> dict:
 
 
 def bench_loader(store_path, *, workers: int = 2, modality: str = "flow", sampling: str = "stack",
-                 length: int | None = None, num_segments: int = 3, batch_size: int = 8, epochs: int = 3,
-                 rounds: int = 3, cold: bool = True, rawframes_dir=None, keep_rawframes: bool = False,
+                 length: int | None = None, num_segments: int = 3, batch_size: int = 8, epochs: int = 2,
+                 rounds: int = 5, cold: bool = True, rawframes_dir=None, keep_rawframes: bool = False,
                  max_clips: int | None = None, read_ahead: int = 8, read_threads: int = 2, seed: int = 0,
                  log=None) -> dict:
     """Run the benchmark; returns the full record (:data:`JSON_KEYS` at the top level, clips/s)."""

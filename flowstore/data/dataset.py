@@ -46,7 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, default_collate, get_worker_info
 
 from ..codec import decode_gray, decode_rgb
 from .labels import as_label_map
@@ -190,15 +190,16 @@ class _ClipSource:
             raw["rgb"] = [[src.frame_bytes(video, int(i)) for i in row] for row in idx]
         return raw
 
-    def decode(self, video: str, raw: dict) -> Clip:
-        """Decoded uint8 channel-first snippets from :meth:`fetch`'s records (the CPU half)."""
+    def decode(self, video: str, raw: dict, out: Clip | None = None) -> Clip:
+        """Decoded uint8 channel-first snippets from :meth:`fetch`'s records (the CPU half);
+        written into ``out``'s arrays when given (e.g. a slot of a batch in shared memory)."""
         src = self.store
         w, h = src.frame_size(video)
         S, L = len(raw["starts"]), self.length
         clip = Clip()
         if "flow" in raw:
             xs, ys = raw["flow"]
-            flow = np.empty((S, 2 * L, h, w), np.uint8)
+            flow = out.flow if out is not None and out.flow is not None else np.empty((S, 2 * L, h, w), np.uint8)
             codec = src.flow_codec
             for k, (bx, by) in enumerate(zip(xs, ys)):
                 s, l = divmod(k, L)
@@ -209,7 +210,8 @@ class _ClipSource:
                 clip.flow_range = raw["flow_range"].reshape(S, L, 4)
         if "rgb" in raw:
             rows = raw["rgb"]
-            rgb = np.empty((S, 3 * len(rows[0]), h, w), np.uint8)
+            rgb = (out.rgb if out is not None and out.rgb is not None
+                   else np.empty((S, 3 * len(rows[0]), h, w), np.uint8))
             for s, row in enumerate(rows):
                 for l, data in enumerate(row):
                     rgb[s, 3 * l:3 * l + 3] = decode_rgb(data, src.frame_codec, (h, w)).transpose(2, 0, 1)
@@ -248,10 +250,15 @@ class _ClipSource:
         threads (up to ``read_ahead`` samples ahead) while the current one is decoded, so I/O
         waits (e.g. on a cold page cache) overlap with decoding. Both sides mostly run without
         the GIL: cv2.imdecode releases it, and py-lmdb faults record pages in with it released."""
+        for p, raw in self.fetched(plans):
+            yield self.finish(p, raw)
+
+    def fetched(self, plans) -> Iterator[tuple]:
+        """``(plan, records)`` in order, read ahead as described in :meth:`get_many`."""
         plans = iter(plans)
         if self.read_ahead <= 0:
             for p in plans:
-                yield self.finish(p, self.fetch(p[1], p[2]))
+                yield p, self.fetch(p[1], p[2])
             return
         pool = self._reader_pool()
         pending: deque = deque()
@@ -264,7 +271,7 @@ class _ClipSource:
             nxt = next(plans, None)
             if nxt is not None:
                 pending.append((nxt, pool.submit(self.fetch, nxt[1], nxt[2])))
-            yield self.finish(p, fut.result())
+            yield p, fut.result()
 
     def _reader_pool(self) -> ThreadPoolExecutor:
         if self._pool is None or self._pool_pid != os.getpid():  # threads do not survive a fork
@@ -309,13 +316,77 @@ class StoreClipDataset(_ClipSource, Dataset):
             index, epoch = key, self.epoch
         return self.get(int(index), int(epoch))
 
-    def __getitems__(self, keys) -> list[dict]:
-        """A batch (what DataLoader workers call): records read ahead while decoding."""
+    #: set by :func:`make_loader` (with :func:`collate` as the loader's collate_fn): uint8 clips
+    #: without a transform are decoded straight into the batch, in shared memory in a worker
+    batch_in_worker = False
+
+    def __getitems__(self, keys):
+        """A batch (what DataLoader workers call): records read ahead while decoding. Returns
+        the samples, or with :attr:`batch_in_worker` possibly a :class:`Batch` already collated."""
         plans = []
         for key in keys:
             index, epoch = key if isinstance(key, tuple) else (key, self.epoch)
             plans.append(self.plan(int(index), int(epoch)))
+        if self.batch_in_worker and self._direct(plans):
+            return self.decode_batch(plans)
         return list(self.get_many(plans))
+
+    def _direct(self, plans) -> bool:
+        """Whether the batch is plain stacked uint8 clips of one shape (no transform to apply)."""
+        if self.transform is not None or not plans:
+            return False
+        if self.modality != "rgb" and self.flow_values != "uint8":
+            return False
+        if self.modality != "flow" and self.rgb_values != "uint8":
+            return False
+        return (len({len(p[2]) for p in plans}) == 1
+                and len({self.store.frame_size(p[1]) for p in plans}) == 1)
+
+    def decode_batch(self, plans) -> "Batch":
+        """Decode a batch straight into its stacked tensors: the same result as
+        ``collate([self.get(...) for ...])`` without per-sample arrays or a copy into the batch."""
+        B, S, L = len(plans), len(plans[0][2]), self.length
+        w, h = self.store.frame_size(plans[0][1])
+        batch = Batch()
+        if self.modality in ("flow", "both"):
+            batch["flow"] = _batch_tensor((B, S, 2 * L, h, w))
+        if self.modality in ("rgb", "both"):
+            batch["rgb"] = _batch_tensor((B, S, 3 * (L if self.modality == "rgb" else 1), h, w))
+        for j, (p, raw) in enumerate(self.fetched(plans)):
+            if "flow_range" in raw:  # minmax ranges do not travel with uint8 batches
+                raw.pop("flow_range")
+            self.decode(p[1], raw, Clip(rgb=batch["rgb"][j].numpy() if "rgb" in batch else None,
+                                        flow=batch["flow"][j].numpy() if "flow" in batch else None))
+        batch["label"] = torch.tensor([self.labels[p[1]] for p in plans], dtype=torch.int64)
+        batch["video"] = [p[1] for p in plans]
+        batch["index"] = torch.tensor([p[0] for p in plans], dtype=torch.int64)
+        batch["starts"] = torch.from_numpy(np.stack([np.asarray(p[2], np.int64) for p in plans]))
+        return batch
+
+
+class Batch(dict):
+    """A batch collated inside a worker by :meth:`StoreClipDataset.decode_batch`."""
+
+
+def _batch_tensor(shape) -> torch.Tensor:
+    """uint8 tensor for a batch: in shared memory inside a DataLoader worker (as default_collate
+    allocates it, so the batch reaches the main process without another copy)."""
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.uint8)
+    numel = int(np.prod(shape))
+    try:
+        storage = torch.empty(0, dtype=torch.uint8)._typed_storage()._new_shared(numel, device="cpu")
+        return torch.empty(0, dtype=torch.uint8).new(storage).resize_(shape)
+    except (AttributeError, RuntimeError, TypeError):  # private torch API changed: copy once instead
+        return torch.empty(shape, dtype=torch.uint8).share_memory_()
+
+
+def collate(batch):
+    """``collate_fn`` of :func:`make_loader`: a :class:`Batch` is already collated; anything
+    else goes through torch's default_collate."""
+    if isinstance(batch, Batch):
+        return dict(batch)
+    return default_collate(batch)
 
 
 class ClipSampler(Sampler):
@@ -439,7 +510,8 @@ def make_loader(dataset, batch_size: int = 1, *, shuffle: bool = True, num_worke
                 pad: bool = False, **kwargs) -> DataLoader:
     """A DataLoader wired for flowstore datasets: workers open their own store handles, one
     decode thread each, prefetching ``prefetch_factor`` batches per worker, memory pinned when
-    CUDA is available. Map-style datasets get a :class:`ClipSampler` (``shuffle``, ranks)."""
+    CUDA is available. Map-style datasets get a :class:`ClipSampler` (``shuffle``, ranks) and,
+    unless a ``collate_fn`` is given, :func:`collate` with ``dataset.batch_in_worker = True``."""
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     if num_workers > 0:
@@ -457,6 +529,9 @@ def make_loader(dataset, batch_size: int = 1, *, shuffle: bool = True, num_worke
         return DataLoader(dataset, **common)
     sampler = ClipSampler(len(dataset), shuffle=shuffle, seed=dataset.seed if seed is None else seed,
                           rank=rank, world_size=world_size, pad=pad)
+    if "collate_fn" not in common and isinstance(dataset, StoreClipDataset):
+        dataset.batch_in_worker = True  # uint8 clips are decoded straight into the batch
+        common["collate_fn"] = collate
     common["persistent_workers"] = (num_workers > 0) if persistent_workers is None else persistent_workers
     return DataLoader(dataset, sampler=sampler, **common)
 
@@ -470,6 +545,6 @@ def set_epoch(loader: DataLoader, epoch: int) -> None:
 
 
 __all__ = [
-    "MODALITIES", "ClipSampler", "StoreClipDataset", "StoreIterableDataset", "distributed_info",
+    "MODALITIES", "Batch", "ClipSampler", "StoreClipDataset", "collate", "StoreIterableDataset", "distributed_info",
     "make_loader", "open_source", "prepare_fork", "sample_rng", "set_epoch", "worker_init",
 ]
