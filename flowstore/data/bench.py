@@ -190,8 +190,9 @@ class _BenchDataset(StoreClipDataset):
     def _ping() -> dict:
         import psutil
 
-        mem = psutil.Process().memory_full_info()
-        return {"pid": os.getpid(), "rss": mem.rss, "uss": mem.uss}
+        proc = psutil.Process()
+        mem, cpu = proc.memory_full_info(), proc.cpu_times()
+        return {"pid": os.getpid(), "rss": mem.rss, "uss": mem.uss, "cpu": cpu.user + cpu.system}
 
     def plan(self, index: int, epoch: int):
         video, starts = self.clips[index]
@@ -318,13 +319,14 @@ def _measure(make_source, clips, orders, *, workers, batch_size, ds_kwargs, read
     ds = _BenchDataset(source, clips, read_ahead=read_ahead, read_threads=read_threads, **ds_kwargs)
     runner = _Runner(ds, workers, batch_size)
     try:
-        runner.ping()  # workers started; nothing of the data read yet
+        before = {m["pid"]: m["cpu"] for m in runner.ping()}  # workers started; no data read yet
         seconds = 0.0
         n_clips = n_images = 0
         for order in orders:
             s, c, i = runner.timed(order)
             seconds, n_clips, n_images = seconds + s, n_clips + c, n_images + i
         mem = runner.ping()
+        cpu = sum(m["cpu"] - before.get(m["pid"], m["cpu"]) for m in mem)
     finally:
         runner.close()
         close = getattr(source, "close", None)
@@ -333,7 +335,10 @@ def _measure(make_source, clips, orders, *, workers, batch_size, ds_kwargs, read
     return {"seconds": seconds, "clips": n_clips, "images": n_images,
             "clips_per_s": n_clips / seconds, "images_per_s": n_images / seconds,
             "worker_rss_mb": [round(m["rss"] / 2**20, 1) for m in mem],
-            "worker_uss_mb": [round(m["uss"] / 2**20, 1) for m in mem]}
+            "worker_uss_mb": [round(m["uss"] / 2**20, 1) for m in mem],
+            # CPU the workers got during the pass, per worker and second of wall time (1.0 = a
+            # whole core each); well below 1 when other processes compete for the cores
+            "worker_cpu_share": round(cpu / (seconds * max(workers, 1)), 3)}
 
 
 def _summary(runs: list[dict]) -> dict:
@@ -345,6 +350,7 @@ def _summary(runs: list[dict]) -> dict:
         "seconds": round(sum(r["seconds"] for r in runs), 3),
         "worker_rss_mb": max(max(r["worker_rss_mb"]) for r in runs),
         "worker_uss_mb": max(max(r["worker_uss_mb"]) for r in runs),
+        "worker_cpu_share": statistics.median(r["worker_cpu_share"] for r in runs),
         **({"resident_after_evict": runs[0]["resident_after_evict"]} if "resident_after_evict" in runs[0] else {}),
     }
 
@@ -356,6 +362,7 @@ def bench_loader(store_path, *, workers: int = 2, modality: str = "flow", sampli
                  log=None) -> dict:
     """Run the benchmark; returns the full record (:data:`JSON_KEYS` at the top level, clips/s)."""
     log = log or (lambda msg: None)
+    load_before = os.getloadavg()
     store_path = Path(store_path)
     length = default_length(sampling, modality) if length is None else length
     meta_store = open_source(store_path)
@@ -448,7 +455,9 @@ def bench_loader(store_path, *, workers: int = 2, modality: str = "flow", sampli
                      "read_ahead": read_ahead, "read_threads": read_threads,
                      "rounds": rounds, "clips_per_epoch": len(clips), "seed": seed,
                      "rawframes": str(rawframes_dir) if (keep_rawframes or not made_tree) else None,
-                     "torch": torch.__version__, "cpus": os.cpu_count()},
+                     "torch": torch.__version__, "cpus": os.cpu_count(),
+                     "loadavg_before": [round(x, 2) for x in load_before],
+                     "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
     }
 
 
@@ -458,7 +467,8 @@ def format_report(result: dict) -> str:
     lines = [f"bench-loader {s['store']}: {s['modality']} {s['sampling']} L={s['length']}, "
              f"{result['workers']} workers, batch {s['batch_size']}, {s['clips_per_epoch']} clips/epoch, "
              f"median of {s['rounds']} rounds",
-             f"{'':22s}{'clips/s':>10s}{'images/s':>11s}{'vs decode':>11s}{'RSS/worker':>12s}{'USS/worker':>12s}"]
+             f"{'':22s}{'clips/s':>10s}{'images/s':>11s}{'vs decode':>11s}{'RSS/worker':>12s}{'USS/worker':>12s}"
+             f"{'CPU/worker':>12s}"]
     names = [("decode_limit", "decode limit (RAM)"), ("flowstore", "flowstore warm"), ("rawframes", "rawframes warm"),
              ("rawframes_readahead", "(rawframes+readahead)"), ("flowstore_cold", "flowstore cold"),
              ("rawframes_cold", "rawframes cold"), ("rawframes_readahead_cold", "(rawframes+ra cold)")]
@@ -468,7 +478,7 @@ def format_report(result: dict) -> str:
             continue
         x = d[key]
         lines.append(f"{label:22s}{x['clips_per_s']:10.1f}{x['images_per_s']:11.0f}{x['clips_per_s'] / base:10.2f}x"
-                     f"{x['worker_rss_mb']:9.0f} MB{x['worker_uss_mb']:9.0f} MB")
+                     f"{x['worker_rss_mb']:9.0f} MB{x['worker_uss_mb']:9.0f} MB{x['worker_cpu_share']:11.0%}")
     for k, g in result["goals"].items():
         rounds = ", ".join(f"{x:.2f}" for x in result["ratios_per_round"][k])
         lines.append(f"goal {k} >= {g['target']}: {result['ratios'][k]:.2f} -> {'met' if g['met'] else 'MISSED'}"
@@ -476,6 +486,8 @@ def format_report(result: dict) -> str:
     for key in ("flowstore_cold", "rawframes_cold"):
         if key in d:
             lines.append(f"{key}: {d[key]['resident_after_evict']:.1%} of the files resident after eviction")
+    lines.append(f"load average {s['loadavg_before'][0]:.1f} before, {s['loadavg_after'][0]:.1f} after, on {s['cpus']} CPUs "
+                 "(CPU/worker: share of a core each worker got while timed)")
     return "\n".join(lines)
 
 
