@@ -164,6 +164,24 @@ def test_reader_threads_open_shards_safely(store):
         assert batch[5]["video"] == ds.videos[1]
 
 
+def test_hdf5_minmax_store_through_workers(tmp_path, shared_videos):
+    from flowstore.quantize import QuantSpec
+
+    out = tmp_path / "h5"
+    cfg = ExtractConfig(out=str(out), backend="hdf5", method="farneback", quant=QuantSpec("minmax"),
+                        resize=Resize(size=SIZE), workers=1)
+    run_extract(plan_jobs([shared_videos / "part_0.mp4"]), cfg, show_progress=False, log=lambda m: None)
+    reader = flowstore.open_store(out)
+    ds = StoreClipDataset(reader, modality="flow", sampling="stack", length=4, clips_per_video=4, seed=9)
+    batches = list(make_loader(ds, batch_size=2, num_workers=2, shuffle=False, prefetch_factor=2))
+    assert [i for b in batches for i in b["index"].tolist()] == [0, 1, 2, 3]
+    b = batches[1]
+    start = int(b["starts"][0, 0])
+    for l in range(4):  # per-flow min/max ranges travel with the records: dequantized in pixels
+        np.testing.assert_allclose(b["flow"][0, 0, 2 * l].numpy(), reader.flow("part_0", start + l)[..., 0], atol=1e-4)
+        np.testing.assert_allclose(b["flow"][0, 0, 2 * l + 1].numpy(), reader.flow("part_0", start + l)[..., 1], atol=1e-4)
+
+
 def test_clip_sampler_splits_ranks_exactly_once():
     seen = []
     for rank in range(2):
