@@ -43,16 +43,19 @@ def command(store, workers, modality, sampling, length, segments, batch_size, ep
             no_cold, rawframes_dir, read_ahead, read_threads, seed, as_json, details_path):
     """Measure how fast the two-stream loader reads STORE, next to its limits.
 
-    Three variants run the same clips through the same dataset code and DataLoader settings;
-    only the source of the encoded bytes differs: (a) decode limit: the bytes held in RAM, so
-    only cv2.imdecode is measured; (b) flowstore: the store's shards; (c) rawframes: the same
-    bytes exported as an mmaction2 rawframes tree (img_00001.jpg, flow_x_00001.jpg,
-    flow_y_00001.jpg) read file by file.
+    Three variants run the same clips through the loader's own dataset code and the same
+    DataLoader settings; only the source of the encoded bytes differs: (a) decode limit: the
+    bytes held in RAM, so no I/O, only cv2.imdecode and the batch assembly all variants share;
+    (b) flowstore: the store's shards, read ahead of decoding by each worker's reader threads;
+    (c) rawframes: the same bytes exported as an mmaction2 rawframes tree (img_00001.jpg,
+    flow_x_00001.jpg, flow_y_00001.jpg) read file by file when needed, as mmaction2 does.
+    A control, rawframes with (b)'s read-ahead, is reported beside them.
 
     (b) and (c) are measured warm (files in the page cache) and cold: before each cold round
-    every file of the store and of the tree is evicted from the page cache
-    (posix_fadvise DONTNEED) and only then are they opened. Worker start-up is not timed.
-    Reports clips/s, images/s and memory (RSS, USS) per worker.
+    every file of the store and of the tree is evicted from the page cache (posix_fadvise
+    DONTNEED) and only then are they opened. Worker start-up is not timed. Reports clips/s,
+    images/s, memory (RSS, USS) per worker and the share of a core each worker got (other
+    processes on the machine lower it, and with it every figure).
 
     Example: flowstore bench-loader store --workers 2 --json
     """
