@@ -16,30 +16,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
-import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import clip_frames  # noqa: E402
 from flowstore.flow import build_flow  # noqa: E402
 from flowstore.flow.learned import save_random_checkpoint  # noqa: E402
 
-CLIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos" / "test.mp4"
-
-
-def read_frames(count: int, width: int, height: int) -> list[np.ndarray]:
-    frames = []
-    cap = cv2.VideoCapture(str(CLIP))
-    while len(frames) < count:
-        ok, bgr = cap.read()
-        if not ok:
-            break
-        frames.append(cv2.cvtColor(cv2.resize(bgr, (width, height), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB))
-    cap.release()
-    if len(frames) < count:
-        print(f"(only {len(frames)} frames from {CLIP}; padding with random frames)", file=sys.stderr)
-        rng = np.random.default_rng(0)
-        frames += [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(count - len(frames))]
-    return frames
 
 
 def main():
@@ -64,7 +46,7 @@ def main():
         ckpt = args.ckpt or save_random_checkpoint(args.model, Path(tmp) / f"{args.model}-random.ckpt", seed=0)
         est = build_flow(f"ptlflow:{args.model}", device=args.device, ckpt=ckpt,
                          batch_size=args.batch_size, fp16=args.fp16)
-    frames = read_frames(args.pairs + args.batch_size + 1, width, height)
+    frames = clip_frames(args.pairs + args.batch_size + 1, width, height)
     prepared = [est.prepare(f) for f in frames]
 
     warm = args.batch_size
@@ -78,7 +60,7 @@ def main():
     assert flows.shape == (args.pairs, height, width, 2)
     d = est.describe()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"| model | device | size | batch | pairs | s/pair | pairs/s | torch threads | weights | load avg (1 min) |")
+    print("| model | device | size | batch | pairs | s/pair | pairs/s | torch threads | weights | load avg (1 min) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     print(f"| {args.model} | {d['device']}{' fp16' if d['fp16'] else ''} | {width}x{height} | {args.batch_size} | "
           f"{args.pairs} | {elapsed / args.pairs:.3f} | {args.pairs / elapsed:.2f} | {torch.get_num_threads()} | "

@@ -24,26 +24,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import CLIP, clip_frames  # noqa: E402
 from flowstore.flow import build_flow  # noqa: E402
 
-CLIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos" / "test.mp4"
-
-
-def read_frames(count: int, width: int, height: int) -> list[np.ndarray]:
-    frames = []
-    cap = cv2.VideoCapture(str(CLIP))
-    while len(frames) < count:
-        ok, bgr = cap.read()
-        if not ok:
-            break
-        frames.append(cv2.cvtColor(cv2.resize(bgr, (width, height), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB))
-    cap.release()
-    if len(frames) < count:
-        print(f"(only {len(frames)} frames from {CLIP}; padding with random frames)", file=sys.stderr)
-        rng = np.random.default_rng(0)
-        frames += [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(count - len(frames))]
-    return frames
 
 
 def timed(est, frames: list[np.ndarray], warmup: bool) -> tuple[float, float, np.ndarray]:
@@ -75,7 +59,7 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
         cv2.setNumThreads(args.threads)
-    frames = read_frames(args.pairs + 1, width, height)
+    frames = clip_frames(args.pairs + 1, width, height)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
         f"{args.pairs} pairs at {width}x{height} from {CLIP.name}; torch {torch.__version__} on {args.device} "

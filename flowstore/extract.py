@@ -384,10 +384,7 @@ def extract_video(job: VideoJob, cfg: ExtractConfig, run_token: str, progress_qu
     """
     start = time.perf_counter()
     estimator, allocator = _worker_setup(cfg, run_token, device_queue)
-    reporter = None
-    if progress_queue is not None:
-        def reporter(n):
-            progress_queue.put(n)
+    reporter = progress_queue.put if progress_queue is not None else None
     try:
         source_size = os.path.getsize(job.path)
         source_sha = file_sha256(job.path)
