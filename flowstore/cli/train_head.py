@@ -1,0 +1,134 @@
+"""``flowstore train-head``."""
+from __future__ import annotations
+
+import click
+
+from .common import user_errors
+
+HELP = """Train a classification head on frozen features (from `flowstore features`), fuse
+streams, and evaluate on the test videos.
+
+One --features file trains one head. Several (e.g. rgb and flow) train one head per stream
+and fuse their softmax scores: late-avg (mean), late-weighted (weights grid-searched on the
+validation scores), svm (Simonyan & Zisserman: a linear SVM on the stacked, L2-normalised
+scores, fitted on the validation scores, or with --fusion-folds K on out-of-fold scores); or early-concat trains one head on the
+concatenated (per-stream L2-normalised) features. With several streams every score fusion is
+fitted and reported; --fusion picks the one whose numbers are the top-level metrics.
+
+Heads: linear and mlp average the segment features (TSN consensus); transformer attends over
+the segment tokens. Features are L2-normalised per segment inside the head (a random frozen
+net's features scale with motion speed); --no-l2-normalize turns that off. Every epoch a
+training video contributes one of its views (--train-views random); testing averages the
+softmax scores over all views. A stratified --val-fraction of the training videos is held
+out for early stopping, the best epoch and fitting the fusion.
+
+\b
+Labels (--labels):
+  labels.csv            the demo dataset's video_id,label,class_name,split (train/test rows)
+  DIR                   UCF101 (classInd.txt, trainlist0N.txt, testlist0N.txt; --split N)
+                        or HMDB51 (<class>_test_splitN.txt; --split N)
+  list.txt              mmaction2 list of training videos; --test-labels adds the test list
+
+\b
+Output directory:
+  config.json           arguments, streams (feature files + provenance), labels, splits
+  head.pt/.json         the head (or head_<stream>.pt/.json per stream); state_dict + config
+  fusion.json           fitted fusion parameters (weights, SVM coefficients)
+  metrics.json          split, n, top1, top5, top5_k, mean_class_accuracy, per_class_accuracy,
+                        confusion_matrix, head, fusion, streams, per_stream, per_fusion, val, counts
+  predictions.csv       per video: label, prediction, correct, score per class
+  confusion.png         confusion matrix; curves.png (curves_<stream>.png): training curves
+
+\b
+Examples:
+  flowstore train-head --features flow.h5 --labels demo/labels.csv --head linear --out heads/flow
+  flowstore train-head --features rgb.h5 --features flow.h5 --labels demo/labels.csv --fusion svm --out heads/fused
+  flowstore train-head --features rgb.h5 --labels ucfTrainTestlist --split 1 --head transformer --out heads/t
+"""
+
+
+@click.command("train-head", help=HELP)
+@click.option("--features", "-f", "features", multiple=True, required=True, type=click.Path(path_type=str),
+              help="Feature store (repeat for several streams, e.g. rgb then flow).")
+@click.option("--name", "names", multiple=True, help="Stream names, one per --features (default: from provenance).")
+@click.option("--labels", "-l", required=True, type=click.Path(path_type=str), help="Labels: labels.csv, a UCF101/HMDB51 split folder, or an mmaction2 list.")
+@click.option("--test-labels", type=click.Path(path_type=str), default=None, help="Test videos (mmaction2 list or demo csv); overrides the test set of --labels.")
+@click.option("--classes", type=click.Path(path_type=str), default=None, help="classInd.txt naming the classes (for mmaction2 lists).")
+@click.option("--split", type=int, default=1, show_default=True, help="Split number for UCF101/HMDB51 label folders.")
+@click.option("--out", "-o", required=True, type=click.Path(path_type=str), help="Output directory.")
+@click.option("--head", type=click.Choice(["linear", "mlp", "transformer"]), default="linear", show_default=True)
+@click.option("--fusion", type=click.Choice(["none", "late-avg", "late-weighted", "svm", "early-concat"]), default="none", show_default=True,
+              help="How several streams are combined (none: one --features).")
+@click.option("--hidden", type=int, default=None, help="mlp: hidden units (default 512).")
+@click.option("--dropout", type=float, default=None, help="Dropout (default: linear 0, mlp 0.5, transformer 0.1).")
+@click.option("--dim", type=int, default=None, help="transformer: token width (default 256).")
+@click.option("--layers", type=int, default=None, help="transformer: encoder layers (default 2).")
+@click.option("--attention-heads", type=int, default=None, help="transformer: attention heads (default 4).")
+@click.option("--pooling", type=click.Choice(["cls", "mean"]), default=None, help="transformer: CLS token or mean of tokens (default cls).")
+@click.option("--epochs", type=int, default=100, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak AdamW learning rate.")
+@click.option("--weight-decay", type=float, default=1e-4, show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--schedule", type=click.Choice(["cosine", "cyclic", "constant"]), default="cosine", show_default=True,
+              help="cosine decay to 0, or triangular cycles between lr/10 and lr (--cycle-epochs each).")
+@click.option("--cycle-epochs", type=int, default=4, show_default=True)
+@click.option("--class-weighted", is_flag=True, help="Weight the loss by inverse class frequency.")
+@click.option("--early-stopping", type=int, default=None, metavar="PATIENCE", help="Stop after PATIENCE epochs without improvement on the validation split.")
+@click.option("--monitor", type=click.Choice(["val_loss", "val_acc"]), default="val_loss", show_default=True,
+              help="What picks the best epoch and drives early stopping.")
+@click.option("--val-fraction", type=float, default=0.2, show_default=True, help="Stratified share of the training videos held out for validation (0: none).")
+@click.option("--fusion-folds", type=int, default=0, show_default=True, metavar="K",
+              help="Fit the fusions on K-fold out-of-fold scores of the training videos (K+1 heads per stream) "
+                   "instead of on the validation split; useful with few videos (--val-fraction 0).")
+@click.option("--group-pattern", default=None, metavar="REGEX",
+              help="Keep videos whose ids share this regex's match (its first group) on one side of the "
+                   "validation split and the folds, e.g. '_g(\\d+)_' for UCF101 groups.")
+@click.option("--train-views", type=click.Choice(["random", "all", "first"]), default="random", show_default=True,
+              help="Training views: one random view per video and epoch, every view, or only the first.")
+@click.option("--no-l2-normalize", is_flag=True, help="Do not L2-normalise each segment's features in the head.")
+@click.option("--svm-c", type=float, default=1.0, show_default=True, help="C of the SVM fusion.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split, initialisation and shuffling.")
+@click.option("--device", default=None, help="Torch device (default cpu).")
+@click.option("--gpu", type=int, default=None, help="GPU index; same as --device cuda:N.")
+@user_errors
+def command(features, names, labels, test_labels, classes, split, out, head, fusion, hidden, dropout, dim, layers,
+            attention_heads, pooling, epochs, lr, weight_decay, batch_size, schedule, cycle_epochs, class_weighted,
+            early_stopping, monitor, val_fraction, fusion_folds, group_pattern, train_views, no_l2_normalize, svm_c, seed, device, gpu):
+    from ..features.twostream import TrainArgs, load_label_sets, open_streams, train_model
+
+    if gpu is not None and device is not None:
+        raise click.UsageError("give --gpu or --device, not both")
+    device = f"cuda:{gpu}" if gpu is not None else (device or "cpu")
+    head_kwargs = {}
+    for key, value, heads in (("hidden", hidden, ("mlp",)), ("dropout", dropout, ("linear", "mlp", "transformer")),
+                              ("dim", dim, ("transformer",)), ("layers", layers, ("transformer",)),
+                              ("heads", attention_heads, ("transformer",)), ("pooling", pooling, ("transformer",))):
+        if value is None:
+            continue
+        if head not in heads:
+            opt = "--attention-heads" if key == "heads" else f"--{key}"
+            raise click.UsageError(f"{opt} applies to the {'/'.join(heads)} head, not {head}")
+        head_kwargs[key] = value
+    args = TrainArgs(head=head, fusion=fusion, head_kwargs=head_kwargs, epochs=epochs, lr=lr,
+                     weight_decay=weight_decay, batch_size=batch_size, class_weighted=class_weighted,
+                     schedule=schedule, cycle_epochs=cycle_epochs, early_stopping=early_stopping, monitor=monitor,
+                     seed=seed, l2_normalize=not no_l2_normalize, train_views=train_views,
+                     val_fraction=val_fraction, fusion_folds=fusion_folds, group_pattern=group_pattern, svm_c=svm_c, device=device)
+    label_sets = load_label_sets(labels, test_labels=test_labels, classes=classes, split=split)
+    streams = open_streams(features, list(names) or None)
+    try:
+        result = train_model(streams, label_sets, out, args, log=lambda m: click.echo(m, err=True))
+    finally:
+        for s in streams:
+            s.store.close()
+    click.echo(f"train-head: {result['fusion'] if result['fusion'] != 'none' else result['streams'][0]} "
+               f"({head}) on {result['split']} (n={result['n']}): top-1 {result['top1']:.1%}, "
+               f"top-{result['top5_k']} {result['top5']:.1%}, mean class accuracy {result['mean_class_accuracy']:.1%}")
+    for name, m in result["per_stream"].items():
+        click.echo(f"  stream {name}: top-1 {m['top1']:.1%}")
+    for name, m in result["per_fusion"].items():
+        extra = ""
+        if "weights" in m:
+            extra = " (weights " + ", ".join(f"{k} {v:.2f}" for k, v in m["weights"].items()) + ")"
+        click.echo(f"  fusion {name}: top-1 {m['top1']:.1%}{extra}")
+    click.echo(f"train-head: wrote {out}/metrics.json, predictions.csv, confusion.png")
