@@ -214,3 +214,21 @@ out = "{tmp_path / 'p.png'}"
     assert bad.returncode == 2 and "unknown setting(s) ['colour']" in bad.stderr
     dry = run_cli("run", str(recipe), "--dry-run")
     assert dry.returncode == 0 and "flowstore extract --out" in dry.stderr
+
+
+def test_bench_flow_reports_the_epe_of_a_direct_call(tmp_path, flow_gt_dir):
+    import cv2
+
+    from flowstore.flo import mean_epe, read_flo
+
+    (tmp_path / "pairs").mkdir()
+    (tmp_path / "pairs" / "chairs_00001").symlink_to(flow_gt_dir / "chairs_00001")
+    result = run_cli("bench-flow", str(tmp_path / "pairs"), "--method", "farneback", "--method", "farneback@torch",
+                     "--batch-size", "2", "--markdown", str(tmp_path / "b.md"))
+    assert result.returncode == 0, result.stderr
+    gray = [cv2.cvtColor(cv2.imread(str(flow_gt_dir / "chairs_00001" / f)), cv2.COLOR_BGR2GRAY) for f in ("frame1.png", "frame2.png")]
+    direct = cv2.calcOpticalFlowFarneback(gray[0], gray[1], None, 0.5, 3, 15, 3, 5, 1.2, 0)
+    expected = mean_epe(direct, read_flo(flow_gt_dir / "chairs_00001" / "flow.flo"))
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| farneback")]
+    assert len(rows) == 2 and f"| {expected:.3f} |" in rows[0]
+    assert "(B=2)" in rows[1] and "bench-flow on pairs" in (tmp_path / "b.md").read_text()

@@ -26,7 +26,8 @@ def load_gt_pairs(root):
 
 
 def run_flow_benchmark(pairs, specs, *, device=None, batch_size=None, repeats=1):
-    """``specs``: list of (label, method, engine, params, options). Returns rows of results."""
+    """``specs``: list of (label, method, engine, params, options). Returns rows of results; timings
+    are per pair at batch 1 after one warm-up, and with ``batch_size`` also per pair in full batches."""
     import time
 
     import numpy as np
@@ -50,31 +51,37 @@ def run_flow_benchmark(pairs, specs, *, device=None, batch_size=None, repeats=1)
             seconds += (time.perf_counter() - start) / repeats
             epes[name] = mean_epe(flow, gt)
             outliers.append(outlier_rate(flow, gt))
-        batch_pps = None
-        if getattr(est, "batch_size", 1) > 1:  # throughput with a full batch of same-size pairs
-            name, f1, f2, _ = pairs[0]
-            a, b = est.prepare(f1), est.prepare(f2)
-            k = est.batch_size
-            start = time.perf_counter()
-            est.compute([a] * k, [b] * k)
-            batch_pps = k / (time.perf_counter() - start)
+        batch_ms = None
+        if batch_size and batch_size > 1 and engine != "opencv":
+            # throughput with full batches: each pair repeated batch_size times, all pairs
+            batch_seconds = 0.0
+            for _, f1, f2, _ in pairs:
+                a, b = est.prepare(f1), est.prepare(f2)
+                start = time.perf_counter()
+                est.compute([a] * batch_size, [b] * batch_size)
+                batch_seconds += (time.perf_counter() - start) / batch_size
+            batch_ms = 1000 * batch_seconds / len(pairs)
         rows.append({
             "label": label, "engine": est.engine, "device": est.device, "epe": epes,
             "mean_epe": float(np.mean(list(epes.values()))), "fl_all": float(np.mean(outliers)),
             "ms_per_pair": 1000 * seconds / len(pairs), "pairs_per_s": len(pairs) / seconds,
-            "batch_size": getattr(est, "batch_size", 1), "batch_pairs_per_s": batch_pps,
+            "batch_size": batch_size if batch_ms is not None else 1, "batch_ms_per_pair": batch_ms,
         })
     return rows
 
 
 def markdown_table(rows, pairs) -> str:
     names = [p[0] for p in pairs]
-    head = "| method | engine | device | " + " | ".join(names) + " | mean EPE | Fl-all | ms/pair | pairs/s (batch) |"
-    lines = [head, "|" + "---|" * (len(names) + 7)]
+    batched = any(r["batch_ms_per_pair"] for r in rows)
+    head = ("| method | engine | device | " + " | ".join(names) + " | mean EPE | Fl-all | ms/pair | pairs/s |"
+            + (" ms/pair in batches |" if batched else ""))
+    lines = [head, "|" + "---|" * (len(names) + 7 + batched)]
     for r in rows:
-        batch = f"{r['batch_pairs_per_s']:.2f} (B={r['batch_size']})" if r["batch_pairs_per_s"] else f"{r['pairs_per_s']:.2f} (B=1)"
-        lines.append(f"| {r['label']} | {r['engine']} | {r['device']} | " + " | ".join(f"{r['epe'][n]:.3f}" for n in names)
-                     + f" | {r['mean_epe']:.3f} | {100 * r['fl_all']:.1f}% | {r['ms_per_pair']:.0f} | {batch} |")
+        line = (f"| {r['label']} | {r['engine']} | {r['device']} | " + " | ".join(f"{r['epe'][n]:.3f}" for n in names)
+                + f" | {r['mean_epe']:.3f} | {100 * r['fl_all']:.1f}% | {r['ms_per_pair']:.0f} | {r['pairs_per_s']:.2f} |")
+        if batched:
+            line += f" {r['batch_ms_per_pair']:.0f} (B={r['batch_size']}) |" if r["batch_ms_per_pair"] else " – |"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -83,7 +90,7 @@ def markdown_table(rows, pairs) -> str:
 @click.option("--method", "methods", multiple=True, default=("farneback", "tvl1"), show_default=True,
               help="Method to run, repeatable; METHOD or METHOD@ENGINE (e.g. tvl1@torch, farneback@opencv).")
 @click.option("--device", default=None, help="Torch device for torch/ptlflow engines (cpu, cuda, cuda:N).")
-@click.option("--batch-size", type=int, default=None, help="Batch size for the batched-throughput column.")
+@click.option("--batch-size", type=int, default=None, help="Also time batches of this many pairs (torch/ptlflow engines).")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Flow parameter for every method.")
 @click.option("--ckpt", type=click.Path(path_type=str), default=None, help="Checkpoint for learned methods.")
 @click.option("--repeats", type=int, default=1, show_default=True, help="Timed runs per pair (after one warm-up).")
@@ -94,7 +101,7 @@ def command(pairs_dir, methods, device, batch_size, params, ckpt, repeats, markd
     """Run flow methods on PAIRS_DIR (folders of frame1.png, frame2.png, flow.flo — e.g.
     ../shared/data/flow_gt) and print, per method: end-point error per pair, mean EPE, the
     Fl-all outlier rate (EPE > 3 px and > 5% of the true motion), ms per pair and pairs/s
-    (and with --batch-size, pairs/s of one full batch).
+    (and with --batch-size B, ms per pair when B pairs run as one batch).
     """
     import datetime
     import os
