@@ -96,3 +96,34 @@ def test_lock_is_exclusive(tmp_path):
             StoreLock(tmp_path).acquire()
     with StoreLock(tmp_path):  # released
         pass
+
+
+def test_two_readers_of_one_lmdb_store_in_one_process(tmp_path):
+    """LMDB refuses a second open of one file per process: readers share one handle."""
+    import threading
+
+    path = new_shard(tmp_path, "lmdb")
+    write_video("lmdb", path, "v", PAYLOADS)
+    cls = reader_class("lmdb")
+    first, second = cls(str(path)), cls(str(path))
+    assert first.get("v", RGB, 3) == second.get("v", RGB, 3) == PAYLOADS[3]
+    first.close()
+    assert second.get("v", FLOW_X, 4, check=True) == PAYLOADS[4]  # still open for the other reader
+    errors = []
+
+    def read():
+        try:
+            reader = cls(str(path))
+            for i in range(len(PAYLOADS)):
+                assert reader.get("v", RGB, i) == PAYLOADS[i]
+            reader.close()
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=read) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    second.close()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import zlib
 from collections.abc import Iterator
 
@@ -59,14 +60,43 @@ class LMDBShardWriter(ShardWriter):
             self._env = None
 
 
+# LMDB forbids opening one environment twice in a process, so readers of the same shard (two
+# open_store() calls, reader threads) share one handle, counted. A forked child inherits the
+# parent's open handles (py-lmdb refuses to open the file again there) and reuses them: they are
+# read-only maps with lock=False, so there is no lock table or reader slot to corrupt.
+_SHARED_ENVS: dict[str, list] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def _acquire_env(path: str):
+    key = os.path.realpath(path)
+    with _SHARED_LOCK:
+        slot = _SHARED_ENVS.get(key)
+        if slot is None:
+            env = lmdb.open(path, subdir=False, readonly=True, lock=False, readahead=False, max_readers=2048)
+            slot = _SHARED_ENVS[key] = [env, 0]
+        slot[1] += 1
+        return slot[0]
+
+
+def _release_env(path: str) -> None:
+    key = os.path.realpath(path)
+    with _SHARED_LOCK:
+        slot = _SHARED_ENVS.get(key)
+        if slot is None:
+            return
+        slot[1] -= 1
+        if slot[1] <= 0:
+            del _SHARED_ENVS[key]
+            slot[0].close()
+
+
 class LMDBShardReader(ShardReader):
     def __init__(self, path: str):
         super().__init__(path)
         if not os.path.exists(path):
             raise FileNotFoundError(f"shard {path} is missing")
-        self._env = lmdb.open(
-            path, subdir=False, readonly=True, lock=False, readahead=False, max_readers=2048
-        )
+        self._env = _acquire_env(path)
 
     def get(self, video_id: str, kind: str, index: int, *, check: bool = False) -> bytes:
         with self._env.begin(buffers=False) as txn:
@@ -96,4 +126,10 @@ class LMDBShardReader(ShardReader):
                 yield index, payload, ok
 
     def close(self) -> None:
-        self._env.close()
+        if getattr(self, "_env", None) is not None:
+            self._env = None
+            _release_env(self.path)
+
+    # a reader dropped without close() (e.g. a garbage-collected StoreReader) must release the
+    # shared map too, or its pages stay mapped (and resident) for the life of the process
+    __del__ = close

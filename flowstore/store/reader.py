@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -34,16 +35,19 @@ class StoreReader:
         self.stride: int = int(self.manifest.get("stride", 1))
         self._handles: dict[str, ShardReader] = {}
         self._pid = os.getpid()
+        self._lock = threading.Lock()  # reader threads (loader read-ahead) may open shards at once
 
     # -- bookkeeping -----------------------------------------------------------------------
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_handles"] = {}
+        del state["_lock"]
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._pid = os.getpid()
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.videos)
@@ -75,12 +79,15 @@ class StoreReader:
 
     def _shard(self, video: str) -> ShardReader:
         if self._pid != os.getpid():  # forked: the parent's handles must not be used here
-            self._handles, self._pid = {}, os.getpid()
+            self._handles, self._pid, self._lock = {}, os.getpid(), threading.Lock()
         shard = self.entry(video)["shard"]
         handle = self._handles.get(shard)
         if handle is None:
-            handle = reader_class(self.backend)(str(self.root / SHARD_DIR / shard))
-            self._handles[shard] = handle
+            with self._lock:
+                handle = self._handles.get(shard)
+                if handle is None:
+                    handle = reader_class(self.backend)(str(self.root / SHARD_DIR / shard))
+                    self._handles[shard] = handle
         return handle
 
     # -- sizes -----------------------------------------------------------------------------
