@@ -16,15 +16,19 @@ MAP_SIZE = 1 << 40
 # Records per write transaction: bounds the writer's memory for hour-long videos. Partial
 # transactions of a video are harmless: the video is visible only once committed to the log.
 RECORDS_PER_TXN = 512
+# Within a transaction records are written grouped by kind, in this order. LMDB places large
+# values on pages in write order, so a stack of consecutive flows ends up contiguous on disk
+# (two runs, x and y) instead of interleaved with the RGB frames: fewer scattered reads cold.
+WRITE_ORDER = ("flow_x", "flow_y", "flow_range", "rgb")
 
 
 class LMDBShardWriter(ShardWriter):
     def __init__(self, path: str):
         super().__init__(path)
         self._env = None
-        self._txn = None
         self._video = None
-        self._pending = 0
+        self._pending: dict[str, list[tuple[bytes, bytes]]] = {}
+        self._count = 0
 
     def begin_video(self, video_id: str) -> None:
         # Opened per video and closed after it, so no handle outlives a committed video.
@@ -33,28 +37,30 @@ class LMDBShardWriter(ShardWriter):
             readahead=False, meminit=False, max_dbs=0,
         )
         self._video = video_id
-        self._txn = self._env.begin(write=True)
-        self._pending = 0
+        self._pending, self._count = {}, 0
 
     def put(self, kind: str, index: int, payload: bytes) -> None:
-        self._txn.put(record_key(self._video, kind, index), pack_record(payload))
-        self._pending += 1
-        if self._pending >= RECORDS_PER_TXN:
-            self._txn.commit()
-            self._txn = self._env.begin(write=True)
-            self._pending = 0
+        self._pending.setdefault(kind, []).append((record_key(self._video, kind, index), pack_record(payload)))
+        self._count += 1
+        if self._count >= RECORDS_PER_TXN:
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        kinds = [k for k in WRITE_ORDER if k in self._pending] + sorted(set(self._pending) - set(WRITE_ORDER))
+        with self._env.begin(write=True) as txn:
+            for kind in kinds:
+                for key, value in self._pending[kind]:
+                    txn.put(key, value)
+        self._pending, self._count = {}, 0
 
     def end_video(self) -> None:
-        self._txn.commit()
-        self._txn = None
+        self._write_pending()
         self._env.sync(True)
         self._env.close()
         self._env = None
 
     def abort_video(self) -> None:
-        if self._txn is not None:
-            self._txn.abort()
-            self._txn = None
+        self._pending, self._count = {}, 0
         if self._env is not None:
             self._env.close()
             self._env = None
