@@ -56,3 +56,16 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path, shared_videos, monkeypatc
                      "--ckpt", str(tmp_path / "nope.ckpt"))
     assert result.returncode == 2
     assert "does not exist" in result.stderr and "--ckpt" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_several_devices_one_worker_each(tmp_path, shared_videos):
+    """--gpu 0,1 / --device a,b: one worker per device, each holding its own device for the run
+    (exercised here with two CPU 'devices' through the same code path)."""
+    out = tmp_path / "s"
+    result = run_cli("extract", str(shared_videos / "part_0.mp4"), str(shared_videos / "test.avi"), "--out", str(out),
+                     "--method", "farneback", "--device", "cpu,cpu", "--size", "64x48", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "2 worker(s)" in result.stderr
+    info = json.loads(run_cli("info", str(out), "--json").stdout)
+    assert info["engine"] == "torch" and len(info["videos"]) == 2
+    assert run_cli("verify", str(out), "--no-progress").returncode == 0

@@ -43,7 +43,7 @@ Exit codes:
 @click.option("--method", default="tvl1", show_default=True, help="Flow method: farneback, tvl1, gmflow or ptlflow:NAME.")
 @click.option("--engine", type=click.Choice(["opencv", "torch", "ptlflow"]), default=None, help="Force an implementation (default: opencv on the CPU, torch when a device is given).")
 @click.option("--gpu", default=None, help="GPU index(es), e.g. 0 or 0,1,2,3 (one worker per GPU). Same as --device cuda:N.")
-@click.option("--device", default=None, help="Torch device for torch/ptlflow engines: cpu, cuda, cuda:N.")
+@click.option("--device", default=None, help="Torch device(s) for torch/ptlflow engines: cpu, cuda, cuda:N, or a list such as cuda:0,cuda:1 (one worker each).")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Flow parameter, repeatable (e.g. --param winsize=21 --param levels=5).")
 @click.option("--batch-size", type=int, default=None, help="Pairs per batch for torch/ptlflow engines.")
 @click.option("--ckpt", type=click.Path(path_type=str), default=None, help="Checkpoint file for learned models (ptlflow).")
@@ -122,4 +122,4 @@ def _devices(gpu: str | None, device: str | None) -> list[str]:
             return [f"cuda:{int(g)}" for g in gpu.split(",") if g.strip()]
         except ValueError:
             raise click.BadParameter(f"{gpu!r} is not a GPU index list like 0 or 0,1,2,3", param_hint="--gpu") from None
-    return [device] if device else []
+    return [d.strip() for d in device.split(",") if d.strip()] if device else []
