@@ -48,10 +48,16 @@ Examples:
 @click.option("--table", type=click.Path(path_type=str), default=None, help="Also write the markdown table here.")
 @click.option("--allow-mismatch", is_flag=True, help="Evaluate even if the features were made differently from the training ones.")
 @click.option("--device", default=None, help="Torch device (default cpu).")
+@click.option("--threads", type=int, default=1, show_default=True,
+              help="Torch CPU threads; heads are small, so more threads mostly add overhead.")
 @user_errors
-def command(models, features, labels, test_labels, classes, split, subset, views, out, table, allow_mismatch, device):
+def command(models, features, labels, test_labels, classes, split, subset, views, out, table, allow_mismatch, device, threads):
+    import torch
+
     from ..features.twostream import accuracy_table, evaluate_model, load_label_sets
 
+    if threads:
+        torch.set_num_threads(threads)
     if features and len(models) != 1:
         raise click.UsageError("--features overrides the features of ONE --model")
     label_sets = None

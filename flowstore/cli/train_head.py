@@ -89,13 +89,19 @@ Examples:
 @click.option("--svm-c", type=float, default=1.0, show_default=True, help="C of the SVM fusion.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split, initialisation and shuffling.")
 @click.option("--device", default=None, help="Torch device (default cpu).")
+@click.option("--threads", type=int, default=1, show_default=True,
+              help="Torch CPU threads; heads are small, so more threads mostly add overhead.")
 @click.option("--gpu", type=int, default=None, help="GPU index; same as --device cuda:N.")
 @user_errors
 def command(features, names, labels, test_labels, classes, split, out, head, fusion, hidden, dropout, dim, layers,
             attention_heads, pooling, epochs, lr, weight_decay, batch_size, schedule, cycle_epochs, class_weighted,
-            early_stopping, monitor, val_fraction, fusion_folds, group_pattern, train_views, no_l2_normalize, svm_c, seed, device, gpu):
+            early_stopping, monitor, val_fraction, fusion_folds, group_pattern, train_views, no_l2_normalize, svm_c, seed, device, gpu, threads):
+    import torch
+
     from ..features.twostream import TrainArgs, load_label_sets, open_streams, train_model
 
+    if threads:
+        torch.set_num_threads(threads)
     if gpu is not None and device is not None:
         raise click.UsageError("give --gpu or --device, not both")
     device = f"cuda:{gpu}" if gpu is not None else (device or "cpu")
