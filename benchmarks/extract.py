@@ -2,7 +2,8 @@
 
 For each round, on the same clips at 340x256 (the shared real clips by default):
 
-* bare     decode with cv2.VideoCapture, resize, grayscale, cv2 flow call, nothing stored
+* bare     decode with cv2.VideoCapture, resize, grayscale, cv2 flow call, nothing stored;
+           OpenCV on one thread, as in each flowstore worker
 * w1       flowstore extract --workers 1 (decode, flow, quantize, JPEG/PNG encode, LMDB write)
 * w2       flowstore extract --workers 2
 
@@ -62,6 +63,8 @@ def prepare_inputs(workdir: Path, max_frames: int | None) -> Path:
 
 
 def bare_loop(folder: Path, method: str) -> tuple[int, float]:
+    """One core, like one flowstore worker: OpenCV single-threaded (the brief's "per core")."""
+    cv2.setNumThreads(1)
     if method == "farneback":
         p = FARNEBACK_DEFAULTS
 

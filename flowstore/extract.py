@@ -201,11 +201,12 @@ def _worker_setup(cfg: ExtractConfig, run_token: str, device_queue=None):
                 device = cfg.devices[os.getpid() % len(cfg.devices)]
         from .flow import build_flow
 
-        threads = max(1, (os.cpu_count() or 1) // cfg.n_workers)
-        if cfg.n_workers > 1:
-            import cv2
+        # One worker = one core: OpenCV's own threads scale worse than processes (measured in
+        # docs/benchmarks.md), and N workers x all threads would oversubscribe the cores.
+        # Decoding and encoding still overlap the flow on their own threads.
+        import cv2
 
-            cv2.setNumThreads(threads)  # N workers x all threads would oversubscribe the cores
+        cv2.setNumThreads(1)
         estimator = build_flow(cfg.method, engine=cfg.engine, device=device,
                                params=dict(cfg.flow_params), **dict(cfg.flow_options))
         _WORKER_STATE.clear()
@@ -511,6 +512,9 @@ def run_extract(jobs: Sequence[VideoJob], cfg: ExtractConfig, *, retry_failed: b
                 todo.append(job)
         run_token = uuid.uuid4().hex
         n_workers = min(cfg.n_workers, max(1, len(todo)))
+        import cv2
+
+        caller_threads = cv2.getNumThreads()  # a one-worker run happens in this process: restore
         manager = device_queue = None
         if n_workers > 1:
             import multiprocessing
@@ -570,6 +574,7 @@ def run_extract(jobs: Sequence[VideoJob], cfg: ExtractConfig, *, retry_failed: b
                 ) from None
             raise
         finally:
+            cv2.setNumThreads(caller_threads)
             stop.set()
             drainer.join(timeout=2)
             bar_pairs.close()
