@@ -1,6 +1,7 @@
 """``flowstore extract``."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -103,11 +104,8 @@ def command(ctx, inputs, out, list_file, root, backend, method, engine, gpu, dev
         click.echo(line)
     if summary_json:
         with open(summary_json, "w", encoding="utf-8") as f:
-            json.dump({"ok": summary.ok, "failed": summary.failed, "skipped_committed": summary.skipped_committed,
-                       "skipped_failed": summary.skipped_failed, "pairs": summary.pairs, "frames": summary.frames,
-                       "bytes": summary.bytes, "seconds": summary.seconds, "pairs_per_second": summary.pairs_per_second,
-                       "bytes_per_pair": summary.bytes_per_pair, "worker_seconds": summary.worker_seconds,
-                       "flow_seconds": summary.flow_seconds, "failures": summary.failures}, f, indent=1)
+            json.dump({**dataclasses.asdict(summary), "pairs_per_second": summary.pairs_per_second,
+                       "bytes_per_pair": summary.bytes_per_pair}, f, indent=1)
     if summary.failures and not allow_failures:
         click.echo(f"{len(summary.failures)} video(s) failed (listed above and in {out}/failures.jsonl); "
                    "exit code 3. Use --allow-failures to accept them.", err=True)
