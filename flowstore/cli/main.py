@@ -49,8 +49,8 @@ def cli(ctx: click.Context) -> None:
     """flowstore: videos -> dense optical flow -> 8-bit quantized, sharded LMDB/HDF5 store,
     with two-stream loaders and frozen-backbone heads on top.
 
-    Start with `flowstore make-demo-data demo/videos` and
-    `flowstore extract demo/videos --out demo/store`, or run a recipe with
+    Start with `flowstore make-demo-data demo` (writes demo/videos, demo/labels.csv)
+    and `flowstore extract demo/videos --out demo/store`, or run a recipe with
     `flowstore run pipelines/demo.toml`.
     """
     ctx.ensure_object(dict)
