@@ -38,3 +38,15 @@ def shared_videos(shared_data) -> Path:
 @pytest.fixture(scope="session")
 def flow_gt_dir(shared_data) -> Path:
     return shared_data / "flow_gt"
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """One torch intra-op thread for a module: the 2 cores are shared, and torch's many small
+    ops wait on straggling threads when the CPU is oversubscribed."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -27,12 +27,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SMALL_TRANSFORMER = {"dim": 32, "layers": 1, "heads": 2, "dropout": 0.0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 # ----------------------------------------------------------------------------- data

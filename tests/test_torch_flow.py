@@ -43,14 +43,7 @@ EPE_PAIRS = [
 TOLERANCE = {"tvl1": 1.05, "farneback": 1.10}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: the machine's 2 cores are shared, and torch's many small elementwise
-    ops wait on straggling threads when the CPU is oversubscribed."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def downscale_pair(rgb1, rgb2, flow_gt, f: int):

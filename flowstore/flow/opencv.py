@@ -95,14 +95,14 @@ class OpenCVTVL1(_OpenCVEstimator):
         return self._tvl1.calc(a, b, None)
 
 
-@register_flow("farneback", "opencv", default=True)
+@register_flow("farneback", "opencv")
 def build_opencv_farneback(*, params: dict | None = None, device: str = "cpu") -> OpenCVFarneback:
     if device not in ("cpu", None):
         raise ValueError(f"the opencv engine runs on the CPU only, not {device!r}; use --engine torch")
     return OpenCVFarneback(check_params("farneback", params or {}, FARNEBACK_DEFAULTS))
 
 
-@register_flow("tvl1", "opencv", default=True)
+@register_flow("tvl1", "opencv")
 def build_opencv_tvl1(*, params: dict | None = None, device: str = "cpu") -> OpenCVTVL1:
     if device not in ("cpu", None):
         raise ValueError(f"the opencv engine runs on the CPU only, not {device!r}; use --engine torch")

@@ -22,8 +22,6 @@ import numpy as np
 
 #: method name -> {engine name -> builder}
 METHODS: dict[str, dict[str, Callable[..., "FlowEstimator"]]] = {}
-#: engine used when the user names a method but no engine and no device
-DEFAULT_ENGINE: dict[str, str] = {}
 
 
 class FlowEstimator(abc.ABC):
@@ -55,13 +53,11 @@ class FlowEstimator(abc.ABC):
         return self.compute([self.prepare(rgb1)], [self.prepare(rgb2)])[0]
 
 
-def register_flow(method: str, engine: str, *, default: bool = False):
+def register_flow(method: str, engine: str):
     """Decorator registering ``builder(**kwargs) -> FlowEstimator`` for ``(method, engine)``."""
 
     def wrap(builder):
         METHODS.setdefault(method, {})[engine] = builder
-        if default or method not in DEFAULT_ENGINE:
-            DEFAULT_ENGINE[method] = engine
         return builder
 
     return wrap
@@ -70,7 +66,7 @@ def register_flow(method: str, engine: str, *, default: bool = False):
 #: which module registers which engine; imported only when that engine is needed, so that an
 #: OpenCV run never pays for importing torch or ptlflow
 ENGINE_MODULES = {"opencv": "opencv", "torch": "torch_engines", "ptlflow": "learned"}
-#: the methods each engine offers, known without importing it
+#: the engines of each method, known without importing them; the first is the default
 KNOWN_METHODS = {
     "farneback": ("opencv", "torch"),
     "tvl1": ("opencv", "torch"),
