@@ -39,9 +39,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
-from .dataset import StoreClipDataset, collate, open_source, prepare_fork, worker_init
+from .dataset import StoreClipDataset, StoreLoader, collate, open_source, prepare_fork, worker_init
 from .rawframes import META, RawframesReader, export_rawframes
 from .sampling import default_length, non_overlapping_starts, tsn_starts
 
@@ -284,7 +283,7 @@ class _Runner:
         if workers > 0:
             prepare_fork()
             kwargs.update(persistent_workers=True, prefetch_factor=prefetch_factor, worker_init_fn=worker_init)
-        self.loader = DataLoader(dataset, **kwargs)
+        self.loader = StoreLoader(dataset, **kwargs)
 
     def ping(self) -> list[dict]:
         """Every worker answers (round-robin dispatch: 2 pings per worker)."""

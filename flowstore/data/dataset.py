@@ -49,6 +49,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, default_collate, get_worker_info
 
 from ..codec import decode_gray, decode_rgb
+from .batch_memory import SLOT_KEY, BatchSlots, allocate, set_worker_slots
 from .labels import as_label_map
 from .sampling import check_sampling, default_length, sample_starts, snippet_indices
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, Clip, finalize
@@ -348,10 +349,15 @@ class StoreClipDataset(_ClipSource, Dataset):
         B, S, L = len(plans), len(plans[0][2]), self.length
         w, h = self.store.frame_size(plans[0][1])
         batch = Batch()
+        shapes = {}
         if self.modality in ("flow", "both"):
-            batch["flow"] = _batch_tensor((B, S, 2 * L, h, w))
+            shapes["flow"] = (B, S, 2 * L, h, w)
         if self.modality in ("rgb", "both"):
-            batch["rgb"] = _batch_tensor((B, S, 3 * (L if self.modality == "rgb" else 1), h, w))
+            shapes["rgb"] = (B, S, 3 * (L if self.modality == "rgb" else 1), h, w)
+        tensors, slot = allocate([(shape, torch.uint8) for shape in shapes.values()])
+        batch.update(zip(shapes, tensors))
+        if slot is not None:
+            batch[SLOT_KEY] = slot
         for j, (p, raw) in enumerate(self.fetched(plans)):
             if "flow_range" in raw:  # minmax ranges do not travel with uint8 batches
                 raw.pop("flow_range")
@@ -368,25 +374,64 @@ class Batch(dict):
     """A batch collated inside a worker by :meth:`StoreClipDataset.decode_batch`."""
 
 
-def _batch_tensor(shape) -> torch.Tensor:
-    """uint8 tensor for a batch: in shared memory inside a DataLoader worker (as default_collate
-    allocates it, so the batch reaches the main process without another copy)."""
-    if get_worker_info() is None:
-        return torch.empty(shape, dtype=torch.uint8)
-    numel = int(np.prod(shape))
-    try:
-        storage = torch.empty(0, dtype=torch.uint8)._typed_storage()._new_shared(numel, device="cpu")
-        return torch.empty(0, dtype=torch.uint8).new(storage).resize_(shape)
-    except (AttributeError, RuntimeError, TypeError):  # private torch API changed: copy once instead
-        return torch.empty(shape, dtype=torch.uint8).share_memory_()
-
-
 def collate(batch):
-    """``collate_fn`` of :func:`make_loader`: a :class:`Batch` is already collated; anything
-    else goes through torch's default_collate."""
+    """``collate_fn`` of :func:`make_loader`: a :class:`Batch` is already collated; a list of
+    sample dicts is collated as default_collate does, its tensors stacked straight into a
+    reused shared-memory slot inside a worker (see :mod:`flowstore.data.batch_memory`)."""
     if isinstance(batch, Batch):
         return dict(batch)
-    return default_collate(batch)
+    if not batch or not isinstance(batch[0], dict) or get_worker_info() is None:
+        return default_collate(batch)
+    first = batch[0]
+    stacked = [k for k, v in first.items()
+               if torch.is_tensor(v) and all(torch.is_tensor(s.get(k)) and s[k].shape == v.shape
+                                             and s[k].dtype == v.dtype for s in batch)]
+    tensors, slot = allocate([((len(batch), *first[k].shape), first[k].dtype) for k in stacked])
+    for k, out in zip(stacked, tensors):
+        torch.stack([s[k] for s in batch], out=out)
+    rest = default_collate([{k: v for k, v in s.items() if k not in stacked} for s in batch])
+    out = dict(zip(stacked, tensors))
+    out = {k: out[k] if k in out else rest[k] for k in first}
+    if slot is not None:
+        out[SLOT_KEY] = slot
+    return out
+
+
+class StoreLoader(DataLoader):
+    """A DataLoader whose workers reuse shared-memory batch buffers (:mod:`flowstore.data.
+    batch_memory`) instead of allocating a segment per batch; otherwise a plain DataLoader.
+    Batches come out as plain dicts of tensors. ``recycle_batches=False`` turns reuse off."""
+
+    def __init__(self, dataset, *, recycle_batches: bool = True, **kwargs):
+        workers = int(kwargs.get("num_workers", 0) or 0)
+        slots = None
+        if recycle_batches and workers > 0:
+            prefetch = kwargs.get("prefetch_factor") or 2
+            # in flight per worker: prefetch_factor batches; held by the user: the current
+            # batch and the previous one (alive until the loop variable is reassigned)
+            slots = BatchSlots(workers, prefetch + 3)
+            kwargs["worker_init_fn"] = _SlotWorkerInit(slots, kwargs.get("worker_init_fn"))
+        super().__init__(dataset, **kwargs)
+        self.batch_slots = slots
+
+    def __iter__(self):
+        batches = super().__iter__()
+        if self.batch_slots is None:
+            return batches
+        return map(self.batch_slots.lease, batches)
+
+
+class _SlotWorkerInit:
+    """worker_init_fn of a :class:`StoreLoader`: tells the worker its slot table, then runs
+    the user's worker_init_fn."""
+
+    def __init__(self, slots: BatchSlots, inner=None):
+        self.slots, self.inner = slots, inner
+
+    def __call__(self, worker_id: int) -> None:
+        set_worker_slots(self.slots, worker_id)
+        if self.inner is not None:
+            self.inner(worker_id)
 
 
 class ClipSampler(Sampler):
@@ -507,33 +552,37 @@ def worker_init(worker_id: int) -> None:
 def make_loader(dataset, batch_size: int = 1, *, shuffle: bool = True, num_workers: int = 2, seed: int | None = None,
                 drop_last: bool = False, pin_memory: bool | None = None, prefetch_factor: int | None = 4,
                 persistent_workers: bool | None = None, rank: int | None = None, world_size: int | None = None,
-                pad: bool = False, **kwargs) -> DataLoader:
+                pad: bool = False, recycle_batches: bool = True, **kwargs) -> StoreLoader:
     """A DataLoader wired for flowstore datasets: workers open their own store handles, one
     decode thread each, prefetching ``prefetch_factor`` batches per worker, memory pinned when
-    CUDA is available. Map-style datasets get a :class:`ClipSampler` (``shuffle``, ranks) and,
-    unless a ``collate_fn`` is given, :func:`collate` with ``dataset.batch_in_worker = True``."""
+    CUDA is available, batches handed over in reused shared-memory buffers
+    (``recycle_batches``; see :class:`StoreLoader`). Map-style datasets get a
+    :class:`ClipSampler` (``shuffle``, ranks). Unless a ``collate_fn`` is given, batches are
+    collated by :func:`collate`, and uint8 clips without a transform are decoded straight into
+    the batch (``dataset.batch_in_worker = True``)."""
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     if num_workers > 0:
         prepare_fork()
     common = dict(batch_size=batch_size, num_workers=num_workers, drop_last=drop_last, pin_memory=pin_memory,
-                  worker_init_fn=worker_init, **kwargs)
+                  worker_init_fn=worker_init, recycle_batches=recycle_batches, **kwargs)
     if num_workers > 0:
         common["prefetch_factor"] = prefetch_factor
     else:
         common.pop("worker_init_fn")
+    if "collate_fn" not in common and isinstance(dataset, (StoreClipDataset, StoreIterableDataset)):
+        common["collate_fn"] = collate
+        if isinstance(dataset, StoreClipDataset):
+            dataset.batch_in_worker = True  # uint8 clips are decoded straight into the batch
     if isinstance(dataset, IterableDataset):
         if rank is not None or world_size is not None:
             raise ValueError("set rank/world_size on the StoreIterableDataset itself")
         common["persistent_workers"] = bool(persistent_workers) and num_workers > 0
-        return DataLoader(dataset, **common)
+        return StoreLoader(dataset, **common)
     sampler = ClipSampler(len(dataset), shuffle=shuffle, seed=dataset.seed if seed is None else seed,
                           rank=rank, world_size=world_size, pad=pad)
-    if "collate_fn" not in common and isinstance(dataset, StoreClipDataset):
-        dataset.batch_in_worker = True  # uint8 clips are decoded straight into the batch
-        common["collate_fn"] = collate
     common["persistent_workers"] = (num_workers > 0) if persistent_workers is None else persistent_workers
-    return DataLoader(dataset, sampler=sampler, **common)
+    return StoreLoader(dataset, sampler=sampler, **common)
 
 
 def set_epoch(loader: DataLoader, epoch: int) -> None:
@@ -545,6 +594,7 @@ def set_epoch(loader: DataLoader, epoch: int) -> None:
 
 
 __all__ = [
-    "MODALITIES", "Batch", "ClipSampler", "StoreClipDataset", "collate", "StoreIterableDataset", "distributed_info",
+    "MODALITIES", "Batch", "ClipSampler", "StoreClipDataset", "StoreLoader", "collate", "StoreIterableDataset",
+    "distributed_info",
     "make_loader", "open_source", "prepare_fork", "sample_rng", "set_epoch", "worker_init",
 ]

