@@ -119,3 +119,60 @@ def test_worker_falls_back_when_every_slot_is_busy():
     slots.release(0, b)
     bigger, seg = slots.take(0, 1000)  # too small a free slot is replaced by a bigger one
     assert bigger == b and seg.numel() >= 1000
+
+
+# -- read-ahead across batches ---------------------------------------------------------------
+class _WhoLoads(torch.utils.data.Dataset):
+    def __len__(self):
+        return 40
+
+    def __getitem__(self, i):
+        return torch.utils.data.get_worker_info().id
+
+
+def test_dataloader_hands_batch_b_to_worker_b_mod_workers():
+    # the assumption behind Lookahead: in_order DataLoaders assign batches round-robin, every epoch
+    loader = torch.utils.data.DataLoader(_WhoLoads(), batch_size=3, num_workers=2, persistent_workers=True,
+                                         prefetch_factor=3)
+    for _ in range(2):
+        workers = [int(batch[0]) for batch in loader]
+        assert workers == [b % 2 for b in range(len(workers))]
+
+
+def test_lookahead_reads_the_next_batch_once(store):
+    from flowstore.data.dataset import Lookahead
+
+    ds = _uint8_dataset(store, read_ahead=4)
+    calls = []
+    fetch = ds.fetch
+    ds.fetch = lambda video, starts: calls.append(video) or fetch(video, starts)
+    first, second = [(i, 0) for i in range(4)], [(i, 0) for i in range(4, 8)]
+    a = ds.__getitems__(first + [Lookahead(second)])
+    assert len(calls) == 8  # the next batch's records were read too
+    b = ds.__getitems__(second)
+    assert len(calls) == 8  # ... and used, not read again
+    for batch in (a, b):
+        for sample in batch:
+            expect = ds[(sample["index"], 0)]
+            assert torch.equal(sample["flow"], expect["flow"]) and torch.equal(sample["rgb"], expect["rgb"])
+    # a wrong guess (the batch went to another worker) is dropped, and costs only the read
+    ds.__getitems__(first + [Lookahead(second)])
+    calls.clear()
+    c = ds.__getitems__([(i, 0) for i in range(8, 12)])
+    assert len(calls) == 4 and [s["index"] for s in c] == [8, 9, 10, 11]
+    assert ds._early == {}
+
+
+def test_loader_adds_lookahead_per_worker(store):
+    from flowstore.data.dataset import Lookahead
+
+    ds = _uint8_dataset(store)
+    loader = make_loader(ds, batch_size=5, num_workers=2, shuffle=True)
+    batches = list(loader._index_sampler)
+    assert len(batches) == len(loader) == 5
+    plain = [b[:-1] if isinstance(b[-1], Lookahead) else b for b in batches]
+    for b, keys in enumerate(batches[:-2]):
+        assert isinstance(keys[-1], Lookahead) and list(keys[-1]) == plain[b + 2]
+    assert not any(isinstance(k, Lookahead) for k in batches[-1] + batches[-2])
+    off = make_loader(_uint8_dataset(store, read_ahead=0), batch_size=5, num_workers=2)
+    assert not any(isinstance(b[-1], Lookahead) for b in off._index_sampler)

@@ -85,6 +85,17 @@ class BatchSlots:
         row[best] = 1
         return best, self._cache[best]
 
+    def reserve(self, worker: int, nbytes: int) -> int:
+        """Create (and fault in) every slot the worker does not have yet, ``nbytes`` each, as
+        the first batches would; returns how many. Benchmarks call it before timing."""
+        row = self._state[worker]
+        made = 0
+        for slot in range(len(row)):
+            if slot not in self._cache and row[slot] == 0:
+                self._cache[slot] = _new_segment(nbytes).fill_(0)
+                made += 1
+        return made
+
     # -- main side -----------------------------------------------------------------------------
     def release(self, worker: int, slot: int) -> None:
         self._state[worker, slot] = 0
@@ -146,6 +157,11 @@ def set_worker_slots(slots: BatchSlots | None, worker_id: int) -> None:
     _worker_slots, _worker_id = slots, int(worker_id)
 
 
+def reserve_worker_slots(nbytes: int) -> int:
+    """In a worker of a loader with slots: :meth:`BatchSlots.reserve` for this worker (else 0)."""
+    return 0 if _worker_slots is None else _worker_slots.reserve(_worker_id, nbytes)
+
+
 def allocate(specs) -> tuple[list[torch.Tensor], tuple[int, int] | None]:
     """Tensors of ``specs`` (``[(shape, dtype), ...]``) for one batch, and the slot key to put
     under :data:`SLOT_KEY` (None when not in a worker with slots: then plain tensors, in a
@@ -169,4 +185,4 @@ def allocate(specs) -> tuple[list[torch.Tensor], tuple[int, int] | None]:
     return out, (None if slot is None else (_worker_id, slot))
 
 
-__all__ = ["SLOT_KEY", "BatchSlots", "allocate", "set_worker_slots"]
+__all__ = ["SLOT_KEY", "BatchSlots", "allocate", "reserve_worker_slots", "set_worker_slots"]

@@ -22,8 +22,9 @@ about once. *Warm*: every file of the store and of the tree is read once beforeh
 ``epochs`` epochs are timed. *Cold*: for each round every file of both is evicted from the page
 cache (``posix_fadvise(POSIX_FADV_DONTNEED)``; the residency left is checked with ``mincore``
 and reported), then the store (or tree) is opened, the workers are started, and one epoch is
-timed. Worker start-up is never timed: the workers answer a ping before the clock starts, and
-after the pass they report their memory (RSS and USS). Rounds alternate between variants and
+timed. Worker start-up is never timed: the workers answer a ping before the clock starts (and
+create their reused shared-memory batch buffers then, as the first epoch of a training run
+would), and after the pass they report their memory (RSS and USS). Rounds alternate between variants and
 the reported figure is the median over rounds.
 """
 from __future__ import annotations
@@ -40,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .batch_memory import ALIGN, reserve_worker_slots
 from .dataset import StoreClipDataset, StoreLoader, collate, open_source, prepare_fork, worker_init
 from .rawframes import META, RawframesReader, export_rawframes
 from .sampling import default_length, non_overlapping_starts, tsn_starts
@@ -185,10 +187,20 @@ class _BenchDataset(StoreClipDataset):
     def num_samples(self) -> int:
         return len(self.clips)
 
-    @staticmethod
-    def _ping() -> dict:
+    #: bytes of one batch: workers create their reused batch buffers of this size when pinged,
+    #: before the clock starts, as a first epoch would (a cold round is a single epoch)
+    reserve_bytes = 0
+
+    def batch_bytes(self, batch_size: int) -> int:
+        w, h = max((self.store.frame_size(v) for v, _ in self.clips), key=lambda size: size[0] * size[1])
+        S, L = len(self.clips[0][1]), self.length
+        channels = {"flow": 2 * L, "rgb": 3 * L, "both": 2 * L + 3}[self.modality]
+        return batch_size * S * channels * h * w + 2 * ALIGN
+
+    def _ping(self) -> dict:
         import psutil
 
+        reserve_worker_slots(self.reserve_bytes)
         proc = psutil.Process()
         mem, cpu = proc.memory_full_info(), proc.cpu_times()
         return {"pid": os.getpid(), "rss": mem.rss, "uss": mem.uss, "cpu": cpu.user + cpu.system}
@@ -316,6 +328,7 @@ class _Runner:
 def _measure(make_source, clips, orders, *, workers, batch_size, ds_kwargs, read_ahead, read_threads) -> dict:
     source = make_source()
     ds = _BenchDataset(source, clips, read_ahead=read_ahead, read_threads=read_threads, **ds_kwargs)
+    ds.reserve_bytes = ds.batch_bytes(batch_size)
     runner = _Runner(ds, workers, batch_size)
     try:
         before = {m["pid"]: m["cpu"] for m in runner.ping()}  # workers started; no data read yet

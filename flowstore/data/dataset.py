@@ -132,6 +132,7 @@ class _ClipSource:
         self.read_threads = max(1, int(read_threads))
         self._pool: ThreadPoolExecutor | None = None
         self._pool_pid = None
+        self._early: dict = {}  # records read ahead for the next batch: fetch key -> future
         self._opened: set[str] = set()
         self._opened_pid = None
 
@@ -254,35 +255,50 @@ class _ClipSource:
         for p, raw in self.fetched(plans):
             yield self.finish(p, raw)
 
-    def fetched(self, plans) -> Iterator[tuple]:
-        """``(plan, records)`` in order, read ahead as described in :meth:`get_many`."""
+    def fetched(self, plans, ahead=()) -> Iterator[tuple]:
+        """``(plan, records)`` in order, read ahead as described in :meth:`get_many`.
+
+        ``ahead``: plans of the batch this worker gets next (see :class:`Lookahead`); their
+        records are read once the current window is queued, and used by the next call."""
         plans = iter(plans)
         if self.read_ahead <= 0:
             for p in plans:
                 yield p, self.fetch(p[1], p[2])
             return
         pool = self._reader_pool()
+        early, self._early = self._early, {}
+
+        def start(p):
+            fut = early.pop(_fetch_key(p), None)
+            return fut if fut is not None else pool.submit(self.fetch, p[1], p[2])
+
         pending: deque = deque()
         for p in plans:
-            pending.append((p, pool.submit(self.fetch, p[1], p[2])))
+            pending.append((p, start(p)))
             if len(pending) > self.read_ahead:
                 break
+        for p in ahead:
+            self._early[_fetch_key(p)] = pool.submit(self.fetch, p[1], p[2])
+        for fut in early.values():  # read ahead for a batch that went elsewhere: drop
+            fut.cancel()
         while pending:
             p, fut = pending.popleft()
             nxt = next(plans, None)
             if nxt is not None:
-                pending.append((nxt, pool.submit(self.fetch, nxt[1], nxt[2])))
+                pending.append((nxt, start(nxt)))
             yield p, fut.result()
 
     def _reader_pool(self) -> ThreadPoolExecutor:
         if self._pool is None or self._pool_pid != os.getpid():  # threads do not survive a fork
             self._pool = ThreadPoolExecutor(self.read_threads, thread_name_prefix="flowstore-read")
             self._pool_pid = os.getpid()
+            self._early = {}
         return self._pool
 
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_pool"] = None
+        state["_early"] = {}
         state["_opened"], state["_opened_pid"] = set(), None
         return state
 
@@ -311,11 +327,7 @@ class StoreClipDataset(_ClipSource, Dataset):
     """
 
     def __getitem__(self, key) -> dict:
-        if isinstance(key, tuple):
-            index, epoch = key
-        else:
-            index, epoch = key, self.epoch
-        return self.get(int(index), int(epoch))
+        return self.get(*self._key(key))
 
     #: set by :func:`make_loader` (with :func:`collate` as the loader's collate_fn): uint8 clips
     #: without a transform are decoded straight into the batch, in shared memory in a worker
@@ -323,14 +335,19 @@ class StoreClipDataset(_ClipSource, Dataset):
 
     def __getitems__(self, keys):
         """A batch (what DataLoader workers call): records read ahead while decoding. Returns
-        the samples, or with :attr:`batch_in_worker` possibly a :class:`Batch` already collated."""
-        plans = []
-        for key in keys:
-            index, epoch = key if isinstance(key, tuple) else (key, self.epoch)
-            plans.append(self.plan(int(index), int(epoch)))
+        the samples, or with :attr:`batch_in_worker` possibly a :class:`Batch` already collated.
+        A trailing :class:`Lookahead` lists the keys of this worker's next batch."""
+        keys = list(keys)
+        ahead = keys.pop() if keys and isinstance(keys[-1], Lookahead) else ()
+        plans = [self.plan(*self._key(key)) for key in keys]
+        ahead = [self.plan(*self._key(key)) for key in ahead] if self.read_ahead > 0 else ()
         if self.batch_in_worker and self._direct(plans):
-            return self.decode_batch(plans)
-        return list(self.get_many(plans))
+            return self.decode_batch(plans, ahead)
+        return [self.finish(p, raw) for p, raw in self.fetched(plans, ahead)]
+
+    def _key(self, key) -> tuple[int, int]:
+        index, epoch = key if isinstance(key, tuple) else (key, self.epoch)
+        return int(index), int(epoch)
 
     def _direct(self, plans) -> bool:
         """Whether the batch is plain stacked uint8 clips of one shape (no transform to apply)."""
@@ -343,7 +360,7 @@ class StoreClipDataset(_ClipSource, Dataset):
         return (len({len(p[2]) for p in plans}) == 1
                 and len({self.store.frame_size(p[1]) for p in plans}) == 1)
 
-    def decode_batch(self, plans) -> "Batch":
+    def decode_batch(self, plans, ahead=()) -> "Batch":
         """Decode a batch straight into its stacked tensors: the same result as
         ``collate([self.get(...) for ...])`` without per-sample arrays or a copy into the batch."""
         B, S, L = len(plans), len(plans[0][2]), self.length
@@ -358,7 +375,7 @@ class StoreClipDataset(_ClipSource, Dataset):
         batch.update(zip(shapes, tensors))
         if slot is not None:
             batch[SLOT_KEY] = slot
-        for j, (p, raw) in enumerate(self.fetched(plans)):
+        for j, (p, raw) in enumerate(self.fetched(plans, ahead)):
             if "flow_range" in raw:  # minmax ranges do not travel with uint8 batches
                 raw.pop("flow_range")
             self.decode(p[1], raw, Clip(rgb=batch["rgb"][j].numpy() if "rgb" in batch else None,
@@ -368,6 +385,35 @@ class StoreClipDataset(_ClipSource, Dataset):
         batch["index"] = torch.tensor([p[0] for p in plans], dtype=torch.int64)
         batch["starts"] = torch.from_numpy(np.stack([np.asarray(p[2], np.int64) for p in plans]))
         return batch
+
+
+def _fetch_key(plan) -> tuple:
+    index, video, starts = plan[0], plan[1], plan[2]
+    return index, video, np.asarray(starts, np.int64).tobytes()
+
+
+class Lookahead(tuple):
+    """Appended to a batch's keys by :class:`StoreLoader`: the keys of the batch the same
+    worker receives next, so the worker reads its records while decoding this batch (without
+    it, every batch would start with an unhidden read). A wrong guess only costs the read."""
+
+
+class _LookaheadBatches:
+    """A batch sampler's batches, each followed by a :class:`Lookahead` of batch ``b + workers``:
+    with ``in_order`` (the default) a DataLoader hands batch ``b`` of an epoch to worker
+    ``b % workers``."""
+
+    def __init__(self, batches, workers: int):
+        self.batches, self.workers = batches, int(workers)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        batches = [list(b) for b in self.batches]
+        for b, keys in enumerate(batches):
+            nxt = b + self.workers
+            yield keys + [Lookahead(batches[nxt])] if nxt < len(batches) else keys
 
 
 class Batch(dict):
@@ -419,6 +465,15 @@ class StoreLoader(DataLoader):
         if self.batch_slots is None:
             return batches
         return map(self.batch_slots.lease, batches)
+
+    @property
+    def _index_sampler(self):
+        # DataLoader's own hook for the batches it sends to workers: add a Lookahead to each
+        sampler = super()._index_sampler
+        if (self.num_workers > 0 and self._auto_collation and getattr(self, "in_order", True)
+                and isinstance(self.dataset, StoreClipDataset) and self.dataset.read_ahead > 0):
+            return _LookaheadBatches(sampler, self.num_workers)
+        return sampler
 
 
 class _SlotWorkerInit:
@@ -594,7 +649,7 @@ def set_epoch(loader: DataLoader, epoch: int) -> None:
 
 
 __all__ = [
-    "MODALITIES", "Batch", "ClipSampler", "StoreClipDataset", "StoreLoader", "collate", "StoreIterableDataset",
+    "MODALITIES", "Batch", "ClipSampler", "Lookahead", "StoreClipDataset", "StoreLoader", "collate", "StoreIterableDataset",
     "distributed_info",
     "make_loader", "open_source", "prepare_fork", "sample_rng", "set_epoch", "worker_init",
 ]
