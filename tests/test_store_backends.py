@@ -31,11 +31,12 @@ def new_shard(tmp_path, backend):
     return tmp_path / "shards" / name
 
 
-def test_roundtrip_several_videos(tmp_path, backend):
+@pytest.mark.parametrize("readahead", [True, False])
+def test_roundtrip_several_videos(tmp_path, backend, readahead):
     path = new_shard(tmp_path, backend)
     write_video(backend, path, "a/b c é", PAYLOADS)
     write_video(backend, path, "second", PAYLOADS[::-1])
-    reader = reader_class(backend)(str(path))
+    reader = reader_class(backend)(str(path), readahead=readahead)
     for i, p in enumerate(PAYLOADS):
         assert reader.get("a/b c é", RGB, i, check=True) == p
         assert reader.get("second", FLOW_X, len(PAYLOADS) - 1 - i) == p

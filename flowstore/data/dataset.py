@@ -31,6 +31,12 @@ Processes and randomness
 * Map-style: :class:`ClipSampler` hands ``(index, epoch)`` keys to the workers, so the epoch
   reaches persistent workers too; it shards samples across distributed ranks (strided,
   ``pad=False``: each sample exactly once per epoch).
+* Reading overlaps decoding: each worker's reader threads fetch a batch's records while it
+  decodes, and :class:`StoreLoader` appends to every batch a :class:`Lookahead` naming the
+  same worker's next batch, whose records are read during this one (a cold page cache then
+  costs little more than a warm one). Batches reach the main process in shared-memory
+  buffers that each worker reuses (:mod:`flowstore.data.batch_memory`) instead of a new
+  segment per batch as PyTorch does.
 * :class:`StoreIterableDataset` splits the samples, grouped by shard, into contiguous ranges:
   one per (rank, worker), so each consumer reads few shards and every sample is yielded exactly
   once per epoch over all ranks and workers. Call ``set_epoch`` before each epoch (with

@@ -35,8 +35,12 @@ class ShardWriter(abc.ABC):
 
 
 class ShardReader(abc.ABC):
-    def __init__(self, path: str):
+    """``readahead``: whether the OS may read ahead of what is asked (a hint; backends that read
+    with read(2) leave it to the kernel's adaptive read-ahead and ignore it)."""
+
+    def __init__(self, path: str, *, readahead: bool = True):
         self.path = path
+        self.readahead = readahead
 
     @abc.abstractmethod
     def get(self, video_id: str, kind: str, index: int, *, check: bool = False) -> bytes:

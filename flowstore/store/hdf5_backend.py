@@ -99,8 +99,8 @@ class HDF5ShardWriter(ShardWriter):
 
 
 class HDF5ShardReader(ShardReader):
-    def __init__(self, path: str):
-        super().__init__(path)
+    def __init__(self, path: str, *, readahead: bool = True):
+        super().__init__(path, readahead=readahead)
         if not os.path.exists(path):
             raise FileNotFoundError(f"shard {path} is missing")
         self._file = h5py.File(path, "r")

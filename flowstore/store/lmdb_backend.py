@@ -74,16 +74,12 @@ _SHARED_ENVS: dict[str, list] = {}
 _SHARED_LOCK = threading.Lock()
 
 
-# Readers keep the OS read-ahead on (readahead=True): records are written grouped by kind, so a
-# stack's flow_x records (and its flow_y records) are neighbours in the file and the read-ahead
-# of the first page fault brings in the rest. Cold, stacks of 10 flows in random order: ~4x the
-# records/s of readahead=False, which faults each 4 KB page in with its own disk read.
-def _acquire_env(path: str):
+def _acquire_env(path: str, readahead: bool):
     key = os.path.realpath(path)
     with _SHARED_LOCK:
         slot = _SHARED_ENVS.get(key)
         if slot is None:
-            env = lmdb.open(path, subdir=False, readonly=True, lock=False, readahead=True, max_readers=2048)
+            env = lmdb.open(path, subdir=False, readonly=True, lock=False, readahead=readahead, max_readers=2048)
             slot = _SHARED_ENVS[key] = [env, 0]
         slot[1] += 1
         return slot[0]
@@ -102,11 +98,19 @@ def _release_env(path: str) -> None:
 
 
 class LMDBShardReader(ShardReader):
-    def __init__(self, path: str):
-        super().__init__(path)
+    """``readahead=True`` (default) keeps the OS read-ahead on for the shard's map: records are
+    written grouped by kind, so a stack's flow_x records (and its flow_y records) are neighbours
+    in the file and the first page fault brings in the rest. With ``False`` (MADV_RANDOM) every
+    4 KB page is its own disk read: ~3x slower cold here, but nothing is read that was not asked
+    for, which matters for stores much larger than RAM on disks with a large read_ahead_kb
+    (the read-around per fault is that size; see docs/benchmarks.md). The first reader of a
+    shard in a process decides: the environment is shared."""
+
+    def __init__(self, path: str, *, readahead: bool = True):
+        super().__init__(path, readahead=readahead)
         if not os.path.exists(path):
             raise FileNotFoundError(f"shard {path} is missing")
-        self._env = _acquire_env(path)
+        self._env = _acquire_env(path, readahead)
 
     def get(self, video_id: str, kind: str, index: int, *, check: bool = False) -> bytes:
         with self._env.begin(buffers=False) as txn:

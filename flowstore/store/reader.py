@@ -18,13 +18,16 @@ class StoreReader:
     """``open_store(path)``: the committed videos of a store.
 
     ``check=True`` verifies the CRC-32 of every record read (cheap next to decoding).
-    Safe to hand to DataLoader workers: shard handles are dropped when pickled or forked
-    and reopened on first use in the new process.
+    ``readahead=False`` turns the OS read-ahead off for LMDB shards (see
+    :class:`~flowstore.store.lmdb_backend.LMDBShardReader`: for stores much larger than RAM on
+    disks with a large read_ahead_kb). Safe to hand to DataLoader workers: shard handles are
+    dropped when pickled or forked and reopened on first use in the new process.
     """
 
-    def __init__(self, path: str | os.PathLike, *, check: bool = False):
+    def __init__(self, path: str | os.PathLike, *, check: bool = False, readahead: bool = True):
         self.root = Path(path)
         self.check = check
+        self.readahead = readahead
         self.manifest = load_manifest(self.root)
         self._entries = {v["id"]: v for v in self.manifest["videos"]}
         self.videos: list[str] = sorted(self._entries)
@@ -86,7 +89,7 @@ class StoreReader:
             with self._lock:
                 handle = self._handles.get(shard)
                 if handle is None:
-                    handle = reader_class(self.backend)(str(self.root / SHARD_DIR / shard))
+                    handle = reader_class(self.backend)(str(self.root / SHARD_DIR / shard), readahead=self.readahead)
                     self._handles[shard] = handle
         return handle
 
