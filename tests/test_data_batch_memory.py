@@ -176,3 +176,20 @@ def test_loader_adds_lookahead_per_worker(store):
     assert not any(isinstance(k, Lookahead) for k in batches[-1] + batches[-2])
     off = make_loader(_uint8_dataset(store, read_ahead=0), batch_size=5, num_workers=2)
     assert not any(isinstance(b[-1], Lookahead) for b in off._index_sampler)
+
+
+def test_failed_batch_gives_its_slot_back(monkeypatch):
+    from flowstore.data.batch_memory import batch_buffers, set_worker_slots
+
+    slots = BatchSlots(1, 2)
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: object())  # as inside a worker
+    set_worker_slots(slots, 0)
+    try:
+        with pytest.raises(RuntimeError, match="corrupt"):
+            with batch_buffers([((2, 3), torch.uint8), ((2,), torch.float32)]) as (tensors, slot):
+                assert slot == (0, 0) and int(slots.state[0, 0]) == 1
+                assert [t.shape for t in tensors] == [(2, 3), (2,)]
+                raise RuntimeError("corrupt record")
+        assert int(slots.state.sum()) == 0
+    finally:
+        set_worker_slots(None, -1)

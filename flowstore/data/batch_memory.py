@@ -27,6 +27,7 @@ and skips slot ids whose state is still 1 from its predecessor's batches.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import math
 
@@ -126,7 +127,10 @@ class _Lease:
         self.tensors = tensors  # the received tensors keep the segment mapped
 
     def __del__(self):
-        self.slots.release(self.worker, self.slot)
+        try:
+            self.slots.release(self.worker, self.slot)
+        except Exception:  # interpreter shutdown: the table may be gone already
+            pass
 
 
 def _leased_view(tensor: torch.Tensor, lease: _Lease) -> torch.Tensor:
@@ -162,6 +166,19 @@ def reserve_worker_slots(nbytes: int) -> int:
     return 0 if _worker_slots is None else _worker_slots.reserve(_worker_id, nbytes)
 
 
+@contextlib.contextmanager
+def batch_buffers(specs):
+    """:func:`allocate` for building one batch: ``with batch_buffers(specs) as (tensors, slot)``;
+    the slot goes back to the worker's free ones if building the batch fails."""
+    tensors, slot = allocate(specs)
+    try:
+        yield tensors, slot
+    except BaseException:
+        if slot is not None and _worker_slots is not None:
+            _worker_slots.release(*slot)
+        raise
+
+
 def allocate(specs) -> tuple[list[torch.Tensor], tuple[int, int] | None]:
     """Tensors of ``specs`` (``[(shape, dtype), ...]``) for one batch, and the slot key to put
     under :data:`SLOT_KEY` (None when not in a worker with slots: then plain tensors, in a
@@ -185,4 +202,4 @@ def allocate(specs) -> tuple[list[torch.Tensor], tuple[int, int] | None]:
     return out, (None if slot is None else (_worker_id, slot))
 
 
-__all__ = ["SLOT_KEY", "BatchSlots", "allocate", "reserve_worker_slots", "set_worker_slots"]
+__all__ = ["SLOT_KEY", "BatchSlots", "allocate", "batch_buffers", "reserve_worker_slots", "set_worker_slots"]

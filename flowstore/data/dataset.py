@@ -55,7 +55,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, default_collate, get_worker_info
 
 from ..codec import decode_gray, decode_rgb
-from .batch_memory import SLOT_KEY, BatchSlots, allocate, set_worker_slots
+from .batch_memory import SLOT_KEY, BatchSlots, batch_buffers, set_worker_slots
 from .labels import as_label_map
 from .sampling import check_sampling, default_length, sample_starts, snippet_indices
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, Clip, finalize
@@ -377,15 +377,15 @@ class StoreClipDataset(_ClipSource, Dataset):
             shapes["flow"] = (B, S, 2 * L, h, w)
         if self.modality in ("rgb", "both"):
             shapes["rgb"] = (B, S, 3 * (L if self.modality == "rgb" else 1), h, w)
-        tensors, slot = allocate([(shape, torch.uint8) for shape in shapes.values()])
-        batch.update(zip(shapes, tensors))
-        if slot is not None:
-            batch[SLOT_KEY] = slot
-        for j, (p, raw) in enumerate(self.fetched(plans, ahead)):
-            if "flow_range" in raw:  # minmax ranges do not travel with uint8 batches
-                raw.pop("flow_range")
-            self.decode(p[1], raw, Clip(rgb=batch["rgb"][j].numpy() if "rgb" in batch else None,
-                                        flow=batch["flow"][j].numpy() if "flow" in batch else None))
+        with batch_buffers([(shape, torch.uint8) for shape in shapes.values()]) as (tensors, slot):
+            batch.update(zip(shapes, tensors))
+            if slot is not None:
+                batch[SLOT_KEY] = slot
+            for j, (p, raw) in enumerate(self.fetched(plans, ahead)):
+                if "flow_range" in raw:  # minmax ranges do not travel with uint8 batches
+                    raw.pop("flow_range")
+                self.decode(p[1], raw, Clip(rgb=batch["rgb"][j].numpy() if "rgb" in batch else None,
+                                            flow=batch["flow"][j].numpy() if "flow" in batch else None))
         batch["label"] = torch.tensor([self.labels[p[1]] for p in plans], dtype=torch.int64)
         batch["video"] = [p[1] for p in plans]
         batch["index"] = torch.tensor([p[0] for p in plans], dtype=torch.int64)
@@ -438,9 +438,9 @@ def collate(batch):
     stacked = [k for k, v in first.items()
                if torch.is_tensor(v) and all(torch.is_tensor(s.get(k)) and s[k].shape == v.shape
                                              and s[k].dtype == v.dtype for s in batch)]
-    tensors, slot = allocate([((len(batch), *first[k].shape), first[k].dtype) for k in stacked])
-    for k, out in zip(stacked, tensors):
-        torch.stack([s[k] for s in batch], out=out)
+    with batch_buffers([((len(batch), *first[k].shape), first[k].dtype) for k in stacked]) as (tensors, slot):
+        for k, out in zip(stacked, tensors):
+            torch.stack([s[k] for s in batch], out=out)
     rest = default_collate([{k: v for k, v in s.items() if k not in stacked} for s in batch])
     out = dict(zip(stacked, tensors))
     out = {k: out[k] if k in out else rest[k] for k in first}
