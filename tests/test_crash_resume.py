@@ -43,15 +43,25 @@ def test_kill_9_and_resume_is_byte_identical(tmp_path, shared_data, backend):
     assert ref.returncode == 0, ref.stderr
     expected = all_records(reference)
     assert len(expected) > 900
+    started = time.perf_counter()  # a rerun with nothing left to do: start-up and planning
+    noop = subprocess.run(flowstore_cmd(*extract_args(inputs, reference, backend)), capture_output=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=600)
+    startup = time.perf_counter() - started
+    assert noop.returncode == 0
+    work = max(full_run - startup, 0.5)
 
     out = tmp_path / "killed"
     rng = random.Random(1234)
     kills, partial_states = 0, set()
     for attempt in range(12):
         proc = start(extract_args(inputs, out, backend))
-        # random moments, from interpreter start-up to well into the run; the last attempt
-        # runs to the end
-        delay = rng.uniform(0.15, 0.75) * full_run if attempt < 11 else 600
+        # random moments, from interpreter start-up to well into what is left of the work (each
+        # kill leaves less: delays shrink with it, so later attempts are killed too); the last
+        # attempt runs to the end
+        left = 8 - (len(load_manifest(out)["videos"]) if (out / "manifest.json").exists() else 0)
+        delay = rng.uniform(0.3, 1.0) * startup + rng.uniform(0.1, 0.7) * work * left / 8
+        if attempt == 11:
+            delay = 600
         try:
             proc.wait(timeout=delay)
         except subprocess.TimeoutExpired:
