@@ -2,6 +2,7 @@
 (or view) of it is alive, slots come back when the batches are dropped, and a worker that runs
 out of slots falls back to fresh memory instead of blocking."""
 import gc
+import time
 
 import pytest
 import torch
@@ -155,6 +156,18 @@ def test_lookahead_reads_the_next_batch_once(store):
         for sample in batch:
             expect = ds[(sample["index"], 0)]
             assert torch.equal(sample["flow"], expect["flow"]) and torch.equal(sample["rgb"], expect["rgb"])
+    # batches larger than the read-ahead window: every read-ahead record is used, none read twice
+    # (slow reads keep most of the next batch's reads queued when it starts)
+    calls.clear()
+    ds = _uint8_dataset(store, read_ahead=2, read_threads=1)
+    ds.fetch = lambda video, starts: calls.append(video) or time.sleep(0.02) or fetch(video, starts)
+    big1, big2 = [(i, 1) for i in range(12)], [(i, 1) for i in range(12, 24)]
+    ds.__getitems__(big1 + [Lookahead(big2)])
+    c = ds.__getitems__(big2)
+    assert len(calls) == 24 and [s["index"] for s in c] == list(range(12, 24))
+    for sample in c[::5]:
+        assert torch.equal(sample["flow"], ds[(sample["index"], 1)]["flow"])
+    ds.fetch = lambda video, starts: calls.append(video) or fetch(video, starts)
     # a wrong guess (the batch went to another worker) is dropped, and costs only the read
     ds.__getitems__(first + [Lookahead(second)])
     calls.clear()

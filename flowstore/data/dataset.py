@@ -265,7 +265,7 @@ class _ClipSource:
         """``(plan, records)`` in order, read ahead as described in :meth:`get_many`.
 
         ``ahead``: plans of the batch this worker gets next (see :class:`Lookahead`); their
-        records are read once the current window is queued, and used by the next call."""
+        records are read once every record of ``plans`` is queued, and used by the next call."""
         plans = iter(plans)
         if self.read_ahead <= 0:
             for p in plans:
@@ -273,26 +273,36 @@ class _ClipSource:
             return
         pool = self._reader_pool()
         early, self._early = self._early, {}
+        ahead = list(ahead)
 
         def start(p):
             fut = early.pop(_fetch_key(p), None)
             return fut if fut is not None else pool.submit(self.fetch, p[1], p[2])
+
+        def start_ahead():  # queued behind this batch's own reads
+            for p in ahead:
+                self._early[_fetch_key(p)] = pool.submit(self.fetch, p[1], p[2])
+            ahead.clear()
 
         pending: deque = deque()
         for p in plans:
             pending.append((p, start(p)))
             if len(pending) > self.read_ahead:
                 break
-        for p in ahead:
-            self._early[_fetch_key(p)] = pool.submit(self.fetch, p[1], p[2])
-        for fut in early.values():  # read ahead for a batch that went elsewhere: drop
-            fut.cancel()
-        while pending:
-            p, fut = pending.popleft()
-            nxt = next(plans, None)
-            if nxt is not None:
-                pending.append((nxt, start(nxt)))
-            yield p, fut.result()
+        else:
+            start_ahead()
+        try:
+            while pending:
+                p, fut = pending.popleft()
+                nxt = next(plans, None)
+                if nxt is not None:
+                    pending.append((nxt, start(nxt)))
+                elif ahead:
+                    start_ahead()
+                yield p, fut.result()
+        finally:
+            for fut in early.values():  # read ahead for a batch that went elsewhere: drop
+                fut.cancel()
 
     def _reader_pool(self) -> ThreadPoolExecutor:
         if self._pool is None or self._pool_pid != os.getpid():  # threads do not survive a fork
