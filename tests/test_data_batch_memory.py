@@ -206,3 +206,13 @@ def test_failed_batch_gives_its_slot_back(monkeypatch):
         assert int(slots.state.sum()) == 0
     finally:
         set_worker_slots(None, -1)
+
+
+def test_batches_larger_than_the_read_ahead_window_through_workers(store):
+    ds = _uint8_dataset(store, read_ahead=2)
+    loader = make_loader(ds, batch_size=7, num_workers=2, shuffle=True, prefetch_factor=2)
+    seen = []
+    for batch in loader:
+        _assert_equal(batch, _expected(ds, batch))
+        seen += batch["index"].tolist()
+    assert sorted(seen) == list(range(24))
