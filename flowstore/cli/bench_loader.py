@@ -46,9 +46,10 @@ def command(store, workers, modality, sampling, length, segments, batch_size, ep
     Three variants run the same clips through the loader's own dataset code and the same
     DataLoader settings; only the source of the encoded bytes differs: (a) decode limit: the
     bytes held in RAM, so no I/O, only cv2.imdecode and the batch assembly all variants share;
-    (b) flowstore: the store's shards, read ahead of decoding by each worker's reader threads (also the worker's next batch);
-    (c) rawframes: the same bytes exported as an mmaction2 rawframes tree (img_00001.jpg,
-    flow_x_00001.jpg, flow_y_00001.jpg) read file by file when needed, as mmaction2 does.
+    (b) flowstore: the store's shards, read ahead of decoding by each worker's reader threads
+    (also the worker's next batch); (c) rawframes: the same bytes exported as an mmaction2
+    rawframes tree (img_00001.jpg, flow_x_00001.jpg, flow_y_00001.jpg) read file by file when
+    needed, as mmaction2 does.
     A control, rawframes with (b)'s read-ahead, is reported beside them.
 
     (b) and (c) are measured warm (files in the page cache) and cold: before each cold round

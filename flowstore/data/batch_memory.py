@@ -179,21 +179,31 @@ def batch_buffers(specs):
         raise
 
 
+def _layout(specs) -> tuple[list[int], list[int], int]:
+    """Byte sizes and offsets of ``specs``' tensors in one segment, and the segment's size."""
+    sizes = [math.prod(shape) * torch.empty(0, dtype=dtype).element_size() for shape, dtype in specs]
+    offsets, total = [], 0
+    for n in sizes:
+        offsets.append(total)
+        total += -(-n // ALIGN) * ALIGN
+    return sizes, offsets, total
+
+
+def batch_nbytes(specs) -> int:
+    """Bytes of the slot that one batch of ``specs`` (``[(shape, dtype), ...]``) takes."""
+    return _layout(specs)[2]
+
+
 def allocate(specs) -> tuple[list[torch.Tensor], tuple[int, int] | None]:
     """Tensors of ``specs`` (``[(shape, dtype), ...]``) for one batch, and the slot key to put
     under :data:`SLOT_KEY` (None when not in a worker with slots: then plain tensors, in a
     fresh shared segment inside a worker, on the heap outside)."""
     from torch.utils.data import get_worker_info
 
-    sizes = [math.prod(shape) * torch.empty(0, dtype=dtype).element_size() for shape, dtype in specs]
-    offsets, total = [], 0
-    for n in sizes:
-        offsets.append(total)
-        total += -(-n // ALIGN) * ALIGN
-    in_worker = get_worker_info() is not None
-    if not in_worker:
+    if get_worker_info() is None:
         return [torch.empty(shape, dtype=dtype) for shape, dtype in specs], None
-    slot, segment = (None, None)
+    sizes, offsets, total = _layout(specs)
+    slot = None
     if _worker_slots is not None:
         slot, segment = _worker_slots.take(_worker_id, total)
     else:
@@ -202,4 +212,6 @@ def allocate(specs) -> tuple[list[torch.Tensor], tuple[int, int] | None]:
     return out, (None if slot is None else (_worker_id, slot))
 
 
-__all__ = ["SLOT_KEY", "BatchSlots", "allocate", "batch_buffers", "reserve_worker_slots", "set_worker_slots"]
+__all__ = [
+    "SLOT_KEY", "BatchSlots", "allocate", "batch_buffers", "batch_nbytes", "reserve_worker_slots", "set_worker_slots",
+]

@@ -24,8 +24,8 @@ cache (``posix_fadvise(POSIX_FADV_DONTNEED)``; the residency left is checked wit
 and reported), then the store (or tree) is opened, the workers are started, and one epoch is
 timed. Worker start-up is never timed: the workers answer a ping before the clock starts (and
 create their reused shared-memory batch buffers then, as the first epoch of a training run
-would), and after the pass they report their memory (RSS and USS). Rounds alternate between variants and
-the reported figure is the median over rounds.
+would), and after the pass they report their memory (RSS and USS). Rounds alternate between
+variants and the reported figure is the median over rounds.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .batch_memory import ALIGN, reserve_worker_slots
+from .batch_memory import batch_nbytes, reserve_worker_slots
 from .dataset import StoreClipDataset, StoreLoader, collate, open_source, prepare_fork, worker_init
 from .rawframes import META, RawframesReader, export_rawframes
 from .sampling import default_length, non_overlapping_starts, tsn_starts
@@ -192,10 +192,10 @@ class _BenchDataset(StoreClipDataset):
     reserve_bytes = 0
 
     def batch_bytes(self, batch_size: int) -> int:
-        w, h = max((self.store.frame_size(v) for v, _ in self.clips), key=lambda size: size[0] * size[1])
-        S, L = len(self.clips[0][1]), self.length
-        channels = {"flow": 2 * L, "rgb": 3 * L, "both": 2 * L + 3}[self.modality]
-        return batch_size * S * channels * h * w + 2 * ALIGN
+        """Slot bytes of the largest batch (the largest frames of the clips)."""
+        size = max((self.store.frame_size(v) for v, _ in self.clips), key=lambda wh: wh[0] * wh[1])
+        shapes = self.batch_shapes(batch_size, len(self.clips[0][1]), size)
+        return batch_nbytes([(shape, torch.uint8) for shape in shapes.values()])
 
     def _ping(self) -> dict:
         import psutil

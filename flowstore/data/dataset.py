@@ -253,12 +253,13 @@ class _ClipSource:
         p = self.plan(index, epoch)
         return self.finish(p, self.fetch(p[1], p[2]))
 
-    def get_many(self, plans) -> Iterator[dict]:
+    def get_many(self, plans, ahead=()) -> Iterator[dict]:
         """Samples of ``plans`` in order, their records read ahead by ``read_threads`` background
         threads (up to ``read_ahead`` samples ahead) while the current one is decoded, so I/O
         waits (e.g. on a cold page cache) overlap with decoding. Both sides mostly run without
-        the GIL: cv2.imdecode releases it, and py-lmdb faults record pages in with it released."""
-        for p, raw in self.fetched(plans):
+        the GIL: cv2.imdecode releases it, and py-lmdb faults record pages in with it released.
+        ``ahead``: see :meth:`fetched`."""
+        for p, raw in self.fetched(plans, ahead):
             yield self.finish(p, raw)
 
     def fetched(self, plans, ahead=()) -> Iterator[tuple]:
@@ -359,7 +360,7 @@ class StoreClipDataset(_ClipSource, Dataset):
         ahead = [self.plan(*self._key(key)) for key in ahead] if self.read_ahead > 0 else ()
         if self.batch_in_worker and self._direct(plans):
             return self.decode_batch(plans, ahead)
-        return [self.finish(p, raw) for p, raw in self.fetched(plans, ahead)]
+        return list(self.get_many(plans, ahead))
 
     def _key(self, key) -> tuple[int, int]:
         index, epoch = key if isinstance(key, tuple) else (key, self.epoch)
@@ -376,17 +377,23 @@ class StoreClipDataset(_ClipSource, Dataset):
         return (len({len(p[2]) for p in plans}) == 1
                 and len({self.store.frame_size(p[1]) for p in plans}) == 1)
 
+    def batch_shapes(self, batch_size: int, snippets: int, frame_size: tuple[int, int]) -> dict:
+        """Shapes of the uint8 tensors :meth:`decode_batch` fills: ``{"flow": (B, S, 2L, H, W),
+        "rgb": (B, S, 3L or 3, H, W)}`` as the modality has them; ``frame_size`` is (W, H)."""
+        w, h = frame_size
+        L = self.length
+        shapes = {}
+        if self.modality in ("flow", "both"):
+            shapes["flow"] = (batch_size, snippets, 2 * L, h, w)
+        if self.modality in ("rgb", "both"):
+            shapes["rgb"] = (batch_size, snippets, 3 * (L if self.modality == "rgb" else 1), h, w)
+        return shapes
+
     def decode_batch(self, plans, ahead=()) -> "Batch":
         """Decode a batch straight into its stacked tensors: the same result as
         ``collate([self.get(...) for ...])`` without per-sample arrays or a copy into the batch."""
-        B, S, L = len(plans), len(plans[0][2]), self.length
-        w, h = self.store.frame_size(plans[0][1])
+        shapes = self.batch_shapes(len(plans), len(plans[0][2]), self.store.frame_size(plans[0][1]))
         batch = Batch()
-        shapes = {}
-        if self.modality in ("flow", "both"):
-            shapes["flow"] = (B, S, 2 * L, h, w)
-        if self.modality in ("rgb", "both"):
-            shapes["rgb"] = (B, S, 3 * (L if self.modality == "rgb" else 1), h, w)
         with batch_buffers([(shape, torch.uint8) for shape in shapes.values()]) as (tensors, slot):
             batch.update(zip(shapes, tensors))
             if slot is not None:
@@ -665,7 +672,7 @@ def set_epoch(loader: DataLoader, epoch: int) -> None:
 
 
 __all__ = [
-    "MODALITIES", "Batch", "ClipSampler", "Lookahead", "StoreClipDataset", "StoreLoader", "collate", "StoreIterableDataset",
-    "distributed_info",
-    "make_loader", "open_source", "prepare_fork", "sample_rng", "set_epoch", "worker_init",
+    "MODALITIES", "Batch", "ClipSampler", "Lookahead", "StoreClipDataset", "StoreIterableDataset", "StoreLoader",
+    "collate", "distributed_info", "make_loader", "open_source", "prepare_fork", "sample_rng", "set_epoch",
+    "worker_init",
 ]
