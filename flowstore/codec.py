@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+from .errors import InputError
 
 CODECS = ("jpeg", "png", "raw")
 DEFAULT_JPEG_QUALITY = 95
@@ -16,7 +17,7 @@ DEFAULT_PNG_LEVEL = 1  # PNG compression level: small effect on size for flow, l
 
 def check_codec(name: str) -> str:
     if name not in CODECS:
-        raise ValueError(f"unknown codec {name!r}; choose from {sorted(CODECS)}")
+        raise InputError(f"unknown codec {name!r}; choose from {sorted(CODECS)}")
     return name
 
 
@@ -39,18 +40,18 @@ def _params(codec: str, quality: int | None) -> list[int]:
     if codec == "jpeg":
         q = DEFAULT_JPEG_QUALITY if quality is None else int(quality)
         if not 0 <= q <= 100:
-            raise ValueError(f"JPEG quality must be in 0..100, got {q}")
+            raise InputError(f"JPEG quality must be in 0..100, got {q}")
         return [cv2.IMWRITE_JPEG_QUALITY, q]
     level = DEFAULT_PNG_LEVEL if quality is None else int(quality)
     if not 0 <= level <= 9:
-        raise ValueError(f"PNG compression level must be in 0..9, got {level}")
+        raise InputError(f"PNG compression level must be in 0..9, got {level}")
     return [cv2.IMWRITE_PNG_COMPRESSION, level]
 
 
 def encode_gray(plane: np.ndarray, codec: str, quality: int | None = None) -> bytes:
     """uint8 ``(H, W)`` -> bytes."""
     if plane.dtype != np.uint8 or plane.ndim != 2:
-        raise ValueError(f"expected a uint8 (H, W) plane, got {plane.dtype} {plane.shape}")
+        raise InputError(f"expected a uint8 (H, W) plane, got {plane.dtype} {plane.shape}")
     if codec == "raw":
         return np.ascontiguousarray(plane).tobytes()
     ok, buf = cv2.imencode(".jpg" if codec == "jpeg" else ".png", plane, _params(check_codec(codec), quality))
@@ -63,11 +64,11 @@ def decode_gray(data: bytes, codec: str, shape: tuple[int, int] | None = None) -
     """bytes -> uint8 ``(H, W)``; ``shape`` (H, W) is required for ``raw``."""
     if codec == "raw":
         if shape is None:
-            raise ValueError("raw planes need the frame shape (H, W) to decode")
+            raise InputError("raw planes need the frame shape (H, W) to decode")
         return np.frombuffer(data, np.uint8).reshape(shape)
     plane = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
     if plane is None:
-        raise ValueError(f"could not decode {len(data)} bytes as {codec}")
+        raise InputError(f"could not decode {len(data)} bytes as {codec}")
     return plane
 
 
@@ -86,9 +87,9 @@ def decode_rgb(data: bytes, codec: str = "jpeg", shape: tuple[int, int] | None =
     """bytes -> RGB uint8 ``(H, W, 3)``."""
     if codec == "raw":
         if shape is None:
-            raise ValueError("raw frames need the frame shape (H, W) to decode")
+            raise InputError("raw frames need the frame shape (H, W) to decode")
         return np.frombuffer(data, np.uint8).reshape(*shape, 3)
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
-        raise ValueError(f"could not decode {len(data)} bytes as {codec}")
+        raise InputError(f"could not decode {len(data)} bytes as {codec}")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from .errors import InputError
 
 DECODERS = ("opencv", "pyav")
 #: TSN's standard frame size
 TSN_SIZE = (340, 256)
 
 
-class VideoDecodeError(RuntimeError):
+class VideoDecodeError(InputError, RuntimeError):
     """A video that cannot be opened or decoded; the message is one line naming the problem."""
 
 
@@ -33,11 +34,11 @@ class Resize:
 
     def __post_init__(self):
         if self.size is not None and self.short_side is not None:
-            raise ValueError("give either size=(W, H) or short_side=N, not both")
+            raise InputError("give either size=(W, H) or short_side=N, not both")
         if self.size is not None and (len(self.size) != 2 or min(self.size) < 1):
-            raise ValueError(f"size must be (W, H) with positive integers, got {self.size!r}")
+            raise InputError(f"size must be (W, H) with positive integers, got {self.size!r}")
         if self.short_side is not None and self.short_side < 1:
-            raise ValueError(f"short_side must be a positive integer, got {self.short_side!r}")
+            raise InputError(f"short_side must be a positive integer, got {self.short_side!r}")
 
     def output_size(self, width: int, height: int) -> tuple[int, int]:
         if self.size is not None:
@@ -72,9 +73,9 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
         w, h = text.lower().split("x")
         size = int(w), int(h)
     except ValueError:
-        raise ValueError(f"bad size {text!r}; write WIDTHxHEIGHT, e.g. 340x256") from None
+        raise InputError(f"bad size {text!r}; write WIDTHxHEIGHT, e.g. 340x256") from None
     if min(size) < 1:
-        raise ValueError(f"bad size {text!r}; width and height must be positive")
+        raise InputError(f"bad size {text!r}; width and height must be positive")
     return size
 
 
@@ -124,7 +125,7 @@ def iter_frames(path: str | os.PathLike, *, resize: Resize = Resize(), decoder: 
     """Yield RGB uint8 ``(H, W, 3)`` frames of ``path``, resized; raises VideoDecodeError."""
     path = os.fspath(path)
     if decoder not in DECODERS:
-        raise ValueError(f"unknown decoder {decoder!r}; choose from {sorted(DECODERS)}")
+        raise InputError(f"unknown decoder {decoder!r}; choose from {sorted(DECODERS)}")
     _check_file(path)
     frames = _iter_opencv(path) if decoder == "opencv" else _iter_pyav(path)
     for rgb in frames:

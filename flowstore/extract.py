@@ -25,6 +25,7 @@ import numpy as np
 
 from . import __version__
 from .codec import check_codec, check_quality, effective_quality, encode_gray, encode_rgb
+from .errors import InputError, WorkerDiedError
 from .decode import DECODERS, Resize, VideoDecodeError, iter_frames
 from .quantize import QuantSpec, quantize
 from .store.backend import writer_class
@@ -38,12 +39,8 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".
 DEFAULT_SHARD_SIZE = 1 << 30
 
 
-class PlanError(ValueError):
+class PlanError(InputError):
     """Bad inputs found before any work starts (missing files, id collisions)."""
-
-
-class WorkerDiedError(RuntimeError):
-    """A worker process was killed (out of memory, a crash in a decoder): the run stops."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,17 +72,17 @@ class ExtractConfig:
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
-            raise ValueError(f"unknown format {self.backend!r}; choose from {sorted(BACKENDS)}")
+            raise InputError(f"unknown format {self.backend!r}; choose from {sorted(BACKENDS)}")
         check_codec(self.flow_codec)
         check_codec(self.frame_codec)
         check_quality(self.flow_codec, self.flow_quality)  # fail now, not once per video
         check_quality(self.frame_codec, self.frame_quality)
         if self.decoder not in DECODERS:
-            raise ValueError(f"unknown decoder {self.decoder!r}; choose from {sorted(DECODERS)}")
+            raise InputError(f"unknown decoder {self.decoder!r}; choose from {sorted(DECODERS)}")
         if self.stride < 1:
-            raise ValueError(f"stride must be >= 1, got {self.stride}")
+            raise InputError(f"stride must be >= 1, got {self.stride}")
         if self.shard_size < 1:
-            raise ValueError(f"shard size must be positive, got {self.shard_size}")
+            raise InputError(f"shard size must be positive, got {self.shard_size}")
 
     @property
     def n_workers(self) -> int:
@@ -360,7 +357,7 @@ def compute_video_records(frames: Iterable[np.ndarray], estimator, cfg: ExtractC
                 if n_frames == 0:
                     height, width = rgb.shape[:2]
                 if n_frames >= MAX_RECORDS_PER_VIDEO:
-                    raise ValueError(f"more than {MAX_RECORDS_PER_VIDEO} frames: longer than format 1.x allows; split the video")
+                    raise InputError(f"more than {MAX_RECORDS_PER_VIDEO} frames: longer than format 1.x allows; split the video")
                 submit(RGB, n_frames, rgb)
                 window.append(estimator.prepare(rgb))
                 n_frames += 1

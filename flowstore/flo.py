@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from .errors import InputError
 
 FLO_MAGIC = 202021.25
 UNKNOWN_FLOW_THRESHOLD = 1e9
@@ -20,16 +21,16 @@ def read_flo(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     data = path.read_bytes()
     if len(data) < 12:
-        raise ValueError(f"{path}: too short for a .flo file ({len(data)} bytes, need at least 12)")
+        raise InputError(f"{path}: too short for a .flo file ({len(data)} bytes, need at least 12)")
     magic = np.frombuffer(data, "<f4", count=1)[0]
     if magic != np.float32(FLO_MAGIC):
-        raise ValueError(f"{path}: bad .flo magic {magic!r} (expected {FLO_MAGIC}, bytes 'PIEH')")
+        raise InputError(f"{path}: bad .flo magic {magic!r} (expected {FLO_MAGIC}, bytes 'PIEH')")
     width, height = (int(x) for x in np.frombuffer(data, "<i4", count=2, offset=4))
     if width <= 0 or height <= 0:
-        raise ValueError(f"{path}: bad .flo size {width}x{height}")
+        raise InputError(f"{path}: bad .flo size {width}x{height}")
     expected = 12 + 8 * width * height
     if len(data) != expected:
-        raise ValueError(f"{path}: {len(data)} bytes, but a {width}x{height} .flo has {expected}")
+        raise InputError(f"{path}: {len(data)} bytes, but a {width}x{height} .flo has {expected}")
     return np.frombuffer(data, "<f4", offset=12).reshape(height, width, 2).astype(np.float32)
 
 
@@ -37,7 +38,7 @@ def write_flo(path: str | os.PathLike, flow: np.ndarray) -> None:
     """Write float ``(H, W, 2)`` flow as a ``.flo`` file (atomically: temporary name, then rename)."""
     flow = np.asarray(flow)
     if flow.ndim != 3 or flow.shape[2] != 2:
-        raise ValueError(f"flow must have shape (H, W, 2), got {flow.shape}")
+        raise InputError(f"flow must have shape (H, W, 2), got {flow.shape}")
     height, width = flow.shape[:2]
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
@@ -56,7 +57,7 @@ def valid_mask(flow_gt: np.ndarray) -> np.ndarray:
 def endpoint_error(flow: np.ndarray, flow_gt: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """Per-pixel end-point error over the valid (and masked) pixels, as a 1-D array."""
     if flow.shape != flow_gt.shape:
-        raise ValueError(f"flow shape {flow.shape} differs from ground truth {flow_gt.shape}")
+        raise InputError(f"flow shape {flow.shape} differs from ground truth {flow_gt.shape}")
     keep = valid_mask(flow_gt)
     if mask is not None:
         keep &= mask

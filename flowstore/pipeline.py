@@ -22,6 +22,7 @@ import tomllib
 from pathlib import Path
 
 import click
+from .errors import InputError, MissingFileError
 
 
 def load_recipe(path: str | Path) -> dict:
@@ -29,15 +30,15 @@ def load_recipe(path: str | Path) -> dict:
     try:
         recipe = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise FileNotFoundError(f"recipe not found: {path}") from None
+        raise MissingFileError(f"recipe not found: {path}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"{path}: not valid TOML ({exc})") from None
+        raise InputError(f"{path}: not valid TOML ({exc})") from None
     stages = recipe.get("recipe", {}).get("stages")
     if not stages:
-        raise ValueError(f"{path}: needs [recipe] stages = [\"extract\", ...]")
+        raise InputError(f"{path}: needs [recipe] stages = [\"extract\", ...]")
     for stage in stages:
         if stage not in recipe:
-            raise ValueError(f"{path}: stage {stage!r} is listed in [recipe] stages but has no [{stage}] table")
+            raise InputError(f"{path}: stage {stage!r} is listed in [recipe] stages but has no [{stage}] table")
     return recipe
 
 
@@ -46,11 +47,11 @@ def apply_overrides(recipe: dict, overrides: list[str]) -> dict:
 
     for item in overrides:
         if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise ValueError(f"--set {item!r}: write STAGE.KEY=VALUE, e.g. --set extract.workers=2")
+            raise InputError(f"--set {item!r}: write STAGE.KEY=VALUE, e.g. --set extract.workers=2")
         key, value = item.split("=", 1)
         stage, name = key.split(".", 1)
         if stage not in recipe:
-            raise ValueError(f"--set {item!r}: the recipe has no stage {stage!r}; stages: {recipe['recipe']['stages']}")
+            raise InputError(f"--set {item!r}: the recipe has no stage {stage!r}; stages: {recipe['recipe']['stages']}")
         recipe[stage][name] = parse_value(value)
     return recipe
 
@@ -73,7 +74,7 @@ def stage_argv(command: click.Command, settings: dict, stage: str) -> list[str]:
         if not names:
             continue
         if len(names) > 1:
-            raise ValueError(f"stage [{stage}]: {sorted(names)} name the same setting; keep one")
+            raise InputError(f"stage [{stage}]: {sorted(names)} name the same setting; keep one")
         key = names.pop()
         used.add(key)
         value = settings[key]
@@ -95,5 +96,5 @@ def stage_argv(command: click.Command, settings: dict, stage: str) -> list[str]:
     unknown = sorted(set(settings) - used)
     if unknown:
         options = sorted(set().union(*(_setting_names(p) for p in command.params)))
-        raise ValueError(f"stage [{stage}]: unknown setting(s) {unknown} for `flowstore {command.name}`; choose from {options}")
+        raise InputError(f"stage [{stage}]: unknown setting(s) {unknown} for `flowstore {command.name}`; choose from {options}")
     return argv + ["--"] + positional if positional else argv

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from .errors import InputError
 
 SCHEMES = ("bound", "minmax")
 LEVELS = 255  # q in 0..255
@@ -35,9 +36,9 @@ class QuantSpec:
 
     def __post_init__(self):
         if self.scheme not in SCHEMES:
-            raise ValueError(f"unknown quantization {self.scheme!r}; choose from {sorted(SCHEMES)}")
+            raise InputError(f"unknown quantization {self.scheme!r}; choose from {sorted(SCHEMES)}")
         if self.scheme == "bound" and not (self.bound > 0 and np.isfinite(self.bound)):
-            raise ValueError(f"quantization bound must be a positive number of pixels, got {self.bound!r}")
+            raise InputError(f"quantization bound must be a positive number of pixels, got {self.bound!r}")
 
     def to_manifest(self) -> dict:
         out = {"scheme": self.scheme, "levels": LEVELS, "rounding": ROUNDING, "dtype": "uint8"}
@@ -62,7 +63,7 @@ def quantize(flow: np.ndarray, spec: QuantSpec = QuantSpec()) -> tuple[np.ndarra
     """
     flow = np.asarray(flow, dtype=np.float32)
     if flow.ndim != 3 or flow.shape[-1] != 2:
-        raise ValueError(f"flow must have shape (H, W, 2), got {flow.shape}")
+        raise InputError(f"flow must have shape (H, W, 2), got {flow.shape}")
     if spec.scheme == "bound":
         b = np.float32(spec.bound)
         scaled = (np.clip(flow, -b, b) + b) * np.float32(LEVELS / (2 * spec.bound))
@@ -82,7 +83,7 @@ def dequantize(q: np.ndarray, spec: QuantSpec = QuantSpec(), value_range: np.nda
     if spec.scheme == "bound":
         return q.astype(np.float32) * np.float32(2 * spec.bound / LEVELS) - np.float32(spec.bound)
     if value_range is None:
-        raise ValueError("minmax quantization needs the per-flow range (lo_x, hi_x, lo_y, hi_y)")
+        raise InputError("minmax quantization needs the per-flow range (lo_x, hi_x, lo_y, hi_y)")
     lo = np.array([value_range[0], value_range[2]], dtype=np.float32)
     hi = np.array([value_range[1], value_range[3]], dtype=np.float32)
     return lo + q.astype(np.float32) * ((hi - lo) / np.float32(LEVELS))

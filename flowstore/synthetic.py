@@ -78,6 +78,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from .errors import AlreadyExistsError, InputError, OutOfRangeError
 
 #: The six classes in label order (label = index here; classInd.txt = index + 1).
 MOTION_CLASSES: tuple[str, ...] = (
@@ -252,7 +253,7 @@ def _trajectory_offsets(kind: str, rate: float, nuisance: dict, num_frames: int)
     elif kind == "rotate":
         dang = rate * t
     else:  # pragma: no cover - guarded by CLASS_MOTION
-        raise ValueError(kind)
+        raise InputError(kind)
     return {"x": dx, "log_scale": log_s, "angle": dang}
 
 
@@ -285,13 +286,13 @@ def _effective_ranges(size, num_frames, camera_shake, ranges) -> tuple[dict, dic
         # zoom: the largest scale must keep the object within the shorter half-side
         max_scale = (shortest / 2.0 - margin) / r_outline
         if max_scale <= 1.0:
-            raise ValueError(f"frame size {size} is too small for the demo objects")
+            raise InputError(f"frame size {size} is too small for the demo objects")
         scaled("zoom", math.expm1(math.log(max_scale) / half))
         r_worst = r_outline * (1.0 + ranges["zoom"][1]) ** half
         # translation along x: the travel must fit beside the largest object
         budget = width / 2.0 - margin - r_worst
         if budget <= 0:
-            raise ValueError(f"frame size {size} is too small for the demo objects")
+            raise InputError(f"frame size {size} is too small for the demo objects")
         scaled("translate", budget / half)
         travel = ranges["translate"][1] * half
     else:
@@ -414,7 +415,7 @@ def render_clip(entry: dict) -> list[np.ndarray]:
 def _size_of(entry: dict, size) -> tuple[int, int]:
     width, height = entry["size"] if size is None else size
     if tuple(entry["size"]) != (int(width), int(height)):
-        raise ValueError(f"size {tuple(size)} does not match the clip's size {tuple(entry['size'])}")
+        raise InputError(f"size {tuple(size)} does not match the clip's size {tuple(entry['size'])}")
     return int(width), int(height)
 
 
@@ -447,7 +448,7 @@ def true_flow(entry: dict, frame_index: int, size=None) -> np.ndarray:
     """
     width, height = _size_of(entry, size)
     if not 0 <= frame_index < len(entry["steps"]):
-        raise IndexError(f"frame_index {frame_index} outside 0..{len(entry['steps']) - 1}")
+        raise OutOfRangeError(f"frame_index {frame_index} outside 0..{len(entry['steps']) - 1}")
     step = entry["steps"][frame_index]
     m = np.asarray(step["matrix"], np.float64)
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
@@ -520,22 +521,22 @@ def make_demo_dataset(
     """
     width, height = (int(x) for x in size)
     if width <= 0 or height <= 0 or width % 2 or height % 2:
-        raise ValueError(f"size must be (W, H) with positive even numbers, got {size}")
+        raise InputError(f"size must be (W, H) with positive even numbers, got {size}")
     if clips_per_class < 1:
-        raise ValueError("clips_per_class must be >= 1")
+        raise InputError("clips_per_class must be >= 1")
     if num_frames < 2:
-        raise ValueError("num_frames must be >= 2 (flow needs pairs)")
+        raise InputError("num_frames must be >= 2 (flow needs pairs)")
     if camera_shake < 0:
-        raise ValueError("camera_shake must be >= 0")
+        raise InputError("camera_shake must be >= 0")
     if not 0.0 <= test_fraction < 1.0:
-        raise ValueError("test_fraction must be in [0, 1)")
+        raise InputError("test_fraction must be in [0, 1)")
     ranges = dict(MOTION_RANGES)
     for kind, rng_ in (motion_ranges or {}).items():
         if kind not in ranges:
-            raise ValueError(f"unknown motion kind {kind!r}; known: {sorted(ranges)}")
+            raise InputError(f"unknown motion kind {kind!r}; known: {sorted(ranges)}")
         lo, hi = (float(x) for x in rng_)
         if not 0 < lo <= hi:
-            raise ValueError(f"motion range for {kind} must satisfy 0 < lo <= hi, got {rng_}")
+            raise InputError(f"motion range for {kind} must satisfy 0 < lo <= hi, got {rng_}")
         ranges[kind] = (lo, hi)
     ranges, layout = _effective_ranges((width, height), num_frames, camera_shake, ranges)
 
@@ -549,7 +550,7 @@ def make_demo_dataset(
         existing.append(videos_dir)
     if existing:
         if not overwrite:
-            raise FileExistsError(f"{root} already holds a demo dataset ({existing[0].name}); "
+            raise AlreadyExistsError(f"{root} already holds a demo dataset ({existing[0].name}); "
                                   "pass overwrite=True to replace it")
         shutil.rmtree(videos_dir, ignore_errors=True)
         for p in (labels_path, class_index_path, motion_path):

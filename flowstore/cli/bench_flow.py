@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from .common import parse_params, user_errors
+from ..errors import MissingFileError
 
 
 def load_gt_pairs(root):
@@ -21,7 +22,7 @@ def load_gt_pairs(root):
         frames = [cv2.cvtColor(cv2.imread(str(folder / f), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for f in ("frame1.png", "frame2.png")]
         pairs.append((folder.name, frames[0], frames[1], read_flo(folder / "flow.flo")))
     if not pairs:
-        raise FileNotFoundError(f"no frame1.png/frame2.png/flow.flo folders under {root}")
+        raise MissingFileError(f"no frame1.png/frame2.png/flow.flo folders under {root}")
     return pairs
 
 

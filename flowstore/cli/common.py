@@ -8,14 +8,14 @@ import sys
 
 import click
 
-# Exit codes (documented in README and `flowstore extract --help`)
-EXIT_OK = 0
-EXIT_ERROR = 1          # an error that is not one of the below
-EXIT_USAGE = 2          # bad command line or bad inputs found before any work (click's own code)
-EXIT_FAILURES = 3       # some videos failed (see failures.jsonl); --allow-failures makes this 0
-EXIT_LOCKED = 4         # another process is writing the store
-EXIT_STORE = 5          # the store cannot be written (disk full, read-only, permissions)
-EXIT_VERIFY = 6         # verify found damaged or missing records
+# Exit codes live with the error classes (flowstore/errors.py); re-exported for the commands
+from ..errors import (  # noqa: E402
+    EXIT_BUG, EXIT_DAMAGED, EXIT_FAILURES, EXIT_LOCKED, EXIT_OK, EXIT_STORE, EXIT_USAGE, FlowstoreError,
+    StoreWriteError,
+)
+
+EXIT_ERROR = EXIT_BUG
+EXIT_VERIFY = EXIT_DAMAGED
 
 
 def parse_bytes(text: str) -> int:
@@ -52,27 +52,17 @@ def fail(message: str, code: int = EXIT_ERROR):
 
 
 def user_errors(func):
-    """Turn expected errors into one clear line and an exit code instead of a traceback."""
-    from ..extract import WorkerDiedError
-    from ..store.format import FormatError
-    from ..store.manifest import StoreNotFoundError
-    from ..store.writer import SettingsMismatchError, StoreLockedError, StoreWriteError
+    """A :class:`~flowstore.errors.FlowstoreError` becomes one line and its exit code; any other
+    exception is a bug and keeps its traceback (exit 1)."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
-        except StoreLockedError as exc:
-            fail(str(exc), EXIT_LOCKED)
-        except WorkerDiedError as exc:
-            fail(str(exc), EXIT_ERROR)
         except StoreWriteError as exc:
-            fail(f"{exc} — the store is left consistent; free space or fix permissions and rerun the same command", EXIT_STORE)
-        except (StoreNotFoundError, FormatError, SettingsMismatchError) as exc:
-            fail(str(exc), EXIT_USAGE)
-        except (FileNotFoundError, FileExistsError) as exc:
-            fail(str(exc), EXIT_USAGE)
-        except (ValueError, KeyError, IndexError) as exc:
-            fail(exc.args[0] if exc.args else str(exc), EXIT_USAGE)
+            fail(f"{exc.message} — the store is left consistent; free space or fix permissions and rerun the same command",
+                 exc.exit_code)
+        except FlowstoreError as exc:
+            fail(exc.message, exc.exit_code)
 
     return wrapper

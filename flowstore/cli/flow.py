@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from .common import parse_params, user_errors
+from ..errors import InputError
 
 
 @click.command("flow")
@@ -29,10 +30,10 @@ def command(image1, image2, method, engine, device, params, ckpt, out, png_out):
     for path in (image1, image2):
         bgr = cv2.imread(path, cv2.IMREAD_COLOR)
         if bgr is None:
-            raise ValueError(f"cannot read image {path!r}")
+            raise InputError(f"cannot read image {path!r}")
         frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
     if frames[0].shape != frames[1].shape:
-        raise ValueError(f"images differ in size: {frames[0].shape[1::-1]} vs {frames[1].shape[1::-1]}")
+        raise InputError(f"images differ in size: {frames[0].shape[1::-1]} vs {frames[1].shape[1::-1]}")
     options = {"ckpt": ckpt} if ckpt else {}
     estimator = build_flow(method, engine=engine, device=device, params=parse_params(params), **options)
     flow = estimator(frames[0], frames[1])

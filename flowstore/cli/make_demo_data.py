@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from .common import user_errors
+from ..errors import AlreadyExistsError
 
 
 @click.command("make-demo-data")
@@ -32,6 +33,6 @@ def command(out, clips_per_class, num_frames, size, fps, camera_shake, seed, ove
         dataset = make_demo_dataset(out, clips_per_class=clips_per_class, num_frames=num_frames, size=parse_size(size),
                                     fps=fps, camera_shake=camera_shake, seed=seed, overwrite=overwrite)
     except FileExistsError:
-        raise FileExistsError(f"{out} already holds a demo dataset; pass --overwrite to replace it") from None
+        raise AlreadyExistsError(f"{out} already holds a demo dataset; pass --overwrite to replace it") from None
     click.echo(f"wrote {dataset.num_clips} videos of {dataset.num_frames} frames ({len(dataset.classes)} classes: "
                f"{', '.join(dataset.classes)}) to {dataset.videos_dir}; labels in {dataset.labels_path}")

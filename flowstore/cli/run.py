@@ -8,6 +8,7 @@ import time
 import click
 
 from .common import user_errors
+from ..errors import InputError
 
 
 @click.command("run")
@@ -34,7 +35,7 @@ def command(ctx, recipe, overrides, only, skip, dry_run):
         name = spec[stage].get("command", stage)
         command = cli.get_command(ctx, name)
         if command is None:
-            raise ValueError(f"stage [{stage}]: unknown command {name!r}; choose from {cli.list_commands(ctx)}")
+            raise InputError(f"stage [{stage}]: unknown command {name!r}; choose from {cli.list_commands(ctx)}")
         argv = stage_argv(command, spec[stage], stage)
         click.echo(f"\n==> [{stage}] flowstore {name} {shlex.join(argv)}", err=True)
         if dry_run:

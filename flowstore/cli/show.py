@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from .common import user_errors
+from ..errors import InputError
 
 
 def flow_picture(rgb, flow, *, clip: float | None = None):
@@ -21,7 +22,7 @@ def save_rgb(path: str, rgb) -> None:
     import cv2
 
     if not cv2.imwrite(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-        raise ValueError(f"could not write {path!r}: use a .png or .jpg name in an existing, writable folder")
+        raise InputError(f"could not write {path!r}: use a .png or .jpg name in an existing, writable folder")
 
 
 @click.command("show")

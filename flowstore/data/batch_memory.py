@@ -33,6 +33,7 @@ import math
 
 import numpy as np
 import torch
+from ..errors import InputError
 
 SLOT_KEY = "_flowstore_slot"
 ALIGN = 64  # bytes: every tensor carved out of a slot starts on a cache line
@@ -47,7 +48,7 @@ class BatchSlots:
 
     def __init__(self, num_workers: int, slots_per_worker: int):
         if num_workers < 1 or slots_per_worker < 1:
-            raise ValueError("BatchSlots needs at least one worker and one slot per worker")
+            raise InputError("BatchSlots needs at least one worker and one slot per worker")
         self.state = torch.zeros((num_workers, slots_per_worker), dtype=torch.int32).share_memory_()
         self._state = self.state.numpy()
         self._cache: dict[int, torch.Tensor] = {}  # worker-local: slot id -> uint8 segment

@@ -45,6 +45,7 @@ from .batch_memory import batch_nbytes, reserve_worker_slots
 from .dataset import StoreClipDataset, StoreLoader, collate, open_source, prepare_fork, worker_init
 from .rawframes import META, RawframesReader, export_rawframes
 from .sampling import default_length, non_overlapping_starts, tsn_starts
+from ..errors import InputError
 
 JSON_KEYS = ("decode_limit", "flowstore", "rawframes", "flowstore_cold", "rawframes_cold", "workers")
 GOALS = {"warm_vs_decode_limit": 0.9, "warm_vs_rawframes": 1.0, "cold_vs_rawframes": 1.5}
@@ -381,7 +382,7 @@ def bench_loader(store_path, *, workers: int = 2, modality: str = "flow", sampli
     clips = make_clips(meta_store, modality=modality, sampling=sampling, length=length,
                        num_segments=num_segments, seed=seed, max_clips=max_clips)
     if not clips:
-        raise ValueError(f"store {store_path} has no videos to read")
+        raise InputError(f"store {store_path} has no videos to read")
     ds_kwargs = dict(modality=modality, sampling=sampling, length=length, num_segments=num_segments)
     rng = np.random.default_rng([seed, 0x0D0E])
     made_tree = False

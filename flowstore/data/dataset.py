@@ -59,6 +59,7 @@ from .batch_memory import SLOT_KEY, BatchSlots, batch_buffers, set_worker_slots
 from .labels import as_label_map
 from .sampling import check_sampling, default_length, sample_starts, snippet_indices
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, Clip, finalize
+from ..errors import InputError, OutOfRangeError, UnknownNameError
 
 MODALITIES = ("rgb", "flow", "both")
 _OPEN_LOCK = threading.Lock()
@@ -84,7 +85,7 @@ def distributed_info(rank: int | None = None, world_size: int | None = None) -> 
             rank = 0 if rank is None else rank
             world_size = 1 if world_size is None else world_size
     if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+        raise InputError(f"rank {rank} is not in 0..{world_size - 1}")
     return int(rank), int(world_size)
 
 
@@ -103,13 +104,13 @@ class _ClipSource:
                  rgb_std=IMAGENET_STD, clips_per_video: int = 1, seed: int = 0, min_flows: int = 1,
                  read_ahead: int = 8, read_threads: int = 2):
         if modality not in MODALITIES:
-            raise ValueError(f"unknown modality {modality!r}; choose from {list(MODALITIES)}")
+            raise InputError(f"unknown modality {modality!r}; choose from {list(MODALITIES)}")
         self.store = open_source(store)
         self.modality = modality
         self.sampling = check_sampling(sampling)
         self.length = default_length(sampling, modality) if length is None else int(length)
         if sampling == "frame" and self.length != 1:
-            raise ValueError("frame sampling has length 1")
+            raise InputError("frame sampling has length 1")
         self.num_segments = int(num_segments)
         self.train = bool(train)
         self.test_views = test_views
@@ -119,7 +120,7 @@ class _ClipSource:
         self.rgb_values = rgb_values
         self.rgb_mean, self.rgb_std = rgb_mean, rgb_std
         if clips_per_video < 1:
-            raise ValueError("clips_per_video must be >= 1")
+            raise InputError("clips_per_video must be >= 1")
         self.clips_per_video = int(clips_per_video)
         self.seed = int(seed)
         self.epoch = 0
@@ -129,7 +130,7 @@ class _ClipSource:
             wanted = set(videos)
             unknown = wanted - set(self.store.videos)
             if unknown:
-                raise KeyError(f"videos not in {store_name}: {sorted(unknown)[:5]}")
+                raise UnknownNameError(f"videos not in {store_name}: {sorted(unknown)[:5]}")
             vids = [v for v in vids if v in wanted]
         if self.modality != "rgb":
             vids = [v for v in vids if self.store.num_flows(v) >= min_flows]
@@ -233,7 +234,7 @@ class _ClipSource:
     # -- one sample: plan (cheap) -> fetch (I/O) -> decode + transform (CPU) -----------------
     def plan(self, index: int, epoch: int):
         if not 0 <= index < self.num_samples:
-            raise IndexError(f"sample {index} out of range (0..{self.num_samples - 1})")
+            raise OutOfRangeError(f"sample {index} out of range (0..{self.num_samples - 1})")
         rng = sample_rng(self.seed, epoch, index)
         video = self.videos[index // self.clips_per_video]
         return index, video, self.starts(index, rng), rng
@@ -654,7 +655,7 @@ def make_loader(dataset, batch_size: int = 1, *, shuffle: bool = True, num_worke
             dataset.batch_in_worker = True  # uint8 clips are decoded straight into the batch
     if isinstance(dataset, IterableDataset):
         if rank is not None or world_size is not None:
-            raise ValueError("set rank/world_size on the StoreIterableDataset itself")
+            raise InputError("set rank/world_size on the StoreIterableDataset itself")
         common["persistent_workers"] = bool(persistent_workers) and num_workers > 0
         return StoreLoader(dataset, **common)
     sampler = ClipSampler(len(dataset), shuffle=shuffle, seed=dataset.seed if seed is None else seed,

@@ -30,9 +30,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
 
 from ..extract import VIDEO_EXTENSIONS
+from ..errors import InputError
 
 
-class LabelError(ValueError):
+class LabelError(InputError):
     """A malformed label file or an entry that does not match the store; names file and line."""
 
 
@@ -195,7 +196,7 @@ def read_mmaction_list(path, classes=None) -> Annotations:
 def read_ucf101(split_dir, split: int = 1, subset: str = "train") -> Annotations:
     """UCF101 ``classInd.txt`` + ``trainlist0N.txt`` / ``testlist0N.txt`` from ``split_dir``."""
     if subset not in ("train", "test"):
-        raise ValueError(f"subset must be 'train' or 'test', got {subset!r}")
+        raise InputError(f"subset must be 'train' or 'test', got {subset!r}")
     split_dir = Path(split_dir)
     classes = read_class_index(split_dir / "classInd.txt")
     number = {name: i for i, name in enumerate(classes)}
@@ -234,7 +235,7 @@ def read_hmdb51(split_dir, split: int = 1, subset: str | None = "train", classes
     classInd.txt path) is given; then a file for a class not in it is an error.
     """
     if subset not in ("train", "test", None):
-        raise ValueError(f"subset must be 'train', 'test' or None, got {subset!r}")
+        raise InputError(f"subset must be 'train', 'test' or None, got {subset!r}")
     split_dir = Path(split_dir)
     files = {}
     if not split_dir.is_dir():

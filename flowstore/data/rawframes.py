@@ -28,6 +28,7 @@ import numpy as np
 
 from ..codec import decode_gray, decode_rgb, encode_gray, encode_rgb
 from ..quantize import QuantSpec
+from ..errors import MissingFileError
 
 IMG_TMPL = "img_{:05d}.jpg"
 FLOW_TMPL = "flow_{}_{:05d}.jpg"
@@ -103,7 +104,7 @@ class RawframesReader:
         self.root = Path(root)
         meta_path = self.root / META
         if not meta_path.exists():
-            raise FileNotFoundError(f"{meta_path} not found: not a tree written by export_rawframes")
+            raise MissingFileError(f"{meta_path} not found: not a tree written by export_rawframes")
         self.meta = json.loads(meta_path.read_text())
         self._videos = self.meta["videos"]
         self.videos = sorted(self._videos)

@@ -25,6 +25,7 @@ indices are clamped to ``count - 1``.
 from __future__ import annotations
 
 import numpy as np
+from ..errors import InputError
 
 SAMPLINGS = ("tsn", "stack", "frame")
 DEFAULT_SEGMENTS = 3
@@ -35,7 +36,7 @@ DEFAULT_TEST_VIEWS = 25  # TSN / two-stream testing: 25 evenly spaced snippets
 
 def check_sampling(name: str) -> str:
     if name not in SAMPLINGS:
-        raise ValueError(f"unknown sampling {name!r}; choose from {list(SAMPLINGS)}")
+        raise InputError(f"unknown sampling {name!r}; choose from {list(SAMPLINGS)}")
     return name
 
 
@@ -51,9 +52,9 @@ def default_length(sampling: str, modality: str) -> int:
 
 def _valid_starts(count: int, length: int) -> int:
     if count < 1:
-        raise ValueError(f"cannot sample from {count} items")
+        raise InputError(f"cannot sample from {count} items")
     if length < 1:
-        raise ValueError(f"snippet length must be >= 1, got {length}")
+        raise InputError(f"snippet length must be >= 1, got {length}")
     return max(count - length + 1, 1)
 
 
@@ -61,12 +62,12 @@ def tsn_starts(count: int, num_segments: int = DEFAULT_SEGMENTS, length: int = 1
                train: bool, rng: np.random.Generator | None = None) -> np.ndarray:
     """Start of each of ``num_segments`` TSN snippets (int64, shape ``(K,)``)."""
     if num_segments < 1:
-        raise ValueError(f"num_segments must be >= 1, got {num_segments}")
+        raise InputError(f"num_segments must be >= 1, got {num_segments}")
     a = _valid_starts(count, length)
     if not train:
         return evenly_spaced_starts(count, num_segments, length)
     if rng is None:
-        raise ValueError("training-mode sampling needs a numpy Generator (rng)")
+        raise InputError("training-mode sampling needs a numpy Generator (rng)")
     k = np.arange(num_segments, dtype=np.int64)
     lo = (k * a) // num_segments
     hi = ((k + 1) * a) // num_segments  # exclusive
@@ -82,14 +83,14 @@ def stack_start(count: int, length: int = DEFAULT_STACK, *, train: bool,
     if not train:
         return np.array([a // 2], dtype=np.int64)
     if rng is None:
-        raise ValueError("training-mode sampling needs a numpy Generator (rng)")
+        raise InputError("training-mode sampling needs a numpy Generator (rng)")
     return np.array([int(rng.integers(a))], dtype=np.int64)
 
 
 def evenly_spaced_starts(count: int, num: int = DEFAULT_TEST_VIEWS, length: int = 1) -> np.ndarray:
     """``num`` test-time snippet starts ``floor((j + 1/2) * A / num)`` (int64, shape ``(num,)``)."""
     if num < 1:
-        raise ValueError(f"number of views must be >= 1, got {num}")
+        raise InputError(f"number of views must be >= 1, got {num}")
     a = _valid_starts(count, length)
     j = np.arange(num, dtype=np.int64)
     return ((2 * j + 1) * a) // (2 * num)
@@ -112,7 +113,7 @@ def sample_starts(sampling: str, count: int, *, length: int, train: bool,
     """
     check_sampling(sampling)
     if sampling == "frame" and length != 1:
-        raise ValueError(f"frame sampling has length 1, got {length}")
+        raise InputError(f"frame sampling has length 1, got {length}")
     if not train:
         n = test_views if test_views is not None else (num_segments if sampling == "tsn" else 1)
         return evenly_spaced_starts(count, n, length)

@@ -19,6 +19,7 @@ view ``s * 10 + c`` is crop ``c`` of snippet ``s`` with ``c`` in :data:`TEN_CROP
 (4 corners, centre, then the same 5 regions mirrored).
 """
 from __future__ import annotations
+from ..errors import InputError
 
 import dataclasses
 from collections.abc import Sequence
@@ -72,7 +73,7 @@ def _pair(size) -> tuple[int, int]:
 def crop(clip: Clip, x: int, y: int, w: int, h: int) -> Clip:
     W, H = clip.size
     if not (0 <= x and 0 <= y and x + w <= W and y + h <= H and w > 0 and h > 0):
-        raise ValueError(f"crop ({x}, {y}, {w}, {h}) does not fit a {W}x{H} clip")
+        raise InputError(f"crop ({x}, {y}, {w}, {h}) does not fit a {W}x{H} clip")
     return dataclasses.replace(
         clip,
         rgb=None if clip.rgb is None else clip.rgb[..., y:y + h, x:x + w],
@@ -229,7 +230,7 @@ class MultiScaleCrop:
 def ten_crop_boxes(image_w: int, image_h: int, w: int, h: int) -> list[tuple[int, int, int, int, bool]]:
     """``(x, y, w, h, flipped)`` of the ten test crops in :data:`TEN_CROP_ORDER`."""
     if w > image_w or h > image_h:
-        raise ValueError(f"crop {w}x{h} is larger than the {image_w}x{image_h} image")
+        raise InputError(f"crop {w}x{h} is larger than the {image_w}x{image_h} image")
     r, b = image_w - w, image_h - h
     five = [(0, 0), (r, 0), (0, b), (r, b), (r // 2, b // 2)]
     return [(x, y, w, h, False) for x, y in five] + [(x, y, w, h, True) for x, y in five]
@@ -286,11 +287,11 @@ def flow_values(flow: np.ndarray, quant: QuantSpec, mode: str = "pixels",
     if mode == "q128":
         return (flow.astype(np.float32) - 128.0) * np.float32(1 / 128)
     if mode != "pixels":
-        raise ValueError(f"unknown flow values {mode!r}; choose from {list(FLOW_VALUES)}")
+        raise InputError(f"unknown flow values {mode!r}; choose from {list(FLOW_VALUES)}")
     if quant.scheme == "bound":
         return flow.astype(np.float32) * np.float32(2 * quant.bound / LEVELS) - np.float32(quant.bound)
     if flow_range is None:
-        raise ValueError("minmax flow needs its per-flow ranges to dequantize")
+        raise InputError("minmax flow needs its per-flow ranges to dequantize")
     S, C = flow.shape[:2]
     lo = np.empty((S, C), np.float32)
     hi = np.empty((S, C), np.float32)
@@ -309,7 +310,7 @@ def subtract_mean_flow(flow: np.ndarray, mode: str | None) -> np.ndarray:
     if mode is None:
         return flow
     if flow.dtype == np.uint8:
-        raise ValueError("mean-flow subtraction needs float flow values (pixels or q128), not uint8")
+        raise InputError("mean-flow subtraction needs float flow values (pixels or q128), not uint8")
     if mode == "field":
         return flow - flow.mean(axis=(2, 3), keepdims=True)
     if mode == "stack":
@@ -320,7 +321,7 @@ def subtract_mean_flow(flow: np.ndarray, mode: str | None) -> np.ndarray:
         out[:, 0::2] -= mean_u[:, None, None, None]
         out[:, 1::2] -= mean_v[:, None, None, None]
         return out
-    raise ValueError(f"unknown mean subtraction {mode!r}; choose from {list(MEAN_SUBTRACT)}")
+    raise InputError(f"unknown mean subtraction {mode!r}; choose from {list(MEAN_SUBTRACT)}")
 
 
 def normalize_rgb(rgb: np.ndarray, mean: Sequence[float] | None = IMAGENET_MEAN,
@@ -347,10 +348,10 @@ def finalize(clip: Clip, quant: QuantSpec, *, flow_mode: str = "pixels", mean_su
         elif rgb_mode == "float":
             out["rgb"] = torch.from_numpy(normalize_rgb(clip.rgb, rgb_mean, rgb_std))
         else:
-            raise ValueError(f"unknown rgb values {rgb_mode!r}; choose 'float' or 'uint8'")
+            raise InputError(f"unknown rgb values {rgb_mode!r}; choose 'float' or 'uint8'")
     if clip.flow is not None:
         if mean_subtract not in MEAN_SUBTRACT:
-            raise ValueError(f"unknown mean subtraction {mean_subtract!r}; choose from {list(MEAN_SUBTRACT)}")
+            raise InputError(f"unknown mean subtraction {mean_subtract!r}; choose from {list(MEAN_SUBTRACT)}")
         values = subtract_mean_flow(flow_values(clip.flow, quant, flow_mode, clip.flow_range), mean_subtract)
         out["flow"] = torch.from_numpy(np.ascontiguousarray(values))
     return out

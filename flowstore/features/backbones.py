@@ -41,6 +41,7 @@ from typing import Callable
 
 import torch
 from torch import nn
+from ..errors import InputError
 
 __all__ = [
     "BACKBONES",
@@ -53,7 +54,7 @@ __all__ = [
 ]
 
 
-class WeightsError(ValueError):
+class WeightsError(InputError):
     """A weights file that is missing, unreadable or does not fit the backbone."""
 
 
@@ -91,7 +92,7 @@ def _make_model(name: str, *, in_chans: int) -> tuple[nn.Module, bool]:
     import timm
 
     if not timm.is_model(name):
-        raise ValueError(f"unknown backbone {name!r}: not a timm model; e.g. {sorted(BACKBONES)}")
+        raise InputError(f"unknown backbone {name!r}: not a timm model; e.g. {sorted(BACKBONES)}")
     try:  # residual families take zero_init_last; others reject the keyword
         return _timm_builder(name)(in_chans=in_chans), True
     except TypeError as exc:
@@ -125,7 +126,7 @@ def cross_modality_weight(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     """TSN cross-modality initialisation of a first convolution ``(O, 3, kh, kw)``: the mean
     over the input channels, replicated ``in_chans`` times -> ``(O, in_chans, kh, kw)``."""
     if weight.dim() != 4:
-        raise ValueError(f"expected a conv weight (O, I, kh, kw), got shape {tuple(weight.shape)}")
+        raise InputError(f"expected a conv weight (O, I, kh, kw), got shape {tuple(weight.shape)}")
     mean = weight.mean(dim=1, keepdim=True)
     return mean.repeat(1, int(in_chans), 1, 1).contiguous()
 
@@ -189,7 +190,7 @@ def build_backbone(name: str, *, in_chans: int = 3, weights: str | os.PathLike =
 
     in_chans = int(in_chans)
     if in_chans < 1:
-        raise ValueError(f"in_chans must be >= 1, got {in_chans}")
+        raise InputError(f"in_chans must be >= 1, got {in_chans}")
     random_init = isinstance(weights, str) and weights == "random"
     if not random_init:
         state = load_weights_file(weights)  # a missing file fails before the model is built

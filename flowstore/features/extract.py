@@ -42,6 +42,7 @@ import torch
 
 from .backbones import build_backbone
 from .store import FeatureStore, FeatureStoreError
+from ..errors import InputError
 
 __all__ = ["FeatureConfig", "FeatureSummary", "extract_features", "manifest_hashes", "snippet_starts",
            "STREAMS", "SPATIAL_VIEWS", "FLOW_INPUT_VALUES"]
@@ -106,23 +107,23 @@ class FeatureConfig:
 
     def check(self) -> None:
         if self.stream not in STREAMS:
-            raise ValueError(f"unknown stream {self.stream!r}; choose from {list(STREAMS)}")
+            raise InputError(f"unknown stream {self.stream!r}; choose from {list(STREAMS)}")
         if self.length is None:
             self.length = 1 if self.stream == "rgb" else 5
         if self.stream == "rgb" and self.length != 1:
-            raise ValueError("rgb features use one frame per snippet (--length 1)")
+            raise InputError("rgb features use one frame per snippet (--length 1)")
         if self.length < 1 or self.num_segments < 1 or self.temporal_views < 1 or self.batch_size < 1:
-            raise ValueError("length, segments, temporal views and batch size must be >= 1")
+            raise InputError("length, segments, temporal views and batch size must be >= 1")
         if self.spatial_views not in SPATIAL_VIEWS:
-            raise ValueError(f"spatial views must be one of {list(SPATIAL_VIEWS)}, got {self.spatial_views}")
+            raise InputError(f"spatial views must be one of {list(SPATIAL_VIEWS)}, got {self.spatial_views}")
         if self.spatial_views == 10 and self.crop is None:
-            raise ValueError("10 spatial views (ten-crop) need a crop size (--crop)")
+            raise InputError("10 spatial views (ten-crop) need a crop size (--crop)")
         if self.flow_values not in FLOW_INPUT_VALUES:
-            raise ValueError(f"unknown flow values {self.flow_values!r}; choose from {list(FLOW_INPUT_VALUES)}")
+            raise InputError(f"unknown flow values {self.flow_values!r}; choose from {list(FLOW_INPUT_VALUES)}")
         if self.mean_subtract not in (None, "field", "stack"):
-            raise ValueError(f"mean subtraction must be field, stack or none, got {self.mean_subtract!r}")
+            raise InputError(f"mean subtraction must be field, stack or none, got {self.mean_subtract!r}")
         if self.dtype not in ("float32", "float16"):
-            raise ValueError(f"dtype must be float32 or float16, got {self.dtype!r}")
+            raise InputError(f"dtype must be float32 or float16, got {self.dtype!r}")
 
     @property
     def in_chans(self) -> int:

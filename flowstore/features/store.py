@@ -27,6 +27,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from ..errors import InputError, MissingFileError, UnknownNameError
 
 __all__ = ["FORMAT", "VERSION", "FeatureStore", "FeatureStoreError", "open_features", "settings_of"]
 
@@ -37,7 +38,7 @@ VERSION = 1
 SETTINGS_KEYS = ("stream", "backbone", "sampling", "views", "input", "dtype")
 
 
-class FeatureStoreError(ValueError):
+class FeatureStoreError(InputError):
     """Not a feature store, or one made with different settings."""
 
 
@@ -69,7 +70,7 @@ class FeatureStore:
 
         self.path = Path(os.fspath(path))
         if mode == "r" and not self.path.is_file():
-            raise FileNotFoundError(f"feature store not found: {self.path}")
+            raise MissingFileError(f"feature store not found: {self.path}")
         try:
             self._f = h5py.File(self.path, mode)
         except OSError as exc:
@@ -118,7 +119,7 @@ class FeatureStore:
         idx = self.index()
         missing = [v for v in videos if v not in idx]
         if missing:
-            raise KeyError(f"{len(missing)} video(s) are not in feature store {self.path}, e.g. "
+            raise UnknownNameError(f"{len(missing)} video(s) are not in feature store {self.path}, e.g. "
                            f"{missing[:3]}; run `flowstore features` on the store again to add them")
         rows = np.array([idx[v] for v in videos], dtype=np.int64)
         ds = self._f["features"]

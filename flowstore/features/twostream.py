@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from ..errors import InputError, MissingFileError, UnknownNameError
 
 __all__ = [
     "METRICS_KEYS", "SCORE_FUSIONS", "LabelSets", "Stream", "load_label_sets", "open_streams",
@@ -136,7 +137,7 @@ def stratified_folds(labels: np.ndarray, k: int, seed: int, groups=None) -> np.n
     if groups is not None:
         keys = sorted(set(groups))
         if len(keys) < k:
-            raise ValueError(f"{len(keys)} video groups cannot fill {k} folds")
+            raise InputError(f"{len(keys)} video groups cannot fill {k} folds")
         fold_of = {g: i % k for i, g in enumerate(keys[j] for j in rng.permutation(len(keys)))}
         return np.array([fold_of[g] for g in groups], np.int64)
     offset = 0
@@ -153,7 +154,7 @@ def split_validation(labels: np.ndarray, fraction: float, seed: int, groups=None
     With ``groups``: ``round(fraction * n_groups)`` whole groups (at least one) do."""
     labels = np.asarray(labels)
     if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
+        raise InputError(f"validation fraction must be in [0, 1), got {fraction}")
     rng = np.random.default_rng([int(seed), 0x7A1])
     val = []
     if fraction > 0 and groups is not None:
@@ -199,9 +200,9 @@ def open_streams(paths, names=None) -> list[Stream]:
 
     paths = [str(p) for p in paths]
     if not paths:
-        raise ValueError("give at least one --features file")
+        raise InputError("give at least one --features file")
     if names and len(names) != len(paths):
-        raise ValueError(f"{len(names)} --name value(s) for {len(paths)} --features file(s)")
+        raise InputError(f"{len(names)} --name value(s) for {len(paths)} --features file(s)")
     out, seen = [], {}
     for i, p in enumerate(paths):
         fs = open_features(p)
@@ -214,7 +215,7 @@ def open_streams(paths, names=None) -> list[Stream]:
             name = base if seen[base] == 1 else f"{base}_{seen[base]}"
         out.append(Stream(name=name, path=str(Path(p).resolve()), provenance=prov, store=fs))
     if len({s.name for s in out}) != len(out):
-        raise ValueError(f"stream names must differ, got {[s.name for s in out]}")
+        raise InputError(f"stream names must differ, got {[s.name for s in out]}")
     return out
 
 
@@ -222,7 +223,7 @@ def _features(stream: Stream, videos: list[str], views: int | None = None) -> np
     x = stream.store.features(videos)
     if views is not None:
         if not 1 <= views <= x.shape[1]:
-            raise ValueError(f"--views {views}: {stream.name} features have {x.shape[1]} view(s)")
+            raise InputError(f"--views {views}: {stream.name} features have {x.shape[1]} view(s)")
         x = x[:, :views]
     return x.astype(np.float32, copy=False)
 
@@ -252,7 +253,7 @@ def apply_fusion(state: dict, probs: list[np.ndarray]) -> np.ndarray:
         return e / e.sum(axis=1, keepdims=True)
     if name in ("none", "early-concat"):
         return probs[0]
-    raise ValueError(f"unknown fusion {name!r}")
+    raise InputError(f"unknown fusion {name!r}")
 
 
 def _short_metrics(m: dict) -> dict:
@@ -302,12 +303,12 @@ def train_model(streams: list[Stream], label_sets: LabelSets, out, args: TrainAr
     from ..heads.train import train_head
 
     if args.fusion not in FUSIONS:
-        raise ValueError(f"unknown fusion {args.fusion!r}; choose from {sorted(FUSIONS)}")
+        raise InputError(f"unknown fusion {args.fusion!r}; choose from {sorted(FUSIONS)}")
     if args.fusion == "none" and len(streams) != 1:
-        raise ValueError(f"--fusion none takes exactly one --features file, got {len(streams)}; "
+        raise InputError(f"--fusion none takes exactly one --features file, got {len(streams)}; "
                          f"choose a fusion: {', '.join(n for n in FUSIONS if n != 'none')}")
     if args.fusion != "none" and len(streams) < 2:
-        raise ValueError(f"--fusion {args.fusion} needs two or more --features files (e.g. rgb and flow)")
+        raise InputError(f"--fusion {args.fusion} needs two or more --features files (e.g. rgb and flow)")
     out = Path(os.fspath(out))
     out.mkdir(parents=True, exist_ok=True)
     classes = label_sets.classes
@@ -319,10 +320,10 @@ def train_model(streams: list[Stream], label_sets: LabelSets, out, args: TrainAr
         have = set(s.store.videos)
         missing = [v for v in vids_all + test_vids if v not in have]
         if missing:
-            raise KeyError(f"{len(missing)} labelled video(s) are not in {s.path} (stream {s.name}), "
+            raise UnknownNameError(f"{len(missing)} labelled video(s) are not in {s.path} (stream {s.name}), "
                            f"e.g. {missing[:3]}")
     if len(classes) < int(max(y_all.max(initial=0), y_test.max(initial=0))) + 1:
-        raise ValueError("labels exceed the number of classes")
+        raise InputError("labels exceed the number of classes")
     groups = video_groups(vids_all, args.group_pattern)
     tr_idx, val_idx = split_validation(y_all, args.val_fraction, args.seed, groups)
     train_vids = [vids_all[i] for i in tr_idx]
@@ -330,7 +331,7 @@ def train_model(streams: list[Stream], label_sets: LabelSets, out, args: TrainAr
     y_tr, y_val = y_all[tr_idx], y_all[val_idx]
     has_val, has_test = len(val_vids) > 0, len(test_vids) > 0
     if not has_val and args.early_stopping:
-        raise ValueError("--early-stopping needs a validation split (--val-fraction > 0)")
+        raise InputError("--early-stopping needs a validation split (--val-fraction > 0)")
     eval_name = "test" if has_test else ("val" if has_val else "train")
     log(f"train-head: {len(train_vids)} train, {len(val_vids)} val, {len(test_vids)} test videos; "
         f"{len(classes)} classes; streams {[s.name for s in streams]}")
@@ -367,9 +368,9 @@ def train_model(streams: list[Stream], label_sets: LabelSets, out, args: TrainAr
 
     use_folds = args.fusion_folds > 0 and len(streams) > 1 and args.fusion != "early-concat"
     if args.fusion_folds == 1 or args.fusion_folds < 0:
-        raise ValueError("--fusion-folds must be 0 (fit fusions on the validation split) or >= 2")
+        raise InputError("--fusion-folds must be 0 (fit fusions on the validation split) or >= 2")
     if use_folds and groups is None and min(np.bincount(y_tr)[np.unique(y_tr)]) < args.fusion_folds:
-        raise ValueError(f"--fusion-folds {args.fusion_folds}: some class has fewer training videos than folds")
+        raise InputError(f"--fusion-folds {args.fusion_folds}: some class has fewer training videos than folds")
     heads, per_stream = {}, {}
     val_scores, test_scores, oof_scores = {}, {}, {}
     if args.fusion == "early-concat":
@@ -377,7 +378,7 @@ def train_model(streams: list[Stream], label_sets: LabelSets, out, args: TrainAr
         parts = [(_features(s, train_vids), _features(s, val_vids), _features(s, test_vids)) for s in streams]
         shapes = {p[0].shape[1:3] for p in parts}
         if len(shapes) != 1:
-            raise ValueError(f"early-concat needs the same views and segments in every stream, got "
+            raise InputError(f"early-concat needs the same views and segments in every stream, got "
                              f"{[p[0].shape[1:3] for p in parts]}")
         xs = [fusion.combine_features([p[i] for p in parts]) for i in range(3)]
         res = fit_one("early-concat", xs[0], xs[1])
@@ -420,7 +421,7 @@ def train_model(streams: list[Stream], label_sets: LabelSets, out, args: TrainAr
                     continue
                 fusion_states[name] = fu.state() | {"fitted_on": fit_on}
             if args.fusion not in fusion_states:
-                raise ValueError(f"fusion {args.fusion} could not be fitted")
+                raise InputError(f"fusion {args.fusion} could not be fitted")
             final_val = apply_fusion(fusion_states[args.fusion], [val_scores[s.name] for s in streams]) \
                 if has_val else None
             final_test = apply_fusion(fusion_states[args.fusion], tlist) if has_test else None
@@ -436,7 +437,7 @@ def train_model(streams: list[Stream], label_sets: LabelSets, out, args: TrainAr
         eval_vids, y_eval = train_vids, y_tr
         s_eval = (scores(heads["head"].model, _features(streams[0], train_vids)) if len(heads) == 1 else None)
         if s_eval is None:
-            raise ValueError("nothing to evaluate on: give test labels or a validation fraction")
+            raise InputError("nothing to evaluate on: give test labels or a validation fraction")
     m = metrics(s_eval, y_eval, classes)
     per_fusion = {}
     if fusion_states and has_test:
@@ -496,10 +497,10 @@ def read_model(model_dir) -> dict:
     model_dir = Path(os.fspath(model_dir))
     cfg_path = model_dir / "config.json"
     if not cfg_path.is_file():
-        raise FileNotFoundError(f"{model_dir} is not a train-head output directory (no config.json)")
+        raise MissingFileError(f"{model_dir} is not a train-head output directory (no config.json)")
     cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     if cfg.get("format") != "flowstore-train-head":
-        raise ValueError(f"{cfg_path} is not a flowstore train-head config")
+        raise InputError(f"{cfg_path} is not a flowstore train-head config")
     fusion_path = model_dir / "fusion.json"
     cfg["_fusion"] = json.loads(fusion_path.read_text(encoding="utf-8")) if fusion_path.exists() else None
     cfg["_dir"] = str(model_dir)
@@ -528,14 +529,14 @@ def evaluate_model(model_dir, *, features=None, label_sets: LabelSets | None = N
     recorded = cfg["streams"]
     paths = list(features) if features else [s["features"] for s in recorded]
     if len(paths) != len(recorded):
-        raise ValueError(f"{model_dir} was trained on {len(recorded)} stream(s); got {len(paths)} --features")
+        raise InputError(f"{model_dir} was trained on {len(recorded)} stream(s); got {len(paths)} --features")
     streams = open_streams(paths, names=[s["name"] for s in recorded])
     try:
         for s, rec in zip(streams, recorded):
             if s.digest() != rec["settings"] and not allow_mismatch:
                 from .store import _diff
 
-                raise ValueError(f"{s.path} was not made like the features {rec['name']} head was trained on "
+                raise InputError(f"{s.path} was not made like the features {rec['name']} head was trained on "
                                  "(pass --allow-mismatch to evaluate anyway):\n  "
                                  + "\n  ".join(_diff(rec["settings"], s.digest())))
         if label_sets is None:
@@ -546,7 +547,7 @@ def evaluate_model(model_dir, *, features=None, label_sets: LabelSets | None = N
         if subset == "val":
             wanted = set(cfg["splits"]["val"])
             if not wanted:
-                raise ValueError(f"{model_dir} was trained without a validation split")
+                raise InputError(f"{model_dir} was trained without a validation split")
             names_all, y_all = _resolve(label_sets.train, ids, streams[0].path)
             keep = [i for i, v in enumerate(names_all) if v in wanted]
             names, y = [names_all[i] for i in keep], y_all[keep]
@@ -554,9 +555,9 @@ def evaluate_model(model_dir, *, features=None, label_sets: LabelSets | None = N
             entries = {"test": label_sets.test, "train": label_sets.train,
                        "all": list(label_sets.train) + list(label_sets.test)}.get(subset)
             if entries is None:
-                raise ValueError(f"unknown subset {subset!r}; choose test, val, train or all")
+                raise InputError(f"unknown subset {subset!r}; choose test, val, train or all")
             if not entries:
-                raise ValueError(f"no {subset} videos in the labels")
+                raise InputError(f"no {subset} videos in the labels")
             names, y = _resolve(entries, ids, streams[0].path)
         fusion = cfg["fusion"]
         if fusion == "early-concat":

@@ -59,6 +59,7 @@ from typing import Any
 import numpy as np
 
 from .registry import FlowEstimator, register_flow
+from ..errors import EnvironmentProblem, InputError, MissingFileError
 
 PTLFLOW_VERSION = "0.4.2"
 #: environment variable naming a directory of downloaded checkpoints
@@ -75,11 +76,11 @@ MISSING_PTLFLOW_MESSAGE = (
 )
 
 
-class PtlflowNotInstalledError(ImportError):
+class PtlflowNotInstalledError(EnvironmentProblem, ImportError):
     """ptlflow (the ``flowstore[ptlflow]`` extra) is missing or broken."""
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(InputError, RuntimeError):
     """A checkpoint file is unsafe, corrupt or does not match the model."""
 
 
@@ -101,7 +102,7 @@ def import_ptlflow():
 def _model_reference(ptlflow, model_name: str):
     names = ptlflow.get_model_names()
     if model_name not in names:
-        raise ValueError(f"unknown ptlflow model {model_name!r}; choose from {', '.join(sorted(names))}")
+        raise InputError(f"unknown ptlflow model {model_name!r}; choose from {', '.join(sorted(names))}")
     return ptlflow.get_model_reference(model_name)
 
 
@@ -116,7 +117,7 @@ def _model_args(ptlflow, model_name: str, params: dict | None):
     valid = sorted(vars(args.model))
     unknown = sorted(set(params or {}) - set(valid))
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"unknown parameter(s) {unknown} for ptlflow model {model_name!r}; choose from {valid}"
         )
     for key, value in (params or {}).items():
@@ -133,7 +134,7 @@ def _build_model(ptlflow, model_name: str, params: dict | None):
             model = ptlflow.get_model(model_name, args=args)
     except Exception as exc:  # jsonargparse type errors for params
         if params:
-            raise ValueError(f"invalid params {params!r} for ptlflow model {model_name!r}: {exc}") from exc
+            raise InputError(f"invalid params {params!r} for ptlflow model {model_name!r}: {exc}") from exc
         raise
     return model, _jsonable(vars(args.model))
 
@@ -196,7 +197,7 @@ def find_checkpoint(model_name: str, directory: str | os.PathLike, model_names: 
             continue
         found.append(path)
     if len(found) > 1:
-        raise ValueError(
+        raise InputError(
             f"several checkpoints for ptlflow model {model_name!r} in {directory}: "
             f"{[p.name for p in found]}; choose one with --ckpt PATH"
         )
@@ -232,7 +233,7 @@ def resolve_checkpoint(model_name: str, ckpt: str | os.PathLike | None, model_re
                 f"no --ckpt given and {CKPT_DIR_ENV}={env} holds no file named "
                 f"{model_name}[-_.]*{{{','.join(CKPT_SUFFIXES)}}}"
             )
-    raise FileNotFoundError(_missing_checkpoint_message(model_name, model_ref, reason))
+    raise MissingFileError(_missing_checkpoint_message(model_name, model_ref, reason))
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -365,7 +366,7 @@ def save_random_checkpoint(model_name: str, path: str | os.PathLike, *, seed: in
 def _check_device(device: str | None) -> str:
     device = "cpu" if device is None else str(device)
     if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
-        raise ValueError(f"unsupported device {device!r} for the ptlflow engine; use 'cpu', 'cuda' or 'cuda:N'")
+        raise InputError(f"unsupported device {device!r} for the ptlflow engine; use 'cpu', 'cuda' or 'cuda:N'")
     if device.startswith("cuda"):
         import torch
 
@@ -399,11 +400,11 @@ class PtlflowEstimator(FlowEstimator):
 
         rgb = np.asarray(rgb)
         if rgb.dtype != np.uint8:
-            raise ValueError(f"expected uint8 frames, got {rgb.dtype}")
+            raise InputError(f"expected uint8 frames, got {rgb.dtype}")
         if rgb.ndim == 2:
             rgb = np.repeat(rgb[:, :, None], 3, axis=2)
         if rgb.ndim != 3 or rgb.shape[2] != 3:
-            raise ValueError(f"expected an RGB frame (H, W, 3), got shape {rgb.shape}")
+            raise InputError(f"expected an RGB frame (H, W, 3), got shape {rgb.shape}")
         bgr = np.ascontiguousarray(rgb[:, :, ::-1].transpose(2, 0, 1))
         return torch.from_numpy(bgr).float().div_(255.0)
 
@@ -411,13 +412,13 @@ class PtlflowEstimator(FlowEstimator):
         import torch
 
         if len(prev) != len(nxt):
-            raise ValueError(f"got {len(prev)} first frames but {len(nxt)} second frames")
+            raise InputError(f"got {len(prev)} first frames but {len(nxt)} second frames")
         if not prev:
             return np.zeros((0, 0, 0, 2), np.float32)
         shape = tuple(prev[0].shape)
         for frame in (*prev, *nxt):
             if tuple(frame.shape) != shape:
-                raise ValueError(f"all frames of one compute() call must have one size; got {tuple(frame.shape)} and {shape}")
+                raise InputError(f"all frames of one compute() call must have one size; got {tuple(frame.shape)} and {shape}")
         height, width = shape[-2:]
         out = np.empty((len(prev), height, width, 2), np.float32)
         autocast = (
@@ -462,7 +463,7 @@ def build_ptlflow(*, method: str, model_name: str, params: dict | None = None, d
     """Shared body of the ``gmflow`` and ``ptlflow:*`` builders."""
     device = _check_device(device)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, not {batch_size!r}")
+        raise InputError(f"batch_size must be a positive integer, not {batch_size!r}")
     fp16 = bool(fp16)
     if fp16 and not device.startswith("cuda"):
         warnings.warn("fp16 (autocast) is only used on CUDA; running in float32 on the CPU", UserWarning, stacklevel=3)

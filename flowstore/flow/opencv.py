@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 
 from .registry import FlowEstimator, check_params, register_flow
+from ..errors import InputError
 
 #: cv2.calcOpticalFlowFarneback defaults used by TSN-era tools; every one can be overridden.
 FARNEBACK_DEFAULTS = {
@@ -98,12 +99,12 @@ class OpenCVTVL1(_OpenCVEstimator):
 @register_flow("farneback", "opencv")
 def build_opencv_farneback(*, params: dict | None = None, device: str = "cpu") -> OpenCVFarneback:
     if device not in ("cpu", None):
-        raise ValueError(f"the opencv engine runs on the CPU only, not {device!r}; use --engine torch")
+        raise InputError(f"the opencv engine runs on the CPU only, not {device!r}; use --engine torch")
     return OpenCVFarneback(check_params("farneback", params or {}, FARNEBACK_DEFAULTS))
 
 
 @register_flow("tvl1", "opencv")
 def build_opencv_tvl1(*, params: dict | None = None, device: str = "cpu") -> OpenCVTVL1:
     if device not in ("cpu", None):
-        raise ValueError(f"the opencv engine runs on the CPU only, not {device!r}; use --engine torch")
+        raise InputError(f"the opencv engine runs on the CPU only, not {device!r}; use --engine torch")
     return OpenCVTVL1(check_params("tvl1", params or {}, TVL1_DEFAULTS))

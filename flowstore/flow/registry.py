@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from ..errors import InputError
 
 #: method name -> {engine name -> builder}
 METHODS: dict[str, dict[str, Callable[..., "FlowEstimator"]]] = {}
@@ -100,10 +101,10 @@ def resolve_engine(method: str, *, engine: str | None = None, device: str | None
     elif method in KNOWN_METHODS or method in METHODS:
         engines = tuple(dict.fromkeys(KNOWN_METHODS.get(method, ()) + tuple(METHODS.get(method, {}))))
     else:
-        raise ValueError(f"unknown method {method!r}; choose from {available_methods()} or 'ptlflow:NAME'")
+        raise InputError(f"unknown method {method!r}; choose from {available_methods()} or 'ptlflow:NAME'")
     if engine is not None:
         if engine not in engines:
-            raise ValueError(f"method {method!r} has no engine {engine!r}; choose from {sorted(engines)}")
+            raise InputError(f"method {method!r} has no engine {engine!r}; choose from {sorted(engines)}")
         return engine
     if device is not None and "torch" in engines:
         return "torch"
@@ -126,7 +127,7 @@ def build_flow(
         builder = METHODS["ptlflow:*"]["ptlflow"]
         return builder(model_name=method.split(":", 1)[1], device=device, params=params or {}, **options)
     if engine not in METHODS.get(method, {}):
-        raise ValueError(f"method {method!r} has no engine {engine!r} in this install")
+        raise InputError(f"method {method!r} has no engine {engine!r} in this install")
     builder = METHODS[method][engine]
     kwargs: dict[str, Any] = {"params": params or {}}
     if device is not None:
@@ -139,7 +140,7 @@ def check_params(method: str, given: dict, defaults: dict) -> dict:
     """Merge user parameters over defaults, rejecting unknown names with the list of valid ones."""
     unknown = sorted(set(given) - set(defaults))
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"unknown parameter(s) {unknown} for method {method!r}; choose from {sorted(defaults)}"
         )
     merged = dict(defaults)

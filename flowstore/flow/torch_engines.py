@@ -16,18 +16,19 @@ from .opencv import FARNEBACK_DEFAULTS, TVL1_DEFAULTS, to_gray
 from .registry import FlowEstimator, check_params, register_flow
 from .torch_farneback import farneback_flow
 from .torch_tvl1 import tvl1_flow
+from ..errors import InputError
 
 
 def _as_gray(frame: Any) -> np.ndarray | torch.Tensor:
     if isinstance(frame, torch.Tensor):
         if frame.dim() != 2:
-            raise ValueError(f"torch frames must be prepared grayscale (H, W), got shape {tuple(frame.shape)}")
+            raise InputError(f"torch frames must be prepared grayscale (H, W), got shape {tuple(frame.shape)}")
         return frame
     frame = np.asarray(frame)
     if frame.ndim == 3 and frame.shape[2] == 3:
         frame = to_gray(np.ascontiguousarray(frame, dtype=np.uint8))
     if frame.ndim != 2:
-        raise ValueError(f"expected a grayscale (H, W) or RGB (H, W, 3) frame, got shape {frame.shape}")
+        raise InputError(f"expected a grayscale (H, W) or RGB (H, W, 3) frame, got shape {frame.shape}")
     return frame
 
 
@@ -36,12 +37,12 @@ class _TorchEstimator(FlowEstimator):
 
     def __init__(self, params: dict, device: str, batch_size: int, compile: bool):
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
         try:
             dev = torch.device(device)
             torch.empty(1, device=dev)  # fail here, with the device named, if it is unusable
         except (RuntimeError, AssertionError) as exc:
-            raise ValueError(f"torch device {device!r} is not usable here: {exc}") from exc
+            raise InputError(f"torch device {device!r} is not usable here: {exc}") from exc
         self._device = dev
         self.device = str(dev)
         self.params = params
@@ -67,14 +68,14 @@ class _TorchEstimator(FlowEstimator):
     def compute(self, prev: Sequence[Any], nxt: Sequence[Any]) -> np.ndarray:
         """Flow of each pair as float32 (B, H, W, 2), run in chunks of ``batch_size`` pairs."""
         if len(prev) != len(nxt):
-            raise ValueError(f"got {len(prev)} first frames but {len(nxt)} second frames")
+            raise InputError(f"got {len(prev)} first frames but {len(nxt)} second frames")
         if len(prev) == 0:
             return np.zeros((0, 0, 0, 2), np.float32)
         prev = [_as_gray(f) for f in prev]
         nxt = [_as_gray(f) for f in nxt]
         shapes = {tuple(f.shape) for f in (*prev, *nxt)}
         if len(shapes) != 1:
-            raise ValueError(f"all frames of one compute() call must have the same size, got {sorted(shapes)}")
+            raise InputError(f"all frames of one compute() call must have the same size, got {sorted(shapes)}")
         out = []
         for start in range(0, len(prev), self.batch_size):
             i0 = self._to_device(prev[start : start + self.batch_size])

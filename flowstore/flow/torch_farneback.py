@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .torch_tvl1 import resize_linear
+from ..errors import InputError
 
 OPTFLOW_USE_INITIAL_FLOW = 4
 OPTFLOW_FARNEBACK_GAUSSIAN = 256
@@ -193,13 +194,13 @@ def farneback_flow(
     ``cv2.calcOpticalFlowFarneback`` (poly_n is the neighbourhood radius, 5 or 7 in practice).
     """
     if i0.shape != i1.shape or i0.dim() != 3:
-        raise ValueError(f"expected two (B, H, W) tensors of the same shape, got {tuple(i0.shape)} and {tuple(i1.shape)}")
+        raise InputError(f"expected two (B, H, W) tensors of the same shape, got {tuple(i0.shape)} and {tuple(i1.shape)}")
     if not 0.0 < pyr_scale < 1.0:
-        raise ValueError(f"pyr_scale must be in (0, 1), got {pyr_scale}")
+        raise InputError(f"pyr_scale must be in (0, 1), got {pyr_scale}")
     if flags & OPTFLOW_USE_INITIAL_FLOW:
-        raise ValueError("flags & OPTFLOW_USE_INITIAL_FLOW is not supported by the torch engine")
+        raise InputError("flags & OPTFLOW_USE_INITIAL_FLOW is not supported by the torch engine")
     if winsize < 1 or iterations < 1 or poly_n < 1:
-        raise ValueError(f"winsize, iterations and poly_n must be >= 1, got {winsize}, {iterations}, {poly_n}")
+        raise InputError(f"winsize, iterations and poly_n must be >= 1, got {winsize}, {iterations}, {poly_n}")
     device = i0.device
     dtype = torch.float32
     b, H, W = i0.shape

@@ -42,6 +42,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from ..errors import InputError
 
 #: float32 machine epsilon; OpenCV skips the thresholding step where |grad I1|^2 is below it.
 _FLT_EPS = float(torch.finfo(torch.float32).eps)
@@ -372,11 +373,11 @@ def tvl1_flow(
     receives the number of inner iterations run per level.
     """
     if i0.shape != i1.shape or i0.dim() != 3:
-        raise ValueError(f"expected two (B, H, W) tensors of the same shape, got {tuple(i0.shape)} and {tuple(i1.shape)}")
+        raise InputError(f"expected two (B, H, W) tensors of the same shape, got {tuple(i0.shape)} and {tuple(i1.shape)}")
     if medianFiltering > 1 and medianFiltering % 2 == 0:
-        raise ValueError(f"medianFiltering must be odd (or <= 1 to disable), got {medianFiltering}")
+        raise InputError(f"medianFiltering must be odd (or <= 1 to disable), got {medianFiltering}")
     if not 0.0 < scaleStep < 1.0 and nscales > 1:
-        raise ValueError(f"scaleStep must be in (0, 1), got {scaleStep}")
+        raise InputError(f"scaleStep must be in (0, 1), got {scaleStep}")
     device = i0.device
     if sync_every is None:
         sync_every = 1 if device.type == "cpu" else 10

@@ -11,6 +11,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from ..errors import InputError
 
 __all__ = ["as_feature_tensor", "predict_scores", "metrics", "write_predictions_csv"]
 
@@ -27,7 +28,7 @@ def as_feature_tensor(feats) -> torch.Tensor:
     if t.dim() == 3:
         t = t.unsqueeze(1)
     if t.dim() != 4:
-        raise ValueError(f"features must be (N, S, D) or (N, V, S, D), got shape {tuple(t.shape)}")
+        raise InputError(f"features must be (N, S, D) or (N, V, S, D), got shape {tuple(t.shape)}")
     return t
 
 
@@ -62,21 +63,21 @@ def predict_scores(model: torch.nn.Module, feats, *, batch_size: int = 256,
 def _check_scores_labels(scores, labels, class_names):
     scores = np.asarray(scores, dtype=np.float64)
     if scores.ndim != 2:
-        raise ValueError(f"scores must be (N, C), got shape {scores.shape}")
+        raise InputError(f"scores must be (N, C), got shape {scores.shape}")
     n, c = scores.shape
     labels = np.asarray(labels)
     if labels.shape != (n,):
-        raise ValueError(f"labels must have shape ({n},), got {labels.shape}")
+        raise InputError(f"labels must have shape ({n},), got {labels.shape}")
     if n and not np.issubdtype(labels.dtype, np.integer):
         raise TypeError(f"labels must be integers, got {labels.dtype}")
     labels = labels.astype(np.int64)
     if n and (labels.min() < 0 or labels.max() >= c):
-        raise ValueError(f"labels must be in [0, {c}), got range [{labels.min()}, {labels.max()}]")
+        raise InputError(f"labels must be in [0, {c}), got range [{labels.min()}, {labels.max()}]")
     if class_names is None:
         class_names = [str(i) for i in range(c)]
     class_names = [str(x) for x in class_names]
     if len(class_names) != c:
-        raise ValueError(f"{len(class_names)} class names for {c} score columns")
+        raise InputError(f"{len(class_names)} class names for {c} score columns")
     return scores, labels, class_names
 
 
@@ -139,7 +140,7 @@ def write_predictions_csv(path, video_ids: Sequence, scores, labels, class_names
         scores, labels, class_names = _check_scores_labels(scores, labels, class_names)
     video_ids = list(video_ids)
     if len(video_ids) != len(scores):
-        raise ValueError(f"{len(video_ids)} video ids for {len(scores)} score rows")
+        raise InputError(f"{len(video_ids)} video ids for {len(scores)} score rows")
     pred = np.argmax(scores, axis=1) if len(scores) else np.zeros(0, np.int64)
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -31,6 +31,7 @@ import itertools
 from typing import Sequence
 
 import numpy as np
+from ..errors import InputError
 
 __all__ = [
     "FUSIONS",
@@ -53,12 +54,12 @@ def _check_probs(prob_list, *, min_streams: int = 1) -> list[np.ndarray]:
         raise TypeError("pass a list of per-stream score arrays, not a single array")
     arrs = [np.asarray(p, dtype=np.float64) for p in prob_list]
     if len(arrs) < min_streams:
-        raise ValueError(f"need at least {min_streams} stream(s), got {len(arrs)}")
+        raise InputError(f"need at least {min_streams} stream(s), got {len(arrs)}")
     for i, a in enumerate(arrs):
         if a.ndim != 2:
-            raise ValueError(f"stream {i}: scores must be (N, C), got shape {a.shape}")
+            raise InputError(f"stream {i}: scores must be (N, C), got shape {a.shape}")
         if a.shape != arrs[0].shape:
-            raise ValueError(f"stream {i} has shape {a.shape}, stream 0 has {arrs[0].shape}")
+            raise InputError(f"stream {i} has shape {a.shape}, stream 0 has {arrs[0].shape}")
     return arrs
 
 
@@ -79,9 +80,9 @@ def late_weighted(prob_list: Sequence, weights: Sequence[float]) -> np.ndarray:
     arrs = _check_probs(prob_list)
     w = np.asarray(weights, dtype=np.float64).reshape(-1)
     if w.shape != (len(arrs),):
-        raise ValueError(f"{w.size} weights for {len(arrs)} streams")
+        raise InputError(f"{w.size} weights for {len(arrs)} streams")
     if np.any(w < 0) or not np.isfinite(w).all() or w.sum() <= 0:
-        raise ValueError(f"weights must be finite, >= 0 and not all zero, got {w.tolist()}")
+        raise InputError(f"weights must be finite, >= 0 and not all zero, got {w.tolist()}")
     return np.tensordot(w / w.sum(), np.stack(arrs), axes=1)
 
 
@@ -105,17 +106,17 @@ def fit_late_weights(prob_list: Sequence, labels, *, step: float = 0.05,
     arrs = _check_probs(prob_list, min_streams=1)
     y = np.asarray(labels).astype(np.int64)
     if y.shape != (arrs[0].shape[0],):
-        raise ValueError(f"labels must have shape ({arrs[0].shape[0]},), got {y.shape}")
+        raise InputError(f"labels must have shape ({arrs[0].shape[0]},), got {y.shape}")
     k = len(arrs)
     if k == 1:
         return np.ones(1)
     steps = round(1.0 / step)
     if steps < 1 or abs(steps * step - 1.0) > 1e-9:
-        raise ValueError(f"step must divide 1 (e.g. 0.1, 0.05), got {step}")
+        raise InputError(f"step must divide 1 (e.g. 0.1, 0.05), got {step}")
     from math import comb
 
     if comb(steps + k - 1, k - 1) > max_candidates:
-        raise ValueError(f"{comb(steps + k - 1, k - 1)} weight candidates for {k} streams; use a larger step")
+        raise InputError(f"{comb(steps + k - 1, k - 1)} weight candidates for {k} streams; use a larger step")
     grid = _simplex_grid(k, steps)                      # (G, K)
     stacked = np.stack(arrs)                            # (K, N, C)
     fused = np.tensordot(grid, stacked, axes=1)         # (G, N, C)
@@ -136,14 +137,14 @@ def early_concat(feat_list: Sequence, *, normalize_each: bool = True) -> np.ndar
     motion speed); the head may L2-normalise the concatenation again.
     """
     if len(feat_list) < 1:
-        raise ValueError("need at least one stream")
+        raise InputError("need at least one stream")
     arrs = [np.asarray(f) for f in feat_list]
     lead = arrs[0].shape[:-1]
     for i, a in enumerate(arrs):
         if a.ndim not in (3, 4):
-            raise ValueError(f"stream {i}: features must be (N, S, D) or (N, V, S, D), got {a.shape}")
+            raise InputError(f"stream {i}: features must be (N, S, D) or (N, V, S, D), got {a.shape}")
         if a.shape[:-1] != lead:
-            raise ValueError(f"stream {i} has leading shape {a.shape[:-1]}, stream 0 has {lead}")
+            raise InputError(f"stream {i} has leading shape {a.shape[:-1]}, stream 0 has {lead}")
     arrs = [a.astype(np.float32, copy=False) for a in arrs]
     if normalize_each:
         arrs = [a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), np.float32(1e-12))
@@ -180,10 +181,10 @@ class NoFusion(_Fusion):
         arrs = _check_probs(prob_list)
         if self.stream is None:
             if len(arrs) != 1:
-                raise ValueError(f"fusion 'none' got {len(arrs)} streams; pass stream=<index>")
+                raise InputError(f"fusion 'none' got {len(arrs)} streams; pass stream=<index>")
             return arrs[0]
         if not 0 <= self.stream < len(arrs):
-            raise ValueError(f"stream {self.stream} out of range for {len(arrs)} streams")
+            raise InputError(f"stream {self.stream} out of range for {len(arrs)} streams")
         return arrs[self.stream]
 
     def state(self) -> dict:
@@ -250,12 +251,12 @@ class SVMFusion(_Fusion):
         x = self.stack(prob_list)
         y = np.asarray(labels).astype(np.int64)
         if y.shape != (x.shape[0],):
-            raise ValueError(f"labels must have shape ({x.shape[0]},), got {y.shape}")
+            raise InputError(f"labels must have shape ({x.shape[0]},), got {y.shape}")
         self.num_classes = np.asarray(prob_list[0]).shape[1]
         if y.min() < 0 or y.max() >= self.num_classes:
-            raise ValueError(f"labels out of range [0, {self.num_classes})")
+            raise InputError(f"labels out of range [0, {self.num_classes})")
         if len(np.unique(y)) < 2:
-            raise ValueError("SVM fusion needs at least two classes in the fitting labels")
+            raise InputError("SVM fusion needs at least two classes in the fitting labels")
         self.svm = LinearSVC(C=self.C, max_iter=self.max_iter, random_state=self.seed, dual="auto")
         self.svm.fit(x, y)
         return self
@@ -265,7 +266,7 @@ class SVMFusion(_Fusion):
             raise RuntimeError("SVM fusion is not fitted; call fit() on validation scores first")
         x = self.stack(prob_list)
         if x.shape[1] != self.svm.n_features_in_:
-            raise ValueError(f"got {x.shape[1]} stacked scores, SVM was fitted on {self.svm.n_features_in_}")
+            raise InputError(f"got {x.shape[1]} stacked scores, SVM was fitted on {self.svm.n_features_in_}")
         d = self.svm.decision_function(x)
         if d.ndim == 1:  # binary problem: sklearn returns the margin of classes_[1]
             d = np.stack([-d, d], axis=1)
@@ -303,7 +304,7 @@ class EarlyConcat(_Fusion):
     def predict(self, prob_list) -> np.ndarray:
         arrs = _check_probs(prob_list)
         if len(arrs) != 1:
-            raise ValueError("early-concat fusion scores come from ONE head trained on the "
+            raise InputError("early-concat fusion scores come from ONE head trained on the "
                              f"concatenated features; got {len(arrs)} score arrays")
         return arrs[0]
 
@@ -324,5 +325,5 @@ FUSIONS: dict[str, type] = {
 def build_fusion(name: str, **kw) -> _Fusion:
     """Instantiate a fusion from :data:`FUSIONS` by name."""
     if name not in FUSIONS:
-        raise ValueError(f"unknown fusion {name!r}; choose from {sorted(FUSIONS)}")
+        raise InputError(f"unknown fusion {name!r}; choose from {sorted(FUSIONS)}")
     return FUSIONS[name](**kw)

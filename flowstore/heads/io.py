@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from .models import build_head
+from ..errors import InputError
 
 __all__ = ["save_head", "load_head", "read_head_config", "checkpoint_paths"]
 
@@ -52,7 +53,7 @@ def save_head(model: torch.nn.Module, path, *, extra: dict | None = None) -> tup
     """
     config = getattr(model, "config", None)
     if not config or "name" not in config:
-        raise ValueError("model has no build config; build heads with flowstore.heads.build_head")
+        raise InputError("model has no build config; build heads with flowstore.heads.build_head")
     weights, cfg = checkpoint_paths(path)
     weights.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -69,9 +70,9 @@ def read_head_config(path) -> dict:
     _, cfg = checkpoint_paths(path)
     doc = json.loads(cfg.read_text(encoding="utf-8"))
     if doc.get("format") != FORMAT:
-        raise ValueError(f"{cfg} is not a flowstore head checkpoint")
+        raise InputError(f"{cfg} is not a flowstore head checkpoint")
     if doc.get("version", 0) > VERSION:
-        raise ValueError(f"{cfg} has checkpoint version {doc['version']}; this flowstore reads <= {VERSION}")
+        raise InputError(f"{cfg} has checkpoint version {doc['version']}; this flowstore reads <= {VERSION}")
     return doc
 
 

@@ -30,6 +30,7 @@ from typing import Callable
 import torch
 from torch import nn
 import torch.nn.functional as F
+from ..errors import InputError
 
 __all__ = [
     "HEADS",
@@ -53,7 +54,7 @@ class _HeadBase(nn.Module):
     def __init__(self, *, in_dim: int, num_classes: int, num_segments: int, l2_normalize: bool):
         super().__init__()
         if int(in_dim) < 1 or int(num_classes) < 1 or int(num_segments) < 1:
-            raise ValueError(
+            raise InputError(
                 f"in_dim, num_classes and num_segments must be >= 1, got "
                 f"{in_dim}, {num_classes}, {num_segments}"
             )
@@ -67,12 +68,12 @@ class _HeadBase(nn.Module):
         if x.dim() == 2:
             x = x.unsqueeze(1)
         if x.dim() != 3:
-            raise ValueError(
+            raise InputError(
                 f"{type(self).__name__} expects features (B, S, D) or (B, D), got shape "
                 f"{tuple(x.shape)}; fold views into the batch (see evaluate.predict_scores)"
             )
         if x.shape[-1] != self.in_dim:
-            raise ValueError(f"feature dim {x.shape[-1]} != head in_dim {self.in_dim}")
+            raise InputError(f"feature dim {x.shape[-1]} != head in_dim {self.in_dim}")
         if self.l2_normalize:
             x = l2_normalize_features(x, rms=True)
         return x
@@ -101,7 +102,7 @@ class ConsensusHead(_HeadBase):
             l2_normalize=l2_normalize,
         )
         if not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+            raise InputError(f"dropout must be in [0, 1), got {dropout}")
         if hidden is None:
             self.mlp = None
             self.dropout = nn.Dropout(dropout)
@@ -109,7 +110,7 @@ class ConsensusHead(_HeadBase):
         else:
             hidden = int(hidden)
             if hidden < 1:
-                raise ValueError(f"hidden must be >= 1, got {hidden}")
+                raise InputError(f"hidden must be >= 1, got {hidden}")
             self.mlp = nn.Sequential(nn.Linear(self.in_dim, hidden), nn.GELU())
             self.dropout = nn.Dropout(dropout)
             self.fc = nn.Linear(hidden, self.num_classes)
@@ -150,12 +151,12 @@ class TemporalTransformerHead(_HeadBase):
         )
         dim, layers, heads = int(dim), int(layers), int(heads)
         if pooling not in ("cls", "mean"):
-            raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+            raise InputError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
         if dim < 1 or layers < 1 or heads < 1 or dim % heads:
-            raise ValueError(f"need dim >= 1, layers >= 1 and dim % heads == 0; got "
+            raise InputError(f"need dim >= 1, layers >= 1 and dim % heads == 0; got "
                              f"dim={dim}, layers={layers}, heads={heads}")
         if not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+            raise InputError(f"dropout must be in [0, 1), got {dropout}")
         self.pooling = pooling
         self.proj = nn.Linear(self.in_dim, dim)
         n_tokens = self.num_segments + (1 if pooling == "cls" else 0)
@@ -177,7 +178,7 @@ class TemporalTransformerHead(_HeadBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self._prepare(x)
         if x.shape[1] != self.num_segments:
-            raise ValueError(
+            raise InputError(
                 f"transformer head was built for {self.num_segments} segments, got {x.shape[1]}"
             )
         tokens = self.proj(x)
@@ -223,7 +224,7 @@ def build_head(name: str, *, in_dim: int, num_classes: int, num_segments: int, *
     """Build a registered head; the returned module has a JSON-able ``.config`` dict such that
     ``build_head(**head.config)`` rebuilds the same architecture."""
     if name not in HEADS:
-        raise ValueError(f"unknown head {name!r}; choose from {sorted(HEADS)}")
+        raise InputError(f"unknown head {name!r}; choose from {sorted(HEADS)}")
     model = HEADS[name](in_dim=int(in_dim), num_classes=int(num_classes),
                         num_segments=int(num_segments), **kw)
     model.config = {"name": name, "in_dim": int(in_dim), "num_classes": int(num_classes),

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from ..errors import InputError
 
 __all__ = ["plot_confusion", "plot_curves"]
 
@@ -42,7 +43,7 @@ def plot_confusion(cm, class_names: Sequence[str], path, *, normalize: bool = Tr
     cm = np.asarray(cm, dtype=np.float64)
     c = cm.shape[0]
     if cm.shape != (c, c) or len(class_names) != c:
-        raise ValueError(f"confusion matrix {cm.shape} does not match {len(class_names)} class names")
+        raise InputError(f"confusion matrix {cm.shape} does not match {len(class_names)} class names")
     rates = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1) if normalize else cm
     size = float(np.clip(0.35 * c + 2.5, 4.0, 24.0))
     fig = _figure(size + 1.2, size)

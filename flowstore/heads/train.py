@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from .evaluate import as_feature_tensor, predict_scores
 from .models import build_head
+from ..errors import InputError
 
 __all__ = ["TrainResult", "train_head", "class_weights_from_labels", "SCHEDULES", "TRAIN_VIEWS"]
 
@@ -72,12 +73,12 @@ def class_weights_from_labels(labels, num_classes: int) -> torch.Tensor:
 def _labels_tensor(labels, n: int, name: str) -> torch.Tensor:
     y = torch.as_tensor(np.asarray(labels))
     if y.shape != (n,):
-        raise ValueError(f"{name} must have shape ({n},), got {tuple(y.shape)}")
+        raise InputError(f"{name} must have shape ({n},), got {tuple(y.shape)}")
     if n and (torch.is_floating_point(y) or y.dtype == torch.bool):
         raise TypeError(f"{name} must be integers, got {y.dtype}")
     y = y.long()
     if n and y.min() < 0:
-        raise ValueError(f"{name} must be >= 0")
+        raise InputError(f"{name} must be >= 0")
     return y
 
 
@@ -139,44 +140,44 @@ def train_head(
     - ``train_views``: ``"random"`` | ``"all"`` | ``"first"`` (see module docstring).
     """
     if schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}; choose from {sorted(SCHEDULES)}")
+        raise InputError(f"unknown schedule {schedule!r}; choose from {sorted(SCHEDULES)}")
     if train_views not in TRAIN_VIEWS:
-        raise ValueError(f"unknown train_views {train_views!r}; choose from {sorted(TRAIN_VIEWS)}")
+        raise InputError(f"unknown train_views {train_views!r}; choose from {sorted(TRAIN_VIEWS)}")
     if monitor not in MONITORS:
-        raise ValueError(f"unknown monitor {monitor!r}; choose from {sorted(MONITORS)}")
+        raise InputError(f"unknown monitor {monitor!r}; choose from {sorted(MONITORS)}")
     if int(epochs) < 1 or int(batch_size) < 1 or not lr > 0:
-        raise ValueError(f"need epochs >= 1, batch_size >= 1 and lr > 0; got {epochs}, {batch_size}, {lr}")
+        raise InputError(f"need epochs >= 1, batch_size >= 1 and lr > 0; got {epochs}, {batch_size}, {lr}")
     epochs, batch_size = int(epochs), int(batch_size)
     if (val_feats is None) != (val_labels is None):
-        raise ValueError("pass both val_feats and val_labels, or neither")
+        raise InputError("pass both val_feats and val_labels, or neither")
     if early_stopping_patience is not None and int(early_stopping_patience) < 1:
-        raise ValueError(f"early_stopping_patience must be >= 1 or None, got {early_stopping_patience}")
+        raise InputError(f"early_stopping_patience must be >= 1 or None, got {early_stopping_patience}")
 
     x = as_feature_tensor(train_feats)
     n, v, s, d = x.shape
     if n == 0:
-        raise ValueError("no training samples")
+        raise InputError("no training samples")
     y = _labels_tensor(train_labels, n, "train_labels")
     has_val = val_feats is not None
     if has_val:
         xv = as_feature_tensor(val_feats)
         if xv.shape[2:] != x.shape[2:]:
-            raise ValueError(f"val features (.., S, D) = {tuple(xv.shape[2:])} differ from train "
+            raise InputError(f"val features (.., S, D) = {tuple(xv.shape[2:])} differ from train "
                              f"{tuple(x.shape[2:])}")
         yv = _labels_tensor(val_labels, xv.shape[0], "val_labels")
         if len(yv) == 0:
-            raise ValueError("empty validation set; pass val_feats=None instead")
+            raise InputError("empty validation set; pass val_feats=None instead")
     max_label = max(int(y.max()), int(yv.max())) if has_val else int(y.max())
     if num_classes is None:
         num_classes = max_label + 1
     elif max_label >= int(num_classes):
-        raise ValueError(f"label {max_label} out of range for num_classes={num_classes}")
+        raise InputError(f"label {max_label} out of range for num_classes={num_classes}")
     num_classes = int(num_classes)
 
     dev = torch.device(device)
     head_kwargs = dict(head_kwargs or {})
     if head_kwargs.get("l2_normalize", l2_normalize) != l2_normalize:
-        raise ValueError("l2_normalize given both as argument and in head_kwargs, with different values")
+        raise InputError("l2_normalize given both as argument and in head_kwargs, with different values")
     head_kwargs["l2_normalize"] = bool(l2_normalize)
     fork_devices = [dev.index or 0] if dev.type == "cuda" else []
     with torch.random.fork_rng(devices=fork_devices):

@@ -5,6 +5,7 @@ reads records back. Readers are opened lazily per process: handles are never pic
 across a fork.
 """
 from __future__ import annotations
+from ..errors import InputError
 
 import abc
 from collections.abc import Iterator
@@ -66,7 +67,7 @@ def writer_class(backend: str) -> type[ShardWriter]:
         from .hdf5_backend import HDF5ShardWriter
 
         return HDF5ShardWriter
-    raise ValueError(f"unknown format {backend!r}; choose from {sorted(BACKENDS)}")
+    raise InputError(f"unknown format {backend!r}; choose from {sorted(BACKENDS)}")
 
 
 def reader_class(backend: str) -> type[ShardReader]:
@@ -78,4 +79,4 @@ def reader_class(backend: str) -> type[ShardReader]:
         from .hdf5_backend import HDF5ShardReader
 
         return HDF5ShardReader
-    raise ValueError(f"unknown format {backend!r}; choose from {sorted(BACKENDS)}")
+    raise InputError(f"unknown format {backend!r}; choose from {sorted(BACKENDS)}")

@@ -37,6 +37,7 @@ import json
 import struct
 import urllib.parse
 import zlib
+from ..errors import DamagedStoreError, InputError
 
 FORMAT_NAME = "flowstore"
 FORMAT_VERSION = "1.0"  # major.minor: readers refuse a newer major, accept any minor
@@ -73,7 +74,7 @@ VIDEO_ENTRY_KEYS = (
 SETTINGS_KEYS = ("backend", "frames", "resize", "decoder", "stride", "flow", "quantization")
 
 
-class FormatError(ValueError):
+class FormatError(InputError):
     """A store that is not a flowstore store, or one written by a newer major version."""
 
 
@@ -117,7 +118,7 @@ def unpack_record(value: bytes, *, check: bool = False, what: str = "record") ->
     if check:
         (stored,) = CRC_HEADER.unpack_from(value)
         if zlib.crc32(payload) != stored:
-            raise ValueError(f"checksum mismatch in {what}")
+            raise DamagedStoreError(f"checksum mismatch in {what}")
     return bytes(payload)
 
 
@@ -128,9 +129,9 @@ def hdf5_group(video_id: str) -> str:
 
 def check_video_id(video_id: str) -> None:
     if not video_id or video_id.startswith("/") or any(part in ("", ".", "..") for part in video_id.split("/")):
-        raise ValueError(f"bad video id {video_id!r}: ids are relative paths without empty, '.' or '..' parts")
+        raise InputError(f"bad video id {video_id!r}: ids are relative paths without empty, '.' or '..' parts")
     if len(video_id.encode("utf-8")) > MAX_VIDEO_ID_BYTES:
-        raise ValueError(
+        raise InputError(
             f"video id {video_id[:60]!r}... is {len(video_id.encode())} bytes; at most "
             f"{MAX_VIDEO_ID_BYTES} fit in an LMDB key. Use a shorter path or a --list with a closer --root"
         )

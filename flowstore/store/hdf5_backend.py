@@ -15,6 +15,7 @@ import numpy as np
 
 from .backend import ShardReader, ShardWriter
 from .format import hdf5_group
+from ..errors import DamagedStoreError, MissingFileError, MissingRecordError
 
 CHUNK_BYTES = 1 << 18
 FLUSH_BYTES = 4 << 20  # buffered payload bytes per kind before they are appended to the file
@@ -102,7 +103,7 @@ class HDF5ShardReader(ShardReader):
     def __init__(self, path: str, *, readahead: bool = True):
         super().__init__(path, readahead=readahead)
         if not os.path.exists(path):
-            raise FileNotFoundError(f"shard {path} is missing")
+            raise MissingFileError(f"shard {path} is missing")
         self._file = h5py.File(path, "r")
         self._index: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, h5py.Dataset]] = {}
 
@@ -111,7 +112,7 @@ class HDF5ShardReader(ShardReader):
         if key not in self._index:
             name = hdf5_group(video_id)
             if name not in self._file or f"{kind}_offsets" not in self._file[name]:
-                raise KeyError(f"{self.path}: no {kind} records for video {video_id!r}")
+                raise MissingRecordError(f"{self.path}: no {kind} records for video {video_id!r}")
             group = self._file[name]
             self._index[key] = (group[f"{kind}_offsets"][()], group[f"{kind}_crc32"][()], group[f"{kind}_data"])
         return self._index[key]
@@ -119,10 +120,10 @@ class HDF5ShardReader(ShardReader):
     def _payload(self, video_id: str, kind: str, index: int, check: bool) -> bytes:
         offsets, crcs, data = self._lookup(video_id, kind)
         if not 0 <= index < len(crcs):
-            raise KeyError(f"{self.path}: no record {video_id}/{kind}/{index}")
+            raise MissingRecordError(f"{self.path}: no record {video_id}/{kind}/{index}")
         payload = data[offsets[index]:offsets[index + 1]].tobytes()
         if check and zlib.crc32(payload) != int(crcs[index]):
-            raise ValueError(f"checksum mismatch in {self.path}: {video_id}/{kind}/{index}")
+            raise DamagedStoreError(f"checksum mismatch in {self.path}: {video_id}/{kind}/{index}")
         return payload
 
     def get(self, video_id: str, kind: str, index: int, *, check: bool = False) -> bytes:
@@ -140,14 +141,14 @@ class HDF5ShardReader(ShardReader):
                 _, crcs, _ = self._lookup(video_id, kind)
                 for i, payload in zip(indices, out):
                     if zlib.crc32(payload) != int(crcs[i]):
-                        raise ValueError(f"checksum mismatch in {self.path}: {video_id}/{kind}/{i}")
+                        raise DamagedStoreError(f"checksum mismatch in {self.path}: {video_id}/{kind}/{i}")
             return out
         return [self._payload(video_id, kind, i, check) for i in indices]
 
     def iter_records(self, video_id: str, kind: str, count: int) -> Iterator[tuple[int, bytes, bool]]:
         offsets, crcs, data = self._lookup(video_id, kind)
         if len(crcs) < count:
-            raise KeyError(f"{self.path}: video {video_id!r} has {len(crcs)} {kind} records, manifest says {count}")
+            raise MissingRecordError(f"{self.path}: video {video_id!r} has {len(crcs)} {kind} records, manifest says {count}")
         start = 0
         while start < count:  # windows of ~FLUSH_BYTES keep memory bounded on long videos
             end = start + 1

@@ -10,6 +10,7 @@ import lmdb
 
 from .backend import ShardReader, ShardWriter
 from .format import CRC_HEADER, pack_record, record_key, unpack_record
+from ..errors import MissingFileError, MissingRecordError
 
 # Address space only: LMDB files grow as written. 1 TiB fits any shard of whole videos.
 MAP_SIZE = 1 << 40
@@ -109,14 +110,14 @@ class LMDBShardReader(ShardReader):
     def __init__(self, path: str, *, readahead: bool = True):
         super().__init__(path, readahead=readahead)
         if not os.path.exists(path):
-            raise FileNotFoundError(f"shard {path} is missing")
+            raise MissingFileError(f"shard {path} is missing")
         self._env = _acquire_env(path, readahead)
 
     def get(self, video_id: str, kind: str, index: int, *, check: bool = False) -> bytes:
         with self._env.begin(buffers=False) as txn:
             value = txn.get(record_key(video_id, kind, index))
         if value is None:
-            raise KeyError(f"{self.path}: no record {video_id}/{kind}/{index}")
+            raise MissingRecordError(f"{self.path}: no record {video_id}/{kind}/{index}")
         return unpack_record(value, check=check, what=f"{self.path}: {video_id}/{kind}/{index}")
 
     def get_many(self, video_id: str, kind: str, indices, *, check: bool = False) -> list[bytes]:
@@ -125,7 +126,7 @@ class LMDBShardReader(ShardReader):
             for index in indices:
                 value = txn.get(record_key(video_id, kind, index))
                 if value is None:
-                    raise KeyError(f"{self.path}: no record {video_id}/{kind}/{index}")
+                    raise MissingRecordError(f"{self.path}: no record {video_id}/{kind}/{index}")
                 out.append(unpack_record(value, check=check, what=f"{self.path}: {video_id}/{kind}/{index}"))
         return out
 
@@ -134,7 +135,7 @@ class LMDBShardReader(ShardReader):
             for index in range(count):
                 value = txn.get(record_key(video_id, kind, index))
                 if value is None:
-                    raise KeyError(f"{self.path}: no record {video_id}/{kind}/{index}")
+                    raise MissingRecordError(f"{self.path}: no record {video_id}/{kind}/{index}")
                 payload = value[CRC_HEADER.size:]
                 ok = len(value) >= CRC_HEADER.size and zlib.crc32(payload) == CRC_HEADER.unpack_from(value)[0]
                 yield index, payload, ok

@@ -10,10 +10,11 @@ import os
 from pathlib import Path
 
 from .format import COMMIT_LOG, FAILURES, MANIFEST, check_version, dumps_line
+from ..errors import InputError
 
 
-class StoreNotFoundError(FileNotFoundError):
-    pass
+class StoreNotFoundError(InputError, FileNotFoundError):
+    """No store (or no manifest) at the given path."""
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -88,7 +89,7 @@ def load_manifest(root: str | os.PathLike) -> dict:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+        raise InputError(f"{path}: not valid JSON ({exc})") from None
     check_version(manifest, str(path))
     videos = {v["id"]: v for v in manifest.get("videos", [])}
     for entry in read_json_lines(root / COMMIT_LOG):

@@ -12,6 +12,7 @@ from ..quantize import QuantSpec, dequantize
 from .backend import ShardReader, reader_class
 from .format import FLOW_RANGE, FLOW_X, FLOW_Y, RGB, SHARD_DIR
 from .manifest import load_failures, load_manifest
+from ..errors import OutOfRangeError, UnknownNameError
 
 
 class StoreReader:
@@ -75,7 +76,7 @@ class StoreReader:
             return self._entries[video]
         except KeyError:
             hint = f"; e.g. {self.videos[:3]}" if self.videos else " (the store has no committed videos)"
-            raise KeyError(f"video {video!r} is not in store {self.root}{hint}") from None
+            raise UnknownNameError(f"video {video!r} is not in store {self.root}{hint}") from None
 
     def failures(self) -> list[dict]:
         return load_failures(self.root, set(self._entries))
@@ -107,7 +108,7 @@ class StoreReader:
 
     def _check_index(self, video: str, index: int, count: int, what: str) -> int:
         if not -count <= index < count:
-            raise IndexError(f"{what} index {index} out of range for video {video!r} (0..{count - 1})")
+            raise OutOfRangeError(f"{what} index {index} out of range for video {video!r} (0..{count - 1})")
         return index % count
 
     # -- encoded bytes (for loaders that decode themselves) ---------------------------------

@@ -25,6 +25,7 @@ import re
 from pathlib import Path
 
 from .. import __version__
+from ..errors import InputError, StoreLockedError, StoreWriteError
 from .format import (
     COMMIT_LOG, FAILURES, FORMAT_NAME, FORMAT_VERSION, LOCK_FILE, MANIFEST, SETTINGS_KEYS,
     SHARD_DIR, SHARD_SUFFIX, dumps_line, shard_name,
@@ -32,15 +33,7 @@ from .format import (
 from .manifest import atomic_write_text, append_lines, failures_text, fsync_dir, load_failures, load_manifest
 
 
-class StoreLockedError(RuntimeError):
-    """Another process is writing to the store."""
-
-
-class StoreWriteError(OSError):
-    """The store cannot be written (disk full, read-only, permissions): the run must stop."""
-
-
-class SettingsMismatchError(ValueError):
+class SettingsMismatchError(InputError):
     """The store was made with other settings than the current command asks for."""
 
 
