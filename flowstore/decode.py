@@ -16,6 +16,8 @@ import numpy as np
 from .errors import InputError
 
 DECODERS = ("opencv", "pyav")
+#: what counts as a video file when a directory is searched (extraction inputs, label lists)
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".flv", ".wmv", ".gif", ".3gp", ".ogv")
 #: TSN's standard frame size
 TSN_SIZE = (340, 256)
 

@@ -27,8 +27,7 @@ def write_video(backend, path, video, payloads, kinds=(RGB, FLOW_X)):
 
 def new_shard(tmp_path, backend):
     (tmp_path / "shards").mkdir(exist_ok=True)
-    name = ShardAllocator(tmp_path, backend, 1 << 30).shard_for_next_video()
-    return tmp_path / "shards" / name
+    return ShardAllocator(tmp_path, backend, 1 << 30).shard_for_next_video()
 
 
 @pytest.mark.parametrize("readahead", [True, False])
@@ -84,11 +83,11 @@ def test_allocator_rolls_over_and_never_shares(tmp_path, backend):
     first = ShardAllocator(tmp_path, backend, 1000)
     (tmp_path / "shards").mkdir()
     a = first.shard_for_next_video()
-    assert a == shard_name(backend, 0)
+    assert a == tmp_path / "shards" / shard_name(backend, 0)
     other = ShardAllocator(tmp_path, backend, 1000).shard_for_next_video()
-    assert other == shard_name(backend, 1)  # a second worker gets its own shard
-    write_video(backend, tmp_path / "shards" / a, "big", [os.urandom(3000)])
-    assert first.shard_for_next_video() == shard_name(backend, 2)  # past shard_size: a new one
+    assert other == tmp_path / "shards" / shard_name(backend, 1)  # a second worker gets its own shard
+    write_video(backend, a, "big", [os.urandom(3000)])
+    assert first.shard_for_next_video() == tmp_path / "shards" / shard_name(backend, 2)  # past shard_size: a new one
 
 
 def test_lock_is_exclusive(tmp_path):

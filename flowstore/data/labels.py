@@ -29,7 +29,7 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
 
-from ..extract import VIDEO_EXTENSIONS
+from ..decode import VIDEO_EXTENSIONS
 from ..errors import InputError
 
 

@@ -34,9 +34,13 @@ is ``data[offsets[i]:offsets[i+1]]``) and ``{kind}_crc32`` (uint32, n).
 from __future__ import annotations
 
 import json
+import os
 import struct
 import urllib.parse
 import zlib
+from pathlib import Path
+from typing import NotRequired, TypedDict
+
 from ..errors import DamagedStoreError, InputError
 
 FORMAT_NAME = "flowstore"
@@ -65,11 +69,25 @@ MAX_RECORDS_PER_VIDEO = 10**INDEX_DIGITS  # 9.2 hours at 30 fps; keys keep a fix
 
 CRC_HEADER = struct.Struct("<I")
 
-#: keys of a manifest video entry (docs/FORMAT.md describes each)
-VIDEO_ENTRY_KEYS = (
-    "id", "source", "source_size", "source_sha256", "num_frames", "num_flows",
-    "width", "height", "shard", "bytes", "committed_at",
-)
+class VideoEntry(TypedDict):
+    """One committed video, as a line of ``commits.jsonl`` or an item of ``manifest["videos"]``
+    (docs/FORMAT.md describes each key)."""
+
+    id: str
+    source: str
+    source_size: int
+    source_sha256: str
+    num_frames: int
+    num_flows: int
+    width: int
+    height: int
+    shard: str           # file name under shards/
+    bytes: int           # payload bytes of all its records
+    committed_at: NotRequired[str]  # set by the writer when it commits the video
+
+
+#: keys of a manifest video entry
+VIDEO_ENTRY_KEYS = tuple(VideoEntry.__annotations__)
 #: header keys whose values must match when a store is extended by another run
 SETTINGS_KEYS = ("backend", "frames", "resize", "decoder", "stride", "flow", "quantization")
 
@@ -101,6 +119,11 @@ def check_version(header: dict, where: str) -> None:
 
 def shard_name(backend: str, number: int) -> str:
     return f"shard-{number:05d}{SHARD_SUFFIX[backend]}"
+
+
+def shard_path(root: str | os.PathLike, name: str) -> Path:
+    """Where the shard an entry names (``entry["shard"]``) lives in the store ``root``."""
+    return Path(root) / SHARD_DIR / name
 
 
 def record_key(video_id: str, kind: str, index: int) -> bytes:

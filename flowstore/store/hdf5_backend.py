@@ -15,6 +15,7 @@ import numpy as np
 
 from .backend import ShardReader, ShardWriter
 from .format import hdf5_group
+from ..io import fsync_path
 from ..errors import DamagedStoreError, MissingFileError, MissingRecordError
 
 CHUNK_BYTES = 1 << 18
@@ -29,14 +30,6 @@ def _ensure_space(path: str, needed: int) -> None:
     free = stats.f_bavail * stats.f_frsize
     if free < needed + SPACE_MARGIN:
         raise OSError(errno.ENOSPC, f"No space left on device ({free:,} bytes free, need {needed + SPACE_MARGIN:,})", path)
-
-
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class HDF5ShardWriter(ShardWriter):
@@ -91,7 +84,7 @@ class HDF5ShardWriter(ShardWriter):
             self._group.create_dataset(f"{kind}_crc32", data=np.asarray(self._crcs[kind], np.uint32))
         self._file.close()
         self._file = self._group = None
-        _fsync(self.path)
+        fsync_path(self.path)
 
     def abort_video(self) -> None:
         if self._file is not None:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..codec import decode_gray, decode_rgb
 from ..quantize import QuantSpec, dequantize
 from .backend import ShardReader, reader_class
-from .format import FLOW_RANGE, FLOW_X, FLOW_Y, RGB, SHARD_DIR
+from .format import FLOW_RANGE, FLOW_X, FLOW_Y, RGB, shard_path
+from .records import decode_flow_q, decode_frame, unpack_range
 from .manifest import load_failures, load_manifest
 from ..errors import OutOfRangeError, UnknownNameError
 
@@ -90,7 +90,7 @@ class StoreReader:
             with self._lock:
                 handle = self._handles.get(shard)
                 if handle is None:
-                    handle = reader_class(self.backend)(str(self.root / SHARD_DIR / shard), readahead=self.readahead)
+                    handle = reader_class(self.backend)(str(shard_path(self.root, shard)), readahead=self.readahead)
                     self._handles[shard] = handle
         return handle
 
@@ -128,13 +128,13 @@ class StoreReader:
     def frame(self, video: str, index: int) -> np.ndarray:
         """RGB uint8 ``(H, W, 3)``."""
         w, h = self.frame_size(video)
-        return decode_rgb(self.frame_bytes(video, index), self.frame_codec, (h, w))
+        return decode_frame(self.frame_bytes(video, index), self.frame_codec, (h, w))
 
     def flow_q(self, video: str, index: int) -> np.ndarray:
         """Stored uint8 flow ``(H, W, 2)`` (x, y), as quantized."""
         w, h = self.frame_size(video)
         (bx,), (by,) = self.flow_bytes(video, [index])
-        return np.dstack([decode_gray(bx, self.flow_codec, (h, w)), decode_gray(by, self.flow_codec, (h, w))])
+        return decode_flow_q(bx, by, self.flow_codec, (h, w))
 
     def flow_range(self, video: str, index: int) -> np.ndarray | None:
         """``(lo_x, hi_x, lo_y, hi_y)`` float32 for minmax stores, None for bound stores."""
@@ -142,7 +142,7 @@ class StoreReader:
             return None
         index = self._check_index(video, index, self.num_flows(video), "flow")
         raw = self._shard(video).get(video, FLOW_RANGE, index, check=self.check)
-        return np.frombuffer(raw, "<f4").astype(np.float32)
+        return unpack_range(raw, f"{video}/{FLOW_RANGE}/{index}")
 
     def flow(self, video: str, index: int) -> np.ndarray:
         """Dequantized flow, float32 ``(H, W, 2)`` in pixels."""

@@ -6,10 +6,10 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
-from ..codec import decode_gray, decode_rgb
 from .backend import reader_class
-from .format import FLOW_RANGE, FLOW_X, FLOW_Y, RGB, SHARD_DIR
+from .format import FLOW_RANGE, RGB, shard_path
 from .manifest import load_manifest
+from .records import decode_flow_component, decode_frame, record_counts
 
 
 @dataclasses.dataclass
@@ -28,7 +28,7 @@ def verify_store(root: str | Path, *, decode: bool = False, progress: Callable[[
     root = Path(root)
     manifest = load_manifest(root)
     backend = manifest["backend"]
-    minmax = manifest["quantization"]["scheme"] == "minmax"
+    scheme = manifest["quantization"]["scheme"]
     report = VerifyReport()
     readers = {}
     try:
@@ -37,13 +37,10 @@ def verify_store(root: str | Path, *, decode: bool = False, progress: Callable[[
             report.videos += 1
             try:
                 if shard not in readers:
-                    readers[shard] = reader_class(backend)(str(root / SHARD_DIR / shard))
+                    readers[shard] = reader_class(backend)(str(shard_path(root, shard)))
                 reader = readers[shard]
-                kinds = [(RGB, entry["num_frames"]), (FLOW_X, entry["num_flows"]), (FLOW_Y, entry["num_flows"])]
-                if minmax:
-                    kinds.append((FLOW_RANGE, entry["num_flows"]))
                 shape = (entry["height"], entry["width"])
-                for kind, count in kinds:
+                for kind, count in record_counts(entry, scheme):
                     for index, payload, crc_ok in reader.iter_records(vid, kind, count):
                         report.records += 1
                         where = f"{vid}/{kind}/{index} in shards/{shard}"
@@ -52,12 +49,12 @@ def verify_store(root: str | Path, *, decode: bool = False, progress: Callable[[
                         elif decode and kind != FLOW_RANGE:
                             try:
                                 if kind == RGB:
-                                    img = decode_rgb(payload, manifest["frames"]["codec"], shape)
+                                    img = decode_frame(payload, manifest["frames"]["codec"], shape)
                                 else:
-                                    img = decode_gray(payload, manifest["flow"]["codec"], shape)
+                                    img = decode_flow_component(payload, manifest["flow"]["codec"], shape)
                                 if img.shape[:2] != shape:
                                     report.problems.append(f"wrong size {img.shape[:2]} (expected {shape}): {where}")
-                            except ValueError as exc:
+                            except ValueError as exc:  # incl. a raw record of the wrong size
                                 report.problems.append(f"does not decode ({exc}): {where}")
                         if len(report.problems) >= max_problems:
                             report.problems.append(f"... stopped after {max_problems} problems")

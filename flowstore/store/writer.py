@@ -28,9 +28,10 @@ from .. import __version__
 from ..errors import InputError, StoreLockedError, StoreWriteError
 from .format import (
     COMMIT_LOG, FAILURES, FORMAT_NAME, FORMAT_VERSION, LOCK_FILE, MANIFEST, SETTINGS_KEYS,
-    SHARD_DIR, SHARD_SUFFIX, dumps_line, shard_name,
+    SHARD_DIR, SHARD_SUFFIX, VideoEntry, dumps_line, shard_name, shard_path,
 )
-from .manifest import atomic_write_text, append_lines, failures_text, fsync_dir, load_failures, load_manifest
+from ..io import atomic_write_text, fsync_path
+from .manifest import append_lines, failures_text, load_failures, load_manifest
 
 
 class SettingsMismatchError(InputError):
@@ -168,9 +169,9 @@ class StoreWriter:
     def failures(self) -> list[dict]:
         return load_failures(self.root, self.committed)
 
-    def commit(self, entry: dict) -> None:
+    def commit(self, entry: VideoEntry) -> None:
         """Make one fully written (and fsync'd) video visible."""
-        entry = {**entry, "committed_at": now()}
+        entry = VideoEntry(**entry, committed_at=now())
         append_lines(self.root / COMMIT_LOG, [dumps_line(entry)])
         self.videos[entry["id"]] = entry
         self._since_checkpoint += 1
@@ -197,15 +198,17 @@ class ShardAllocator:
     """Per worker process: the shard it owns now, rolled over past ``shard_size`` bytes."""
 
     def __init__(self, root: str | os.PathLike, backend: str, shard_size: int):
-        self.dir = Path(root) / SHARD_DIR
+        self.root = Path(root)
+        self.dir = self.root / SHARD_DIR
         self.backend = backend
         self.shard_size = shard_size
-        self.current: str | None = None
+        self.current: Path | None = None
 
-    def shard_for_next_video(self) -> str:
-        if self.current is not None and os.path.getsize(self.dir / self.current) < self.shard_size:
+    def shard_for_next_video(self) -> Path:
+        """The full path of the shard the next video goes into (its name is ``path.name``)."""
+        if self.current is not None and os.path.getsize(self.current) < self.shard_size:
             return self.current
-        self.current = self._create_new()
+        self.current = shard_path(self.root, self._create_new())
         return self.current
 
     def _create_new(self) -> str:
@@ -219,7 +222,7 @@ class ShardAllocator:
                 number += 1
                 continue
             os.close(fd)
-            fsync_dir(self.dir)
+            fsync_path(self.dir)
             return name
 
 

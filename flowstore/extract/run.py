@@ -1,0 +1,176 @@
+"""The run (the driver process): hold the store's writer lock, choose what is left to do, let an
+executor run the workers, show progress, and commit each finished video."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ..errors import StoreWriteError, WorkerDiedError
+from ..store.writer import StoreLock, StoreWriter, describe_os_error, describe_storage_error
+from .config import ExtractConfig
+from .executor import get_executor
+from .plan import VideoJob
+from .worker import VideoResult
+
+
+@dataclasses.dataclass
+class ExtractSummary:
+    planned: int = 0
+    ok: int = 0
+    failed: int = 0
+    skipped_committed: int = 0
+    skipped_failed: int = 0
+    pairs: int = 0
+    frames: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    worker_seconds: float = 0.0  # wall time of the workers' videos, summed
+    flow_seconds: float = 0.0    # of which inside the flow engine
+    failures: list = dataclasses.field(default_factory=list)  # failures among the planned videos
+
+    @property
+    def pairs_per_second(self) -> float:
+        return self.pairs / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def bytes_per_pair(self) -> float:
+        return self.bytes / self.pairs if self.pairs else 0.0
+
+    def lines(self) -> list[str]:
+        out = [
+            f"videos: {self.ok} ok, {self.failed} failed this run, {self.skipped_committed} already in the store, "
+            f"{self.skipped_failed} skipped (failed before; --retry-failed retries them)",
+            f"pairs: {self.pairs} in {self.seconds:.1f} s = {self.pairs_per_second:.1f} pairs/s; frames: {self.frames}",
+            f"bytes: {self.bytes:,} ({self.bytes_per_pair:,.0f} per pair incl. its RGB frame)",
+        ]
+        if self.worker_seconds > 0:
+            out.append(f"flow engine busy {100 * self.flow_seconds / self.worker_seconds:.0f}% of worker time "
+                       "(decoding and encoding overlap with it on other threads)")
+        for f in self.failures:
+            out.append(f"FAILED {f['id']}: {f['reason']}  [{f['source']}]")
+        return out
+
+
+def check_writable(out: Path) -> None:
+    """Create the store directory and prove a file can be written in it, before any work."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"x")
+        probe.unlink()
+    except OSError as exc:
+        raise StoreWriteError(describe_os_error(exc, f"the store directory {out}")) from exc
+
+
+def choose_todo(jobs: Sequence[VideoJob], store: StoreWriter, retry_failed: bool,
+                summary: ExtractSummary) -> list[VideoJob]:
+    """The jobs not yet committed (and, unless ``retry_failed``, not failed before)."""
+    committed = store.committed
+    failed_before = {f["id"] for f in store.failures()}
+    todo = []
+    for job in jobs:
+        if job.id in committed:
+            summary.skipped_committed += 1
+        elif job.id in failed_before and not retry_failed:
+            summary.skipped_failed += 1
+        else:
+            todo.append(job)
+    return todo
+
+
+def commit_result(store: StoreWriter, result: VideoResult, summary: ExtractSummary) -> None:
+    """Make a finished video visible (or record its failure) and count it."""
+    try:
+        if result.ok:
+            entry = result.entry
+            store.commit(entry)
+            summary.ok += 1
+            summary.pairs += entry["num_flows"]
+            summary.frames += entry["num_frames"]
+            summary.bytes += entry["bytes"]
+            summary.worker_seconds += result.seconds
+            summary.flow_seconds += result.flow_seconds
+        else:
+            store.record_failure(result.id, result.path, result.reason)
+            summary.failed += 1
+    except OSError as exc:
+        raise StoreWriteError(describe_storage_error(exc, str(store.root))) from exc
+
+
+class Progress:
+    """Two bars, videos and pairs; a thread drains the workers' pair counts into the second."""
+
+    def __init__(self, total_videos: int, pair_counts, enabled: bool):
+        from tqdm import tqdm
+
+        self.videos = tqdm(total=total_videos, desc="videos", unit="video", disable=not enabled, position=0)
+        self.pairs = tqdm(desc="pairs", unit="pair", disable=not enabled, position=1, smoothing=0.1)
+        self._counts = pair_counts
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+
+    def _drain(self) -> None:
+        while not self._stop.is_set() or not self._counts.empty():
+            try:
+                self.pairs.update(self._counts.get(timeout=0.2))
+            except queue.Empty:
+                continue
+            except (EOFError, OSError, BrokenPipeError):  # the manager went away at shutdown
+                return
+
+    def __enter__(self) -> "Progress":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self.pairs.close()
+        self.videos.close()
+
+
+def run_extract(jobs: Sequence[VideoJob], cfg: ExtractConfig, *, retry_failed: bool = False,
+                show_progress: bool = True, log: Callable[[str], None] = print,
+                executor: str = "local") -> ExtractSummary:
+    """Extract ``jobs`` into the store ``cfg.out`` (created or resumed)."""
+    from ..flow import build_flow
+
+    executor_class = get_executor(executor)
+    out = Path(cfg.out)
+    check_writable(out)
+    summary = ExtractSummary(planned=len(jobs))
+    # Built once here: validates method/params/checkpoint before any work, and describes the manifest.
+    description = build_flow(cfg.method, engine=cfg.engine, device=cfg.device,
+                             params=dict(cfg.flow_params), **dict(cfg.flow_options)).describe()
+    t0 = time.perf_counter()
+    with StoreLock(out):
+        try:
+            store = StoreWriter(out, cfg.settings(description))
+        except OSError as exc:
+            raise StoreWriteError(describe_os_error(exc, f"the store {out}")) from exc
+        todo = choose_todo(jobs, store, retry_failed, summary)
+        n_workers = min(cfg.n_workers, max(1, len(todo)))
+        try:
+            with executor_class(cfg, n_workers, uuid.uuid4().hex) as pool, \
+                    Progress(len(todo), pool.progress, show_progress) as progress:
+                for result in pool.results(todo):
+                    commit_result(store, result, summary)
+                    progress.videos.update(1)
+        except WorkerDiedError as exc:
+            raise WorkerDiedError(f"{exc.message}; the {summary.ok} video(s) committed so far are safe: "
+                                  "rerun the same command to continue") from None
+        finally:
+            try:
+                store.checkpoint()
+            except OSError as exc:  # the commit log still holds every committed video
+                log(f"warning: could not rewrite the manifest ({exc}); commits.jsonl keeps the commits")
+        wanted = {j.id for j in jobs}
+        summary.failures = [f for f in store.failures() if f["id"] in wanted]
+    summary.seconds = time.perf_counter() - t0
+    return summary

@@ -1,0 +1,147 @@
+"""The worker: one video at a time, decoded, turned into records and written into a shard this
+worker alone owns. The same code runs in a local process or (later) a cluster actor; it never
+commits anything, it returns a :class:`VideoResult` for the driver to commit."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import queue
+import time
+from pathlib import Path
+
+from ..decode import VideoDecodeError, iter_frames
+from ..errors import StoreWriteError
+from ..io import file_sha256
+from ..store.backend import ShardWriter, writer_class
+from ..store.format import VideoEntry
+from ..store.writer import ShardAllocator, describe_storage_error
+from .config import ExtractConfig
+from .plan import VideoJob
+from .stream import compute_video_records, prefetch
+
+
+@dataclasses.dataclass
+class VideoResult:
+    """What a worker hands back for one job: an entry to commit, or the reason it failed."""
+
+    id: str
+    path: str
+    entry: VideoEntry | None = None
+    reason: str | None = None
+    seconds: float = 0.0
+    flow_seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.entry is not None
+
+
+class GuardedShardWriter:
+    """A shard writer whose every storage failure (OSError, lmdb.Error, h5py errors) becomes a
+    :class:`StoreWriteError`, which stops the run instead of failing one video."""
+
+    def __init__(self, writer: ShardWriter, where: str):
+        self._writer, self._where = writer, where
+
+    def _guard(self, call, *args):
+        try:
+            return call(*args)
+        except Exception as exc:
+            raise StoreWriteError(describe_storage_error(exc, self._where)) from exc
+
+    def begin_video(self, video_id: str) -> None:
+        self._guard(self._writer.begin_video, video_id)
+
+    def put(self, kind: str, index: int, payload: bytes) -> None:
+        self._guard(self._writer.put, kind, index, payload)
+
+    def end_video(self) -> None:
+        self._guard(self._writer.end_video)
+
+    def abort_video(self) -> None:
+        self._guard(self._writer.abort_video)
+
+
+#: per process and run: the flow estimator and the shard allocator (see :func:`worker_state`)
+_STATE: dict = {}
+
+
+def worker_state(cfg: ExtractConfig, run_token: str, device_queue=None):
+    """``(estimator, allocator)`` of this process for the run ``run_token``, built on first use.
+
+    With several devices, each worker process takes one device token for the whole run, so
+    there is one worker per GPU.
+    """
+    if _STATE.get("key") != run_token:
+        device = cfg.device
+        if device_queue is not None:
+            try:
+                device = device_queue.get_nowait()
+            except queue.Empty:  # a respawned worker: share a device rather than fail
+                device = cfg.devices[os.getpid() % len(cfg.devices)]
+        from ..flow import build_flow
+
+        # One worker = one core: OpenCV's own threads scale worse than processes (measured in
+        # docs/benchmarks.md), and N workers x all threads would oversubscribe the cores.
+        # Decoding and encoding still overlap the flow on their own threads.
+        import cv2
+
+        cv2.setNumThreads(1)
+        estimator = build_flow(cfg.method, engine=cfg.engine, device=device,
+                               params=dict(cfg.flow_params), **dict(cfg.flow_options))
+        _STATE.clear()
+        _STATE.update(key=run_token, estimator=estimator,
+                      allocator=ShardAllocator(cfg.out, cfg.backend, cfg.shard_size))
+    return _STATE["estimator"], _STATE["allocator"]
+
+
+def extract_video(job: VideoJob, cfg: ExtractConfig, run_token: str, progress_queue=None,
+                  device_queue=None) -> VideoResult:
+    """Decode, compute flow, quantize, encode and write one video into this worker's shard.
+
+    A bad video comes back as a failed result; storage failures raise StoreWriteError and stop
+    the run.
+    """
+    start = time.perf_counter()
+    estimator, allocator = worker_state(cfg, run_token, device_queue)
+    reporter = progress_queue.put if progress_queue is not None else None
+    try:
+        source_size = os.path.getsize(job.path)
+        source_sha = file_sha256(job.path)
+    except OSError as exc:
+        return VideoResult(job.id, job.path, reason=f"cannot read: {exc.strerror or exc}")
+    try:
+        shard = allocator.shard_for_next_video()
+    except OSError as exc:
+        raise StoreWriteError(describe_storage_error(exc, str(allocator.dir))) from exc
+    frames = prefetch(iter_frames(job.path, resize=cfg.resize, decoder=cfg.decoder))
+    writer = GuardedShardWriter(writer_class(cfg.backend)(str(shard)), str(shard))
+    bytes_written = 0
+
+    def put(kind, index, payload):
+        nonlocal bytes_written
+        bytes_written += len(payload)
+        writer.put(kind, index, payload)
+
+    try:
+        writer.begin_video(job.id)
+        stats = compute_video_records(frames, estimator, cfg, put, reporter)
+        if stats.num_flows == 0:
+            raise VideoDecodeError(
+                f"only {stats.num_frames} frame(s) decoded; a flow pair needs at least {cfg.stride + 1}"
+            )
+        writer.end_video()
+    except StoreWriteError:
+        writer.abort_video()
+        raise
+    except Exception as exc:  # a bad video must never stop the run
+        writer.abort_video()
+        reason = str(exc) if isinstance(exc, VideoDecodeError) else f"{exc.__class__.__name__}: {exc}"
+        return VideoResult(job.id, job.path, reason=" ".join(reason.split()))
+    entry = VideoEntry(
+        id=job.id, source=job.path, source_size=source_size, source_sha256=source_sha,
+        num_frames=stats.num_frames, num_flows=stats.num_flows, width=stats.width, height=stats.height,
+        shard=Path(shard).name, bytes=bytes_written,
+    )
+    return VideoResult(job.id, job.path, entry=entry, seconds=time.perf_counter() - start,
+                       flow_seconds=stats.flow_seconds)

@@ -1,0 +1,88 @@
+"""The record layout, both ways: how a frame and a flow become records of a store, and how
+records become arrays again. The writer (extraction), the reader, the loaders and ``verify``
+all go through here, so the layout is written once (docs/FORMAT.md, "Records").
+
+A frame is one ``rgb`` record. A flow is two uint8 component records, ``flow_x`` and
+``flow_y``, plus, for ``minmax`` quantization only, a ``flow_range`` record: 16 bytes, float32
+little-endian ``lo_x, hi_x, lo_y, hi_y``.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from ..codec import decode_gray, decode_rgb, encode_gray, encode_rgb
+from ..errors import DamagedStoreError
+from ..quantize import QuantSpec, dequantize, quantize
+from .format import FLOW_RANGE, FLOW_X, FLOW_Y, RGB
+
+#: the component records of one flow, in (u, v) order
+FLOW_COMPONENTS = (FLOW_X, FLOW_Y)
+RANGE_DTYPE = "<f4"
+RANGE_BYTES = 4 * np.dtype(RANGE_DTYPE).itemsize
+
+
+class Record(NamedTuple):
+    kind: str
+    index: int
+    payload: bytes
+
+
+def flow_kinds(scheme: str) -> tuple[str, ...]:
+    """The record kinds one flow is stored as under quantization ``scheme``."""
+    return FLOW_COMPONENTS + ((FLOW_RANGE,) if scheme == "minmax" else ())
+
+
+def record_counts(entry: dict, scheme: str) -> list[tuple[str, int]]:
+    """``(kind, count)`` for every kind a committed video entry promises."""
+    return [(RGB, int(entry["num_frames"]))] + [(kind, int(entry["num_flows"])) for kind in flow_kinds(scheme)]
+
+
+# -- writing ------------------------------------------------------------------------------
+def frame_records(index: int, rgb: np.ndarray, codec: str, quality: int | None) -> list[Record]:
+    return [Record(RGB, index, encode_rgb(rgb, codec, quality))]
+
+
+def flow_records(index: int, flow: np.ndarray, quant: QuantSpec, codec: str, quality: int | None) -> list[Record]:
+    """Quantize and encode one float flow ``(H, W, 2)`` into its records."""
+    q, value_range = quantize(flow, quant)
+    records = [Record(kind, index, encode_gray(np.ascontiguousarray(q[..., c]), codec, quality))
+               for c, kind in enumerate(FLOW_COMPONENTS)]
+    if value_range is not None:
+        records.append(Record(FLOW_RANGE, index, pack_range(value_range)))
+    return records
+
+
+def pack_range(value_range: np.ndarray) -> bytes:
+    return np.asarray(value_range).astype(RANGE_DTYPE).tobytes()
+
+
+# -- reading ------------------------------------------------------------------------------
+def unpack_range(payload: bytes, where: str = "flow_range record") -> np.ndarray:
+    """``(lo_x, hi_x, lo_y, hi_y)`` float32 from a ``flow_range`` record."""
+    if len(payload) != RANGE_BYTES:
+        raise DamagedStoreError(f"{where}: {len(payload)} bytes, a flow range has {RANGE_BYTES}")
+    return np.frombuffer(payload, RANGE_DTYPE).astype(np.float32)
+
+
+def decode_frame(payload: bytes, codec: str, shape: tuple[int, int]) -> np.ndarray:
+    """RGB uint8 ``(H, W, 3)``; ``shape`` is ``(H, W)``."""
+    return decode_rgb(payload, codec, shape)
+
+
+def decode_flow_component(payload: bytes, codec: str, shape: tuple[int, int]) -> np.ndarray:
+    """One stored component, uint8 ``(H, W)``."""
+    return decode_gray(payload, codec, shape)
+
+
+def decode_flow_q(x: bytes, y: bytes, codec: str, shape: tuple[int, int]) -> np.ndarray:
+    """The stored uint8 flow ``(H, W, 2)`` from its component records."""
+    return np.dstack([decode_flow_component(x, codec, shape), decode_flow_component(y, codec, shape)])
+
+
+def decode_flow(x: bytes, y: bytes, range_payload: bytes | None, quant: QuantSpec, codec: str,
+                shape: tuple[int, int]) -> np.ndarray:
+    """Dequantized float32 flow ``(H, W, 2)`` in pixels from its records."""
+    value_range = unpack_range(range_payload) if range_payload is not None else None
+    return dequantize(decode_flow_q(x, y, codec, shape), quant, value_range)
