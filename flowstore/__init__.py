@@ -16,4 +16,12 @@ def open_store(path, **kwargs):
     return StoreReader(path, **kwargs)
 
 
-__all__ = ["__version__", "open_store"]
+def run_recipe(path, overrides=(), **kwargs):
+    """Run a TOML recipe (e.g. ``pipelines/demo.toml``) as ``flowstore run`` does; see
+    :func:`flowstore.cli.recipe.run_recipe`."""
+    from .cli.recipe import run_recipe as run
+
+    return run(path, overrides, **kwargs)
+
+
+__all__ = ["__version__", "open_store", "run_recipe"]

@@ -1,4 +1,5 @@
-"""TOML recipes: a list of stages, each one flowstore command with its settings.
+"""TOML recipes: a list of stages, each one flowstore command with its settings, run in order
+(``flowstore run RECIPE`` or :func:`flowstore.run_recipe`).
 
 ::
 
@@ -18,11 +19,17 @@ the command line override the recipe.
 """
 from __future__ import annotations
 
+import dataclasses
+import shlex
+import time
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
-from .errors import InputError, MissingFileError
+
+from ..errors import FlowstoreError, InputError, MissingFileError, UnknownNameError
+from .common import parse_value
 
 
 def load_recipe(path: str | Path) -> dict:
@@ -42,9 +49,7 @@ def load_recipe(path: str | Path) -> dict:
     return recipe
 
 
-def apply_overrides(recipe: dict, overrides: list[str]) -> dict:
-    from .cli.common import parse_value
-
+def apply_overrides(recipe: dict, overrides: Sequence[str]) -> dict:
     for item in overrides:
         if "=" not in item or "." not in item.split("=", 1)[0]:
             raise InputError(f"--set {item!r}: write STAGE.KEY=VALUE, e.g. --set extract.workers=2")
@@ -98,3 +103,82 @@ def stage_argv(command: click.Command, settings: dict, stage: str) -> list[str]:
         options = sorted(set().union(*(_setting_names(p) for p in command.params)))
         raise InputError(f"stage [{stage}]: unknown setting(s) {unknown} for `flowstore {command.name}`; choose from {options}")
     return argv + ["--"] + positional if positional else argv
+
+
+@dataclasses.dataclass
+class Stage:
+    """One stage as it will run: ``flowstore COMMAND ARGV``."""
+
+    name: str
+    command: str
+    argv: list[str]
+    exit_code: int | None = None  # None until it ran
+    seconds: float = 0.0
+
+    @property
+    def command_line(self) -> str:
+        return f"flowstore {self.command} {shlex.join(self.argv)}"
+
+
+class StageFailed(FlowstoreError):
+    """A stage exited non-zero; the recipe stops there with that stage's exit code."""
+
+    def __init__(self, stage: Stage, stages: list[Stage]):
+        super().__init__(f"stage [{stage.name}] exited {stage.exit_code}")
+        self.exit_code = int(stage.exit_code)
+        self.stage, self.stages = stage, stages
+
+
+def plan_stages(recipe: dict, only: Sequence[str] = (), skip: Sequence[str] = ()) -> list[Stage]:
+    """The stages to run (in the recipe's order) with each one's command line."""
+    from .main import cli
+
+    listed = recipe["recipe"]["stages"]
+    for name in (*only, *skip):
+        if name not in listed:
+            raise UnknownNameError(f"no stage {name!r} in the recipe; choose from {listed}")
+    stages = []
+    ctx = click.Context(cli)
+    for stage in listed:
+        if (only and stage not in only) or stage in skip:
+            continue
+        name = recipe[stage].get("command", stage)
+        if name == "run":
+            raise InputError(f"stage [{stage}]: a recipe cannot run a recipe (command 'run')")
+        command = cli.get_command(ctx, name)
+        if command is None:
+            raise UnknownNameError(f"stage [{stage}]: unknown command {name!r}; choose from {cli.list_commands(ctx)}")
+        stages.append(Stage(stage, name, stage_argv(command, recipe[stage], stage)))
+    return stages
+
+
+def run_recipe(path: str | Path, overrides: Sequence[str] = (), *, only: Sequence[str] = (),
+               skip: Sequence[str] = (), dry_run: bool = False, obj=None) -> list[Stage]:
+    """Run the stages of the recipe at ``path`` in order (``overrides``: ``STAGE.KEY=VALUE``).
+
+    Returns the stages with their exit codes and times; the first stage that exits non-zero
+    raises :class:`StageFailed` (its ``exit_code`` is the stage's).
+    """
+    from .main import cli
+
+    stages = plan_stages(apply_overrides(load_recipe(path), overrides), only, skip)
+    ctx = click.Context(cli)
+    for stage in stages:
+        click.echo(f"\n==> [{stage.name}] {stage.command_line}", err=True)
+        if dry_run:
+            continue
+        start = time.perf_counter()
+        try:
+            cli.get_command(ctx, stage.command).main(args=stage.argv, prog_name=f"flowstore {stage.command}",
+                                                      standalone_mode=False, obj=obj)
+            stage.exit_code = 0
+        except SystemExit as exc:
+            stage.exit_code = exc.code or 0
+        except click.ClickException as exc:
+            exc.show()
+            stage.exit_code = exc.exit_code
+        stage.seconds = time.perf_counter() - start
+        click.echo(f"<== [{stage.name}] exit {stage.exit_code} in {stage.seconds:.1f} s", err=True)
+        if stage.exit_code:
+            raise StageFailed(stage, stages)
+    return stages
