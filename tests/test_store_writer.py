@@ -9,7 +9,7 @@ from flowstore.store.manifest import load_manifest
 from flowstore.store.writer import SettingsMismatchError, StoreWriter
 
 SETTINGS = {"backend": "lmdb", "frames": {"codec": "jpeg"}, "resize": None, "decoder": "opencv", "stride": 1,
-            "flow": {"method": "tvl1"}, "quantization": {"scheme": "bound", "bound": 20.0}}
+            "flow": {"method": "tvl1", "codec": "jpeg"}, "quantization": {"scheme": "bound", "bound": 20.0}}
 
 
 def entry(vid: str, frames: int = 5) -> VideoEntry:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import urllib.parse
 import zlib
@@ -96,9 +97,15 @@ class FormatError(InputError):
     """A store that is not a flowstore store, or one written by a newer major version."""
 
 
+#: "MAJOR.MINOR", two ASCII decimal integers (no signs, spaces or other digits)
+_VERSION_RE = re.compile(r"([0-9]+)\.([0-9]+)", re.ASCII)
+
+
 def parse_version(text: str) -> tuple[int, int]:
-    major, minor = text.split(".")
-    return int(major), int(minor)
+    m = _VERSION_RE.fullmatch(text) if isinstance(text, str) else None
+    if m is None:
+        raise ValueError(f"not MAJOR.MINOR: {text!r}")
+    return int(m.group(1)), int(m.group(2))
 
 
 def check_version(header: dict, where: str) -> None:
@@ -163,3 +170,98 @@ def check_video_id(video_id: str) -> None:
 def dumps_line(obj: dict) -> str:
     """One JSON-lines record: a complete line ending in a newline, never split."""
     return json.dumps(obj, ensure_ascii=False, sort_keys=True) + "\n"
+
+
+# -- checking what a store's JSON files say (a store from elsewhere is untrusted input) ------
+_SHA256_RE = re.compile(r"[0-9a-f]{64}", re.ASCII)
+_SHARD_NAME_RE = re.compile(r"shard-[0-9]{5,}(\.[a-z0-9]+)", re.ASCII)
+
+
+def _field(obj: dict, key: str, kind: type | tuple, where: str):
+    if key not in obj:
+        raise FormatError(f"{where}: key {key!r} is missing")
+    value = obj[key]
+    # bool is an int in Python, never in the spec
+    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,))):
+        raise FormatError(f"{where}: key {key!r} must be {_type_name(kind)}, got {json.dumps(value)[:80]}")
+    return value
+
+
+def _type_name(kind) -> str:
+    names = {str: "a string", int: "an integer", dict: "an object", list: "an array", float: "a number"}
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _count(obj: dict, key: str, lo: int, hi: int, where: str) -> int:
+    value = _field(obj, key, int, where)
+    if not lo <= value <= hi:
+        raise FormatError(f"{where}: key {key!r} is {value}, outside {lo}..{hi}")
+    return value
+
+
+def check_header(manifest, where: str) -> dict:
+    """The header of ``manifest.json`` against the spec (docs/FORMAT.md, section 2); returns it.
+    Checks what a reader uses: format and version, backend, stride, codecs, quantization."""
+    from ..codec import CODECS
+    from ..quantize import QuantSpec
+
+    if not isinstance(manifest, dict):
+        raise FormatError(f"{where}: must be a JSON object, got {type(manifest).__name__}")
+    check_version(manifest, where)
+    backend = _field(manifest, "backend", str, where)
+    if backend not in BACKENDS:
+        raise FormatError(f"{where}: key 'backend' is {backend!r}; this flowstore reads {sorted(BACKENDS)}")
+    _count(manifest, "stride", 1, MAX_RECORDS_PER_VIDEO, where)
+    for section in ("frames", "flow"):
+        codec = _field(_field(manifest, section, dict, where), "codec", str, f"{where}: {section}")
+        if codec not in CODECS:
+            raise FormatError(f"{where}: key '{section}.codec' is {codec!r}; choose from {sorted(CODECS)}")
+    quant = _field(manifest, "quantization", dict, where)
+    try:
+        QuantSpec.from_manifest(quant)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FormatError(f"{where}: key 'quantization' is not a valid quantization ({exc})") from None
+    _field(manifest, "videos", list, where)
+    return manifest
+
+
+def check_entry(entry, *, backend: str, stride: int, where: str) -> VideoEntry:
+    """One video entry (section 3) against the spec; returns it. ``where`` names the file and
+    line or item, e.g. ``"STORE/commits.jsonl:12"``."""
+    if not isinstance(entry, dict):
+        raise FormatError(f"{where}: a video entry must be a JSON object, got {type(entry).__name__}")
+    video_id = _field(entry, "id", str, where)
+    try:
+        check_video_id(video_id)
+    except InputError as exc:
+        raise FormatError(f"{where}: key 'id': {exc}") from None
+    where = f"{where} (video {video_id!r})"
+    _field(entry, "source", str, where)
+    _count(entry, "source_size", 0, 1 << 62, where)
+    if not _SHA256_RE.fullmatch(_field(entry, "source_sha256", str, where)):
+        raise FormatError(f"{where}: key 'source_sha256' is not 64 lower-case hex digits")
+    num_frames = _count(entry, "num_frames", stride + 1, MAX_RECORDS_PER_VIDEO, where)
+    num_flows = _count(entry, "num_flows", 1, MAX_RECORDS_PER_VIDEO, where)
+    if num_flows != num_frames - stride:
+        raise FormatError(f"{where}: num_flows {num_flows} must be num_frames - stride = {num_frames - stride}")
+    _count(entry, "width", 1, 1 << 16, where)
+    _count(entry, "height", 1, 1 << 16, where)
+    shard = _field(entry, "shard", str, where)
+    m = _SHARD_NAME_RE.fullmatch(shard)
+    if m is None or m.group(1) != SHARD_SUFFIX[backend]:
+        raise FormatError(f"{where}: key 'shard' is {shard!r}, not a {backend} shard name like "
+                          f"{shard_name(backend, 0)!r} (a file name under {SHARD_DIR}/)")
+    _count(entry, "bytes", 0, 1 << 62, where)
+    if "committed_at" in entry:
+        _field(entry, "committed_at", str, where)
+    return entry
+
+
+def check_failure(failure, where: str) -> dict:
+    """One line of ``failures.jsonl`` (section 9); returns it."""
+    if not isinstance(failure, dict):
+        raise FormatError(f"{where}: a failure must be a JSON object, got {type(failure).__name__}")
+    for key in ("id", "source", "reason"):
+        _field(failure, key, str, where)
+    return failure

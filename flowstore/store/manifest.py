@@ -1,7 +1,8 @@
 """Reading and writing the store directory's JSON files: manifest, commit log, failures.
 
-Writes are atomic (temporary name, fsync, rename, fsync of the directory) or append-only
-complete lines followed by fsync, so a crash at any moment leaves a readable store.
+Writes are atomic (:func:`flowstore.io.atomic_write_text`: temporary name, fsync, rename, fsync of
+the directory) or append-only complete lines followed by fsync, so a crash at any moment leaves a
+readable store. What is read is checked against the spec (``format.check_*``) before use.
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from .format import COMMIT_LOG, FAILURES, MANIFEST, check_version, dumps_line
+from .format import COMMIT_LOG, FAILURES, MANIFEST, FormatError, check_entry, check_failure, check_header, dumps_line
 from ..errors import InputError
 
 
@@ -41,25 +42,28 @@ def append_lines(path: str | os.PathLike, lines: list[str]) -> None:
         os.close(fd)
 
 
-def read_json_lines(path: str | os.PathLike) -> list[dict]:
-    """Complete, parseable lines only: a torn last line from a crash is ignored."""
+def read_json_lines(path: str | os.PathLike) -> list[tuple[int, dict]]:
+    """``(line number, object)`` of each complete line that is a UTF-8 JSON object (docs/FORMAT.md,
+    section 9): a torn last line from a crash, and a torn line a later writer closed, are skipped."""
     try:
         raw = Path(path).read_bytes()
     except FileNotFoundError:
         return []
     out = []
-    for line in raw.split(b"\n")[:-1]:  # the part after the last newline is incomplete
+    for number, line in enumerate(raw.split(b"\n")[:-1], 1):  # after the last newline: incomplete
         try:
-            obj = json.loads(line)
+            obj = json.loads(line.decode("utf-8"))  # UTF-8 only: json.loads(bytes) would take UTF-16/32
         except (json.JSONDecodeError, UnicodeDecodeError):
             continue
         if isinstance(obj, dict):
-            out.append(obj)
+            out.append((number, obj))
     return out
 
 
 def load_manifest(root: str | os.PathLike) -> dict:
-    """The manifest header with ``videos`` = every committed video (checkpoint + commit log)."""
+    """The manifest header with ``videos`` = every committed video (checkpoint + commit log),
+    each entry checked against the spec; a store that breaks it raises FormatError naming the
+    file, the line (or item) and the key."""
     root = Path(root)
     path = root / MANIFEST
     if not path.exists():
@@ -67,13 +71,19 @@ def load_manifest(root: str | os.PathLike) -> dict:
             raise StoreNotFoundError(f"no store at {root}: the directory does not exist")
         raise StoreNotFoundError(f"{root} is not a flowstore store: {MANIFEST} is missing")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: not valid JSON ({exc})") from None
-    check_version(manifest, str(path))
-    videos = {v["id"]: v for v in manifest.get("videos", [])}
-    for entry in read_json_lines(root / COMMIT_LOG):
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise FormatError(f"{path}: not valid UTF-8 JSON ({exc})") from None
+    check_header(manifest, str(path))
+    backend, stride = manifest["backend"], manifest["stride"]
+    videos = {}
+    for n, entry in enumerate(manifest["videos"]):
+        entry = check_entry(entry, backend=backend, stride=stride, where=f"{path}: videos[{n}]")
+        videos[entry["id"]] = entry
+    log = root / COMMIT_LOG
+    for line, entry in read_json_lines(log):
         if "id" in entry:
+            entry = check_entry(entry, backend=backend, stride=stride, where=f"{log}:{line}")
             videos[entry["id"]] = entry
     manifest["videos"] = sorted(videos.values(), key=lambda v: v["id"])
     return manifest
@@ -81,10 +91,11 @@ def load_manifest(root: str | os.PathLike) -> dict:
 
 def load_failures(root: str | os.PathLike, committed: set[str] | None = None) -> list[dict]:
     """Latest failure per video id, leaving out videos that have since been committed."""
+    path = Path(root) / FAILURES
     latest: dict[str, dict] = {}
-    for entry in read_json_lines(Path(root) / FAILURES):
+    for line, entry in read_json_lines(path):
         if "id" in entry:
-            latest[entry["id"]] = entry
+            latest[entry["id"]] = check_failure(entry, f"{path}:{line}")
     committed = committed or set()
     return [v for k, v in sorted(latest.items()) if k not in committed]
 
