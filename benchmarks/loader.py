@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from flowstore.data.bench import JSON_KEYS, bench_loader, format_report  # noqa: E402
+from flowstore.bench.loader import JSON_KEYS, bench_loader, format_report  # noqa: E402
 from flowstore.decode import Resize  # noqa: E402
 from flowstore.extract import ExtractConfig, plan_jobs, run_extract  # noqa: E402
 

@@ -277,3 +277,22 @@ def test_bench_loader_help_and_a_tiny_run(store, tmp_path):
     assert details["details"]["rawframes_cold"]["resident_after_evict"] < 0.05
     assert (tmp_path / "raw" / "test" / "flow_x_00001.jpg").exists()  # --rawframes keeps the tree
     assert details["details"]["flowstore"]["worker_rss_mb"] > 0
+
+
+def test_every_reader_is_a_record_source(store, tmp_path):
+    from flowstore.bench.loader import InMemorySource
+    from flowstore.data.source import open_source, record_indices
+    from flowstore.store.source import RecordSource
+
+    reader = flowstore.open_store(store)
+    video = reader.videos[0]
+    tree = RawframesReader(export_rawframes(reader, tmp_path / "raw", sync=False))
+    flows, frames = record_indices(reader, video, np.array([0, 3]), 2, "both")
+    assert flows.tolist() == [[0, 1], [3, 4]] and frames.tolist() == [[1], [4]]
+    memory = InMemorySource(reader, {video: ({1, 4}, {0, 1, 3, 4})})
+    for source in (reader, tree, memory):
+        assert isinstance(source, RecordSource) and open_source(source) is source
+    assert reader.shard_of(video) == reader.entry(video)["shard"]
+    assert tree.shard_of(video) is None and memory.shard_of(video) is None and memory.root == reader.root
+    with pytest.raises(ValueError, match="not a store path or a RecordSource"):
+        open_source(object())

@@ -17,9 +17,8 @@ from click.testing import CliRunner
 
 from flowstore.cli.main import cli
 from flowstore.features.store import FeatureStore
-from flowstore.features.twostream import (
-    METRICS_KEYS, apply_fusion, split_validation, stratified_folds, video_groups,
-)
+from flowstore.heads.modeldir import METRICS_KEYS, apply_fusion
+from flowstore.heads.splits import split_validation, stratified_folds, video_groups
 
 CLASSES = ["a", "b", "c", "d", "e", "f"]
 PNG = b"\x89PNG\r\n\x1a\n"

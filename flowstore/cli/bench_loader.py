@@ -60,7 +60,7 @@ def command(store, workers, modality, sampling, length, segments, batch_size, ep
 
     Example: flowstore bench-loader store --workers 2 --json
     """
-    from ..data.bench import JSON_KEYS, bench_loader, format_report
+    from ..bench.loader import JSON_KEYS, bench_loader, format_report
 
     def log(msg):
         click.echo(msg, err=True)

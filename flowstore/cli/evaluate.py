@@ -54,7 +54,8 @@ Examples:
 def command(models, features, labels, test_labels, classes, split, subset, views, out, table, allow_mismatch, device, threads):
     import torch
 
-    from ..features.twostream import accuracy_table, evaluate_model, load_label_sets
+    from ..heads.modeleval import accuracy_table, evaluate_model
+    from ..heads.splits import load_label_sets
 
     if threads:
         torch.set_num_threads(threads)

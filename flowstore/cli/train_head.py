@@ -98,7 +98,9 @@ def command(features, names, labels, test_labels, classes, split, out, head, fus
             early_stopping, monitor, val_fraction, fusion_folds, group_pattern, train_views, no_l2_normalize, svm_c, seed, device, gpu, threads):
     import torch
 
-    from ..features.twostream import TrainArgs, load_label_sets, open_streams, train_model
+    from ..heads.modeldir import TrainArgs, train_model
+    from ..heads.splits import load_label_sets
+    from ..heads.streams import open_streams
 
     if threads:
         torch.set_num_threads(threads)

@@ -3,19 +3,22 @@
 * :mod:`~flowstore.data.sampling`: TSN segments, Simonyan–Zisserman stacks, single frames, test views
 * :mod:`~flowstore.data.transforms`: multi-scale crop, flip (u negated), resize, 10-crop, values
 * :mod:`~flowstore.data.labels`: mmaction2 lists, UCF101 and HMDB51 splits, demo labels
-* :mod:`~flowstore.data.dataset`: map-style and iterable datasets, sampler, DataLoader wiring
+* :mod:`~flowstore.data.dataset`: the map-style dataset (and an overview of processes and randomness)
+* :mod:`~flowstore.data.samplers`: the sampler across ranks, the iterable dataset
+* :mod:`~flowstore.data.loader`: DataLoader wiring (``make_loader``, ``StoreLoader``, ``collate``)
+* :mod:`~flowstore.data.clips`: what both datasets share (plan, fetch, decode of one sample)
+* :mod:`~flowstore.data.source`: opening a record source, reading and decoding snippet records
+* :mod:`~flowstore.data.readahead`: reader threads and the lookahead to the next batch
 * :mod:`~flowstore.data.batch_memory`: shared-memory batch buffers reused by the workers
 * :mod:`~flowstore.data.rawframes`: export to / read from mmaction2's rawframes layout
-* :mod:`~flowstore.data.bench`: ``flowstore bench-loader``
 """
-from .dataset import (
-    ClipSampler, StoreClipDataset, StoreIterableDataset, StoreLoader, make_loader, prepare_fork, set_epoch,
-    worker_init,
-)
+from .dataset import StoreClipDataset
 from .labels import (
     Annotations, LabelError, read_class_index, read_demo_labels, read_hmdb51, read_mmaction_list, read_ucf101,
 )
+from .loader import StoreLoader, make_loader, prepare_fork, set_epoch, worker_init
 from .rawframes import RawframesReader, export_rawframes
+from .samplers import ClipSampler, StoreIterableDataset
 from .transforms import (
     CenterCrop, Clip, Compose, MultiScaleCrop, RandomHorizontalFlip, Resize, TenCrop, eval_transform,
     train_transform,

@@ -15,8 +15,9 @@ since the file names say .jpg. In mmaction2 use ``filename_tmpl='img_{:05}.jpg'`
 ``filename_tmpl='flow_{}_{:05d}.jpg'`` with ``modality='Flow'`` for flow.
 
 :class:`RawframesReader` reads such a tree the way mmaction2's ``RawFrameDecode`` does (one
-``open().read()`` per image, then ``cv2.imdecode``) behind the same methods as
-:class:`~flowstore.store.reader.StoreReader`, so the datasets can load from it for comparison.
+``open().read()`` per image, then ``cv2.imdecode``) as a
+:class:`~flowstore.store.source.RecordSource`, like :class:`~flowstore.store.reader.StoreReader`,
+so the datasets can load from it for comparison.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import numpy as np
 from ..codec import decode_gray, decode_rgb, encode_gray, encode_rgb
 from ..quantize import QuantSpec
 from ..errors import MissingFileError
+from .source import open_source
 
 IMG_TMPL = "img_{:05d}.jpg"
 FLOW_TMPL = "flow_{}_{:05d}.jpg"
@@ -49,14 +51,12 @@ def flow_file(component: str, index: int) -> str:
 def export_rawframes(store, out_dir, *, videos=None, labels: dict | None = None, frames: bool = True,
                      flows: bool = True, sync: bool = True) -> Path:
     """Write the store's frames and flows as an mmaction2 rawframes tree under ``out_dir``."""
-    from .dataset import open_source
-
     src = open_source(store)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     videos = list(src.videos if videos is None else videos)
     labels = labels or {}
-    meta = {"format": META_FORMAT, "source": str(getattr(src, "root", "")),
+    meta = {"format": META_FORMAT, "source": str(src.root),
             "quantization": src.quant.to_manifest(), "frame_codec": "jpeg", "flow_codec": "jpeg",
             "frames": frames, "flows": flows, "videos": {}}
     rgb_lines, flow_lines = [], []
@@ -95,7 +95,7 @@ def export_rawframes(store, out_dir, *, videos=None, labels: dict | None = None,
 
 
 class RawframesReader:
-    """An exported rawframes tree behind the StoreReader methods the datasets use."""
+    """An exported rawframes tree as a :class:`~flowstore.store.source.RecordSource`."""
 
     frame_codec = "jpeg"
     flow_codec = "jpeg"
@@ -144,6 +144,9 @@ class RawframesReader:
         if video not in self._ranges:
             self._ranges[video] = np.load(self.root / video / "flow_range.npy")
         return self._ranges[video][index]
+
+    def shard_of(self, video: str) -> None:
+        return None  # one file per image, no shards
 
     def files(self) -> list[Path]:
         return [p for p in self.root.rglob("*") if p.is_file()]

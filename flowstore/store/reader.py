@@ -16,7 +16,8 @@ from ..errors import OutOfRangeError, UnknownNameError
 
 
 class StoreReader:
-    """``open_store(path)``: the committed videos of a store.
+    """``open_store(path)``: the committed videos of a store (a
+    :class:`~flowstore.store.source.RecordSource`).
 
     ``check=True`` verifies the CRC-32 of every record read (cheap next to decoding).
     ``readahead=False`` turns the OS read-ahead off for LMDB shards (see
@@ -77,6 +78,10 @@ class StoreReader:
         except KeyError:
             hint = f"; e.g. {self.videos[:3]}" if self.videos else " (the store has no committed videos)"
             raise UnknownNameError(f"video {video!r} is not in store {self.root}{hint}") from None
+
+    def shard_of(self, video: str) -> str:
+        """The shard file name holding ``video`` (see :class:`~flowstore.store.source.RecordSource`)."""
+        return str(self.entry(video)["shard"])
 
     def failures(self) -> list[dict]:
         return load_failures(self.root, set(self._entries))

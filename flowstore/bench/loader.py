@@ -3,7 +3,7 @@ mmaction2 rawframes tree holding the same bytes, warm and cold.
 
 Every variant runs the same clips through the same code, the loader's own
 (:class:`~flowstore.data.dataset.StoreClipDataset`: uint8 clips decoded straight into batches
-in the workers, as :func:`~flowstore.data.dataset.make_loader` sets it up) with the same
+in the workers, as :func:`~flowstore.data.loader.make_loader` sets it up) with the same
 DataLoader settings (workers, batch size, prefetching, one OpenCV thread per worker); only
 where the encoded bytes come from, and whether they are read ahead, differs:
 
@@ -21,7 +21,7 @@ random segments per clip, ``count // (K*L)`` clips per video), so one epoch read
 about once. *Warm*: every file of the store and of the tree is read once beforehand, then
 ``epochs`` epochs are timed. *Cold*: for each round every file of both is evicted from the page
 cache (``posix_fadvise(POSIX_FADV_DONTNEED)``; the residency left is checked with ``mincore``
-and reported), then the store (or tree) is opened, the workers are started, and one epoch is
+and reported; see :mod:`flowstore.bench.pagecache`), then the store (or tree) is opened, the workers are started, and one epoch is
 timed. Worker start-up is never timed: the workers answer a ping before the clock starts (and
 create their reused shared-memory batch buffers then, as the first epoch of a training run
 would), and after the pass they report their memory (RSS and USS). Rounds alternate between
@@ -29,8 +29,6 @@ variants and the reported figure is the median over rounds.
 """
 from __future__ import annotations
 
-import ctypes
-import mmap
 import os
 import shutil
 import statistics
@@ -41,11 +39,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .batch_memory import batch_nbytes, reserve_worker_slots
-from .dataset import StoreClipDataset, StoreLoader, collate, open_source, prepare_fork, worker_init
-from .rawframes import META, RawframesReader, export_rawframes
-from .sampling import default_length, non_overlapping_starts, tsn_starts
+from ..data.batch_memory import batch_nbytes, reserve_worker_slots
+from ..data.clips import SamplePlan
+from ..data.dataset import StoreClipDataset
+from ..data.loader import StoreLoader, collate, prepare_fork, worker_init
+from ..data.rawframes import META, RawframesReader, export_rawframes
+from ..data.sampling import default_length, non_overlapping_starts, tsn_starts
+from ..data.source import open_source, record_indices
 from ..errors import InputError
+from .pagecache import evict, prime, resident_bytes, store_files
 
 JSON_KEYS = ("decode_limit", "flowstore", "rawframes", "flowstore_cold", "rawframes_cold", "workers")
 GOALS = {"warm_vs_decode_limit": 0.9, "warm_vs_rawframes": 1.0, "cold_vs_rawframes": 1.5}
@@ -53,88 +55,15 @@ PING = -1
 
 
 # ---------------------------------------------------------------------------------------
-# page cache
-# ---------------------------------------------------------------------------------------
-def store_files(root) -> list[Path]:
-    return sorted(p for p in Path(root).rglob("*") if p.is_file())
-
-
-def evict(paths, *, sync: bool = False) -> None:
-    """Drop the files' pages from the page cache. Dirty pages are not dropped: the files must
-    have been written back (``sync=True`` does it per file; the store's writer fsyncs its
-    shards and :func:`export_rawframes` ends with os.sync). :func:`resident_bytes` checks."""
-    for p in paths:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            if sync:
-                os.fdatasync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
-def prime(paths) -> None:
-    """Read every file once so that its pages are in the page cache."""
-    for p in paths:
-        with open(p, "rb") as fh:
-            while fh.read(1 << 20):
-                pass
-
-
-_libc = None
-
-
-def _lib():
-    global _libc
-    if _libc is None:
-        lib = ctypes.CDLL(None, use_errno=True)
-        lib.mmap.restype = ctypes.c_void_p
-        lib.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
-        lib.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-        lib.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte)]
-        _libc = lib
-    return _libc
-
-
-def resident_bytes(paths) -> tuple[int, int]:
-    """``(bytes in the page cache, total bytes)`` of the files, from mincore(2).
-
-    Mapping a file does not read it: only pages already cached are reported resident.
-    """
-    lib = _lib()
-    page = mmap.PAGESIZE
-    resident = total = 0
-    for p in paths:
-        size = os.path.getsize(p)
-        total += size
-        if size == 0:
-            continue
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            addr = lib.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
-            if addr in (None, ctypes.c_void_p(-1).value):
-                raise OSError(ctypes.get_errno(), f"mmap of {p} failed")
-            try:
-                n = (size + page - 1) // page
-                vec = (ctypes.c_ubyte * n)()
-                if lib.mincore(addr, size, vec) != 0:
-                    raise OSError(ctypes.get_errno(), f"mincore of {p} failed")
-                resident += int(np.count_nonzero(np.frombuffer(vec, np.uint8) & 1)) * page
-            finally:
-                lib.munmap(addr, size)
-        finally:
-            os.close(fd)
-    return min(resident, total), total
-
-
-# ---------------------------------------------------------------------------------------
 # sources and dataset
 # ---------------------------------------------------------------------------------------
 class InMemorySource:
-    """The encoded records a list of clips needs, held in RAM (the decode limit's source)."""
+    """The encoded records a list of clips needs, held in RAM (the decode limit's source; a
+    :class:`~flowstore.store.source.RecordSource` named after the store it copies)."""
 
     def __init__(self, store, needs: dict[str, tuple[set, set]]):
         src = open_source(store)
+        self.root = src.root
         self.videos = list(src.videos)
         self.quant, self.flow_codec, self.frame_codec = src.quant, src.flow_codec, src.frame_codec
         self._meta = {v: (src.num_frames(v), src.num_flows(v), src.frame_size(v)) for v in self.videos}
@@ -172,6 +101,12 @@ class InMemorySource:
     def flow_range(self, v, i):
         return self._ranges.get((v, int(i)))
 
+    def shard_of(self, v):
+        return None  # records in RAM, no shards
+
+    def close(self) -> None:
+        pass
+
 
 class _BenchDataset(StoreClipDataset):
     """The loader's own dataset over fixed clips ``(video, starts)``, uint8 values and no
@@ -206,9 +141,9 @@ class _BenchDataset(StoreClipDataset):
         mem, cpu = proc.memory_full_info(), proc.cpu_times()
         return {"pid": os.getpid(), "rss": mem.rss, "uss": mem.uss, "cpu": cpu.user + cpu.system}
 
-    def plan(self, index: int, epoch: int):
+    def plan(self, index: int, epoch: int) -> SamplePlan:
         video, starts = self.clips[index]
-        return index, video, starts, None
+        return SamplePlan(index, video, starts, None)
 
     def __getitem__(self, key):
         return self._ping() if key == PING else super().__getitem__(key)
@@ -267,17 +202,15 @@ def make_clips(source, *, modality: str, sampling: str, length: int, num_segment
 
 
 def _needs(clips, modality: str, length: int, source) -> dict[str, tuple[set, set]]:
-    from .sampling import snippet_indices
-
+    """``{video: (frame indices, flow indices)}`` the clips read."""
     needs: dict[str, tuple[set, set]] = {}
     for v, starts in clips:
         frames, flows = needs.setdefault(v, (set(), set()))
-        if modality in ("flow", "both"):
-            flows.update(int(i) for i in snippet_indices(starts, length, source.num_flows(v)).ravel())
-        if modality == "rgb":
-            frames.update(int(i) for i in snippet_indices(starts, length, source.num_frames(v)).ravel())
-        elif modality == "both":
-            frames.update(int(i) for i in np.minimum(starts + length // 2, source.num_frames(v) - 1))
+        flow_idx, frame_idx = record_indices(source, v, starts, length, modality)
+        if flow_idx is not None:
+            flows.update(int(i) for i in flow_idx.ravel())
+        if frame_idx is not None:
+            frames.update(int(i) for i in frame_idx.ravel())
     return needs
 
 
@@ -342,9 +275,7 @@ def _measure(make_source, clips, orders, *, workers, batch_size, ds_kwargs, read
         cpu = sum(m["cpu"] - before.get(m["pid"], m["cpu"]) for m in mem)
     finally:
         runner.close()
-        close = getattr(source, "close", None)
-        if close is not None:
-            close()
+        source.close()
     return {"seconds": seconds, "clips": n_clips, "images": n_images,
             "clips_per_s": n_clips / seconds, "images_per_s": n_images / seconds,
             "worker_rss_mb": [round(m["rss"] / 2**20, 1) for m in mem],
@@ -504,5 +435,4 @@ def format_report(result: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["GOALS", "JSON_KEYS", "InMemorySource", "bench_loader", "evict", "format_report", "make_clips",
-           "prime", "resident_bytes", "store_files"]
+__all__ = ["GOALS", "JSON_KEYS", "InMemorySource", "bench_loader", "format_report", "make_clips"]

@@ -1,0 +1,88 @@
+"""The flow benchmark behind ``flowstore bench-flow``: accuracy (end-point error, Fl-all) and
+speed of flow methods on ground-truth pairs."""
+from __future__ import annotations
+
+from ..errors import MissingFileError
+
+
+def load_gt_pairs(root):
+    """Folders holding frame1.png, frame2.png and flow.flo (e.g. ../shared/data/flow_gt)."""
+    from pathlib import Path
+
+    import cv2
+
+    from ..flo import read_flo
+
+    pairs = []
+    for folder in sorted(p for p in Path(root).iterdir() if p.is_dir()):
+        if not all((folder / f).exists() for f in ("frame1.png", "frame2.png", "flow.flo")):
+            continue
+        frames = [cv2.cvtColor(cv2.imread(str(folder / f), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for f in ("frame1.png", "frame2.png")]
+        pairs.append((folder.name, frames[0], frames[1], read_flo(folder / "flow.flo")))
+    if not pairs:
+        raise MissingFileError(f"no frame1.png/frame2.png/flow.flo folders under {root}")
+    return pairs
+
+
+def run_flow_benchmark(pairs, specs, *, device=None, batch_size=None, repeats=1):
+    """``specs``: list of (label, method, engine, params, options). Returns rows of results; timings
+    are per pair at batch 1 after one warm-up, and with ``batch_size`` also per pair in full batches."""
+    import time
+
+    import numpy as np
+
+    from ..flo import mean_epe, outlier_rate
+    from ..flow import build_flow
+
+    rows = []
+    for label, method, engine, params, options in specs:
+        opts = dict(options)
+        if batch_size is not None and engine != "opencv":
+            opts["batch_size"] = batch_size
+        est = build_flow(method, engine=engine, device=device if engine != "opencv" else None, params=params, **opts)
+        epes, outliers, seconds = {}, [], 0.0
+        for name, f1, f2, gt in pairs:
+            a, b = est.prepare(f1), est.prepare(f2)
+            est.compute([a], [b])  # warm-up (allocations, torch.compile, cudnn autotune)
+            start = time.perf_counter()
+            for _ in range(repeats):
+                flow = est.compute([a], [b])[0]
+            seconds += (time.perf_counter() - start) / repeats
+            epes[name] = mean_epe(flow, gt)
+            outliers.append(outlier_rate(flow, gt))
+        batch_ms = None
+        if batch_size and batch_size > 1 and engine != "opencv":
+            # throughput with full batches: each pair repeated batch_size times, all pairs
+            batch_seconds = 0.0
+            for _, f1, f2, _ in pairs:
+                a, b = est.prepare(f1), est.prepare(f2)
+                start = time.perf_counter()
+                est.compute([a] * batch_size, [b] * batch_size)
+                batch_seconds += (time.perf_counter() - start) / batch_size
+            batch_ms = 1000 * batch_seconds / len(pairs)
+        rows.append({
+            "label": label, "engine": est.engine, "device": est.device, "epe": epes,
+            "mean_epe": float(np.mean(list(epes.values()))), "fl_all": float(np.mean(outliers)),
+            "ms_per_pair": 1000 * seconds / len(pairs), "pairs_per_s": len(pairs) / seconds,
+            "batch_size": batch_size if batch_ms is not None else 1, "batch_ms_per_pair": batch_ms,
+        })
+    return rows
+
+
+def markdown_table(rows, pairs) -> str:
+    """The rows of :func:`run_flow_benchmark` as a markdown table, one EPE column per pair."""
+    names = [p[0] for p in pairs]
+    batched = any(r["batch_ms_per_pair"] for r in rows)
+    head = ("| method | engine | device | " + " | ".join(names) + " | mean EPE | Fl-all | ms/pair | pairs/s |"
+            + (" ms/pair in batches |" if batched else ""))
+    lines = [head, "|" + "---|" * (len(names) + 7 + batched)]
+    for r in rows:
+        line = (f"| {r['label']} | {r['engine']} | {r['device']} | " + " | ".join(f"{r['epe'][n]:.3f}" for n in names)
+                + f" | {r['mean_epe']:.3f} | {100 * r['fl_all']:.1f}% | {r['ms_per_pair']:.0f} | {r['pairs_per_s']:.2f} |")
+        if batched:
+            line += f" {r['batch_ms_per_pair']:.0f} (B={r['batch_size']}) |" if r["batch_ms_per_pair"] else " – |"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+__all__ = ["load_gt_pairs", "markdown_table", "run_flow_benchmark"]

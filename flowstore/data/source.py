@@ -1,0 +1,144 @@
+"""Records of a sample's snippets: which ones, reading them from a source, decoding them to uint8.
+
+A sample is read in two halves so that reader threads can do the first while a worker does the
+second (:mod:`flowstore.data.readahead`): :func:`read_snippets` (I/O: the encoded records, a
+dict) and :func:`decode_snippets` (CPU: uint8 channel-first arrays, a
+:class:`~flowstore.data.transforms.Clip`). Both read through the
+:class:`~flowstore.store.source.RecordSource` protocol.
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+
+from ..codec import decode_gray, decode_rgb
+from ..errors import InputError
+from ..store.source import RecordSource
+from .sampling import snippet_indices
+from .transforms import Clip
+
+
+def open_source(store) -> RecordSource:
+    """A path opens a StoreReader; an already open source (a StoreReader, a RawframesReader, an
+    in-memory copy: any :class:`~flowstore.store.source.RecordSource`) is used as is."""
+    if isinstance(store, (str, os.PathLike)):
+        from .. import open_store
+
+        return open_store(store)
+    if not isinstance(store, RecordSource):
+        raise InputError(f"{type(store).__name__} is not a store path or a RecordSource "
+                         "(see flowstore.store.source)")
+    return store
+
+
+def source_name(source: RecordSource) -> str:
+    """How messages name a source: ``store <root>``."""
+    return f"store {source.root}"
+
+
+def record_indices(source: RecordSource, video: str, starts, length: int,
+                   modality: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``(flow indices (S, L), frame indices)`` the snippets at ``starts`` need, None for a kind
+    the modality does not read. Frames: ``(S, L)`` for rgb; for ``both``, ``(S, 1)``: each
+    snippet's frame in the middle of its flow snippet, ``start + length // 2``."""
+    starts = np.asarray(starts, np.int64)
+    flows = frames = None
+    if modality in ("flow", "both"):
+        flows = snippet_indices(starts, length, source.num_flows(video))
+    if modality == "rgb":
+        frames = snippet_indices(starts, length, source.num_frames(video))
+    elif modality == "both":
+        frames = np.minimum(starts + length // 2, source.num_frames(video) - 1)[:, None]
+    return flows, frames
+
+
+def read_snippets(source: RecordSource, video: str, starts, length: int, modality: str) -> dict:
+    """The encoded records of the snippets at ``starts``: ``{"starts", "flow": (xs, ys),
+    "flow_range" (minmax only), "rgb": rows of frame bytes}`` as the modality has them."""
+    starts = np.asarray(starts, np.int64)
+    flows, frames = record_indices(source, video, starts, length, modality)
+    raw = {"starts": starts}
+    if flows is not None:
+        raw["flow"] = source.flow_bytes(video, [int(i) for i in flows.ravel()])
+        if source.quant.scheme == "minmax":
+            raw["flow_range"] = np.stack([source.flow_range(video, int(i)) for i in flows.ravel()])
+    if frames is not None:
+        raw["rgb"] = [[source.frame_bytes(video, int(i)) for i in row] for row in frames]
+    return raw
+
+
+def decode_flow_snippets(xs, ys, codec: str, out: np.ndarray) -> np.ndarray:
+    """Flow records (x and y components, snippet by snippet) into ``out`` ``(S, 2L, H, W)``,
+    x/y interleaved."""
+    L, h, w = out.shape[1] // 2, out.shape[2], out.shape[3]
+    for k, (bx, by) in enumerate(zip(xs, ys)):
+        s, l = divmod(k, L)
+        out[s, 2 * l] = decode_gray(bx, codec, (h, w))
+        out[s, 2 * l + 1] = decode_gray(by, codec, (h, w))
+    return out
+
+
+def decode_rgb_snippets(rows, codec: str, out: np.ndarray) -> np.ndarray:
+    """Rows of RGB frame records (one row per snippet) into ``out`` ``(S, 3L, H, W)``."""
+    h, w = out.shape[2], out.shape[3]
+    for s, row in enumerate(rows):
+        for l, data in enumerate(row):
+            out[s, 3 * l:3 * l + 3] = decode_rgb(data, codec, (h, w)).transpose(2, 0, 1)
+    return out
+
+
+def decode_snippets(source: RecordSource, video: str, raw: dict, length: int, out: Clip | None = None) -> Clip:
+    """Decoded uint8 channel-first snippets from :func:`read_snippets`'s records; written into
+    ``out``'s arrays when given (e.g. a slot of a batch in shared memory)."""
+    w, h = source.frame_size(video)
+    S, L = len(raw["starts"]), length
+    clip = Clip()
+    if "flow" in raw:
+        xs, ys = raw["flow"]
+        flow = out.flow if out is not None and out.flow is not None else np.empty((S, 2 * L, h, w), np.uint8)
+        clip.flow = decode_flow_snippets(xs, ys, source.flow_codec, flow)
+        if "flow_range" in raw:
+            clip.flow_range = raw["flow_range"].reshape(S, L, 4)
+    if "rgb" in raw:
+        rows = raw["rgb"]
+        rgb = (out.rgb if out is not None and out.rgb is not None
+               else np.empty((S, 3 * len(rows[0]), h, w), np.uint8))
+        clip.rgb = decode_rgb_snippets(rows, source.frame_codec, rgb)
+    return clip
+
+
+_OPEN_LOCK = threading.Lock()
+
+
+class ShardOpener:
+    """Opens each shard of a source once per process, under a lock, before the first read of
+    it: StoreReader opens shards lazily, and two reader threads must not open the same one at
+    once (LMDB refuses a second open). Sources without shards are left alone."""
+
+    def __init__(self):
+        self._opened: set[str] = set()
+        self._pid = None
+
+    def __call__(self, source: RecordSource, video: str) -> None:
+        shard = source.shard_of(video)
+        if shard is None:
+            return
+        pid = os.getpid()
+        if self._pid != pid:  # forked: this process has opened nothing yet
+            self._opened, self._pid = set(), pid
+        if shard not in self._opened:
+            with _OPEN_LOCK:
+                if shard not in self._opened:
+                    source.flow_bytes(video, [])  # opens the shard handle, reads nothing
+                    self._opened.add(shard)
+
+    def __getstate__(self):
+        return {"_opened": set(), "_pid": None}  # a new process opens its own shards
+
+
+__all__ = [
+    "ShardOpener", "decode_flow_snippets", "decode_rgb_snippets", "decode_snippets", "open_source",
+    "read_snippets", "record_indices", "source_name",
+]
