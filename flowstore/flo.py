@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 from .errors import InputError
+from .io import atomic_write_bytes
 
 FLO_MAGIC = 202021.25
 UNKNOWN_FLOW_THRESHOLD = 1e9
@@ -40,13 +41,8 @@ def write_flo(path: str | os.PathLike, flow: np.ndarray) -> None:
     if flow.ndim != 3 or flow.shape[2] != 2:
         raise InputError(f"flow must have shape (H, W, 2), got {flow.shape}")
     height, width = flow.shape[:2]
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.array([FLO_MAGIC], "<f4").tofile(f)
-        np.array([width, height], "<i4").tofile(f)
-        np.ascontiguousarray(flow, "<f4").tofile(f)
-    os.replace(tmp, path)
+    header = np.array([FLO_MAGIC], "<f4").tobytes() + np.array([width, height], "<i4").tobytes()
+    atomic_write_bytes(path, header + np.ascontiguousarray(flow, "<f4").tobytes())
 
 
 def valid_mask(flow_gt: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ import sys
 import click
 
 # Exit codes live with the error classes (flowstore/errors.py); re-exported for the commands
-from ..errors import (  # noqa: E402
+from ..errors import (  # noqa: F401 (re-exported for the commands)
     EXIT_BUG, EXIT_DAMAGED, EXIT_FAILURES, EXIT_LOCKED, EXIT_OK, EXIT_STORE, EXIT_USAGE, FlowstoreError,
     StoreWriteError,
 )

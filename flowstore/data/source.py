@@ -13,11 +13,11 @@ import threading
 
 import numpy as np
 
-from ..codec import decode_gray, decode_rgb
 from ..errors import InputError
 from ..store.source import RecordSource
 from .sampling import snippet_indices
 from .transforms import Clip
+from ..store.records import decode_flow_component, decode_frame
 
 
 def open_source(store) -> RecordSource:
@@ -75,8 +75,8 @@ def decode_flow_snippets(xs, ys, codec: str, out: np.ndarray) -> np.ndarray:
     L, h, w = out.shape[1] // 2, out.shape[2], out.shape[3]
     for k, (bx, by) in enumerate(zip(xs, ys)):
         s, l = divmod(k, L)
-        out[s, 2 * l] = decode_gray(bx, codec, (h, w))
-        out[s, 2 * l + 1] = decode_gray(by, codec, (h, w))
+        out[s, 2 * l] = decode_flow_component(bx, codec, (h, w))
+        out[s, 2 * l + 1] = decode_flow_component(by, codec, (h, w))
     return out
 
 
@@ -85,7 +85,7 @@ def decode_rgb_snippets(rows, codec: str, out: np.ndarray) -> np.ndarray:
     h, w = out.shape[2], out.shape[3]
     for s, row in enumerate(rows):
         for l, data in enumerate(row):
-            out[s, 3 * l:3 * l + 3] = decode_rgb(data, codec, (h, w)).transpose(2, 0, 1)
+            out[s, 3 * l:3 * l + 3] = decode_frame(data, codec, (h, w)).transpose(2, 0, 1)
     return out
 
 

@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from ..errors import InputError
+from ..io import atomic_write
 
 __all__ = ["as_feature_tensor", "predict_scores", "metrics", "write_predictions_csv"]
 
@@ -144,17 +145,19 @@ def write_predictions_csv(path, video_ids: Sequence, scores, labels, class_names
     pred = np.argmax(scores, axis=1) if len(scores) else np.zeros(0, np.int64)
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["video_id", "label", "label_name", "pred", "pred_name", "correct"]
-                   + [f"score_{name}" for name in class_names])
-        for i, vid in enumerate(video_ids):
-            p = int(pred[i])
-            if labels is None:
-                lab = ["", "", p, class_names[p], ""]
-            else:
-                y = int(labels[i])
-                lab = [y, class_names[y], p, class_names[p], int(p == y)]
-            w.writerow([vid, *lab, *(f"{s:.6g}" for s in scores[i])])
-    os.replace(tmp, path)
+
+    def write_rows(tmp):
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["video_id", "label", "label_name", "pred", "pred_name", "correct"]
+                       + [f"score_{name}" for name in class_names])
+            for i, vid in enumerate(video_ids):
+                p = int(pred[i])
+                if labels is None:
+                    lab = ["", "", p, class_names[p], ""]
+                else:
+                    y = int(labels[i])
+                    lab = [y, class_names[y], p, class_names[p], int(p == y)]
+                w.writerow([vid, *lab, *(f"{s:.6g}" for s in scores[i])])
+
+    atomic_write(path, write_rows)

@@ -21,6 +21,7 @@ import torch
 
 from .models import build_head
 from ..errors import InputError
+from ..io import atomic_write
 
 __all__ = ["save_head", "load_head", "read_head_config", "checkpoint_paths"]
 
@@ -34,16 +35,6 @@ def checkpoint_paths(path) -> tuple[Path, Path]:
     if p.suffix in (".pt", ".json"):
         p = p.with_suffix("")
     return p.with_name(p.name + ".pt"), p.with_name(p.name + ".json")
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def save_head(model: torch.nn.Module, path, *, extra: dict | None = None) -> tuple[Path, Path]:
@@ -60,8 +51,8 @@ def save_head(model: torch.nn.Module, path, *, extra: dict | None = None) -> tup
     doc = {"format": FORMAT, "version": VERSION, "head": config, "extra": extra or {},
            "torch": torch.__version__}
     text = json.dumps(doc, indent=2, sort_keys=True)  # fails early on non-JSON extra
-    _atomic_write(weights, lambda p: torch.save(state, p))
-    _atomic_write(cfg, lambda p: p.write_text(text + "\n", encoding="utf-8"))
+    atomic_write(weights, lambda p: torch.save(state, p))
+    atomic_write(cfg, lambda p: p.write_text(text + "\n", encoding="utf-8"))
     return weights, cfg
 
 

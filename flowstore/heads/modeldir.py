@@ -36,6 +36,7 @@ import numpy as np
 from ..errors import InputError, UnknownNameError
 from .splits import LabelSets, resolve_labels, split_validation, stratified_folds, video_groups
 from .streams import Stream, stream_features
+from ..io import atomic_write_text
 
 __all__ = [
     "METRICS_KEYS", "SCORE_FUSIONS", "FittedHeads", "Fused", "TrainArgs", "VideoSplits", "apply_fusion",
@@ -109,9 +110,7 @@ class TrainArgs:
 
 def write_json(path: Path, obj) -> None:
     """Write ``obj`` as JSON atomically (a temporary file renamed over ``path``)."""
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=False) + "\n")
 
 
 @dataclass

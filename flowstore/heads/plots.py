@@ -11,6 +11,7 @@ from typing import Sequence
 
 import numpy as np
 from ..errors import InputError
+from ..io import atomic_write
 
 __all__ = ["plot_confusion", "plot_curves"]
 
@@ -27,9 +28,7 @@ def _figure(w: float, h: float):
 def _save(fig, path) -> Path:
     path = Path(os.fspath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.{os.getpid()}.png")
-    fig.savefig(tmp, format="png", bbox_inches="tight")
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"))
     return path
 
 

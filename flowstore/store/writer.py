@@ -25,7 +25,7 @@ import re
 from pathlib import Path
 
 from .. import __version__
-from ..errors import InputError, StoreLockedError, StoreWriteError
+from ..errors import InputError, StoreLockedError, StoreWriteError  # noqa: F401 (the lock and write errors are re-exported)
 from .format import (
     COMMIT_LOG, FAILURES, FORMAT_NAME, FORMAT_VERSION, LOCK_FILE, MANIFEST, SETTINGS_KEYS,
     SHARD_DIR, SHARD_SUFFIX, VideoEntry, dumps_line, shard_name, shard_path,
