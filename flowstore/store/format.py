@@ -38,6 +38,8 @@ import struct
 import urllib.parse
 import zlib
 from ..errors import DamagedStoreError, InputError
+from ..registry import FieldView
+from .backend import BACKENDS
 
 FORMAT_NAME = "flowstore"
 FORMAT_VERSION = "1.0"  # major.minor: readers refuse a newer major, accept any minor
@@ -48,8 +50,8 @@ FAILURES = "failures.jsonl"
 LOCK_FILE = "writer.lock"
 SHARD_DIR = "shards"
 
-BACKENDS = ("lmdb", "hdf5")
-SHARD_SUFFIX = {"lmdb": ".lmdb", "hdf5": ".h5"}
+#: backend name -> suffix of its shard files (a view of the registry in store/backend.py)
+SHARD_SUFFIX = FieldView(BACKENDS, "suffix")
 
 RGB = "rgb"
 FLOW_X = "flow_x"
