@@ -3,19 +3,22 @@
 Frames are yielded one at a time, so memory stays bounded by a few frames whatever the length
 of the video. The frame count is what decoding yields, never the container's header. Backends:
 ``opencv`` (default: cv2.VideoCapture, FFmpeg inside the pip wheel) and ``pyav`` (optional, if
-the ``av`` package is installed; it raises on corrupt packets instead of stopping silently).
+the ``av`` package is installed; it raises on corrupt packets instead of stopping silently),
+both in :data:`DECODERS`, filled by :func:`register_decoder`.
 """
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 from .errors import InputError
+from .registry import Registry
 
-DECODERS = ("opencv", "pyav")
+#: decoder name -> ``frames(path) -> iterator of RGB uint8 frames`` (unresized)
+DECODERS: Registry[Callable[[str], Iterator[np.ndarray]]] = Registry("decoder")
 #: what counts as a video file when a directory is searched (extraction inputs, label lists)
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".flv", ".wmv", ".gif", ".3gp", ".ogv")
 #: TSN's standard frame size
@@ -88,6 +91,16 @@ def _check_file(path: str) -> None:
         raise VideoDecodeError("empty file (0 bytes)")
 
 
+def register_decoder(name: str):
+    """Decorator registering ``frames(path)`` as decoder ``name``; it raises VideoDecodeError."""
+    return lambda frames: DECODERS.register(name, frames)
+
+
+def list_decoders() -> list[str]:
+    return DECODERS.names()
+
+
+@register_decoder("opencv")
 def _iter_opencv(path: str) -> Iterator[np.ndarray]:
     cap = cv2.VideoCapture(path)
     try:
@@ -102,6 +115,7 @@ def _iter_opencv(path: str) -> Iterator[np.ndarray]:
         cap.release()
 
 
+@register_decoder("pyav")
 def _iter_pyav(path: str) -> Iterator[np.ndarray]:
     try:
         import av
@@ -126,11 +140,9 @@ def _iter_pyav(path: str) -> Iterator[np.ndarray]:
 def iter_frames(path: str | os.PathLike, *, resize: Resize = Resize(), decoder: str = "opencv") -> Iterator[np.ndarray]:
     """Yield RGB uint8 ``(H, W, 3)`` frames of ``path``, resized; raises VideoDecodeError."""
     path = os.fspath(path)
-    if decoder not in DECODERS:
-        raise InputError(f"unknown decoder {decoder!r}; choose from {sorted(DECODERS)}")
+    frames = DECODERS[decoder]
     _check_file(path)
-    frames = _iter_opencv(path) if decoder == "opencv" else _iter_pyav(path)
-    for rgb in frames:
+    for rgb in frames(path):
         yield resize.apply(rgb)
 
 

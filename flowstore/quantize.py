@@ -14,6 +14,9 @@ Horizontal flip of stored flow: mirror the image and map ``q_x -> 255 - q_x``. F
 this is ``u -> -u`` after dequantization (exact in real arithmetic, within float32 rounding,
 ~4e-6 px at bound 20, in practice); for ``minmax`` the range becomes ``(-hi_x, -lo_x)`` as well.
 Zero flow has no exact code with 255 levels: it is stored as 128 and reads back as +bound/255.
+
+:data:`SCHEMES` is the one table of schemes; a new one is a :class:`QuantScheme` passed to
+:func:`register_quant_scheme`.
 """
 from __future__ import annotations
 
@@ -21,10 +24,42 @@ import dataclasses
 
 import numpy as np
 from .errors import InputError
+from .registry import Registry
 
-SCHEMES = ("bound", "minmax")
 LEVELS = 255  # q in 0..255
 ROUNDING = "half_to_even"  # np.rint; never truncation
+
+
+class QuantScheme:
+    """How one scheme maps flow to uint8 and back; registered with :func:`register_quant_scheme`."""
+
+    #: whether each flow's range ``(lo_x, hi_x, lo_y, hi_y)`` is stored beside it
+    per_flow_range = False
+
+    def check(self, spec: "QuantSpec") -> None:
+        """Raise InputError if ``spec``'s parameters do not suit this scheme."""
+
+    def manifest(self, spec: "QuantSpec") -> dict:
+        """The scheme's parameters and formulas, for the manifest."""
+        raise NotImplementedError
+
+    def quantize(self, flow: np.ndarray, spec: "QuantSpec") -> tuple[np.ndarray, np.ndarray | None]:
+        raise NotImplementedError
+
+    def dequantize(self, q: np.ndarray, spec: "QuantSpec", value_range: np.ndarray | None) -> np.ndarray:
+        raise NotImplementedError
+
+
+#: scheme name -> :class:`QuantScheme`
+SCHEMES: Registry[QuantScheme] = Registry("quantization")
+
+
+def register_quant_scheme(name: str, scheme: QuantScheme) -> QuantScheme:
+    return SCHEMES.register(name, scheme)
+
+
+def list_quant_schemes() -> list[str]:
+    return SCHEMES.names()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,25 +70,67 @@ class QuantSpec:
     bound: float = 20.0
 
     def __post_init__(self):
-        if self.scheme not in SCHEMES:
-            raise InputError(f"unknown quantization {self.scheme!r}; choose from {sorted(SCHEMES)}")
-        if self.scheme == "bound" and not (self.bound > 0 and np.isfinite(self.bound)):
-            raise InputError(f"quantization bound must be a positive number of pixels, got {self.bound!r}")
+        SCHEMES[self.scheme].check(self)
 
     def to_manifest(self) -> dict:
         out = {"scheme": self.scheme, "levels": LEVELS, "rounding": ROUNDING, "dtype": "uint8"}
-        if self.scheme == "bound":
-            out["bound"] = float(self.bound)
-            out["formula"] = "q = rint((clip(v, -bound, bound) + bound) * 255 / (2 * bound))"
-            out["inverse"] = "v = q * 2 * bound / 255 - bound"
-        else:
-            out["formula"] = "q = rint((v - lo) * 255 / (hi - lo)), per flow and component"
-            out["inverse"] = "v = lo + q * (hi - lo) / 255"
+        out.update(SCHEMES[self.scheme].manifest(self))
         return out
 
     @classmethod
     def from_manifest(cls, entry: dict) -> "QuantSpec":
         return cls(scheme=entry["scheme"], bound=float(entry.get("bound", 20.0)))
+
+
+class BoundScheme(QuantScheme):
+    """Clip to ``[-bound, bound]`` pixels and map linearly (Simonyan & Zisserman, TSN)."""
+
+    def check(self, spec: QuantSpec) -> None:
+        if not (spec.bound > 0 and np.isfinite(spec.bound)):
+            raise InputError(f"quantization bound must be a positive number of pixels, got {spec.bound!r}")
+
+    def manifest(self, spec: QuantSpec) -> dict:
+        return {"bound": float(spec.bound),
+                "formula": "q = rint((clip(v, -bound, bound) + bound) * 255 / (2 * bound))",
+                "inverse": "v = q * 2 * bound / 255 - bound"}
+
+    def quantize(self, flow: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, None]:
+        b = np.float32(spec.bound)
+        scaled = (np.clip(flow, -b, b) + b) * np.float32(LEVELS / (2 * spec.bound))
+        return np.rint(scaled).astype(np.uint8), None
+
+    def dequantize(self, q: np.ndarray, spec: QuantSpec, value_range: np.ndarray | None) -> np.ndarray:
+        return q.astype(np.float32) * np.float32(2 * spec.bound / LEVELS) - np.float32(spec.bound)
+
+
+class MinMaxScheme(QuantScheme):
+    """Per flow and component, map ``[min, max]`` linearly; the range is stored beside the flow."""
+
+    per_flow_range = True
+
+    def manifest(self, spec: QuantSpec) -> dict:
+        return {"formula": "q = rint((v - lo) * 255 / (hi - lo)), per flow and component",
+                "inverse": "v = lo + q * (hi - lo) / 255"}
+
+    def quantize(self, flow: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, np.ndarray]:
+        lo = flow.reshape(-1, 2).min(axis=0)
+        hi = flow.reshape(-1, 2).max(axis=0)
+        span = hi - lo
+        scale = np.divide(np.float32(LEVELS), span, out=np.zeros_like(span), where=span > 0)
+        q = np.rint((flow - lo) * scale).astype(np.uint8)
+        rng = np.array([lo[0], hi[0], lo[1], hi[1]], dtype=np.float32)
+        return q, rng
+
+    def dequantize(self, q: np.ndarray, spec: QuantSpec, value_range: np.ndarray | None) -> np.ndarray:
+        if value_range is None:
+            raise InputError("minmax quantization needs the per-flow range (lo_x, hi_x, lo_y, hi_y)")
+        lo = np.array([value_range[0], value_range[2]], dtype=np.float32)
+        hi = np.array([value_range[1], value_range[3]], dtype=np.float32)
+        return lo + q.astype(np.float32) * ((hi - lo) / np.float32(LEVELS))
+
+
+register_quant_scheme("bound", BoundScheme())
+register_quant_scheme("minmax", MinMaxScheme())
 
 
 def quantize(flow: np.ndarray, spec: QuantSpec = QuantSpec()) -> tuple[np.ndarray, np.ndarray | None]:
@@ -64,29 +141,12 @@ def quantize(flow: np.ndarray, spec: QuantSpec = QuantSpec()) -> tuple[np.ndarra
     flow = np.asarray(flow, dtype=np.float32)
     if flow.ndim != 3 or flow.shape[-1] != 2:
         raise InputError(f"flow must have shape (H, W, 2), got {flow.shape}")
-    if spec.scheme == "bound":
-        b = np.float32(spec.bound)
-        scaled = (np.clip(flow, -b, b) + b) * np.float32(LEVELS / (2 * spec.bound))
-        return np.rint(scaled).astype(np.uint8), None
-    lo = flow.reshape(-1, 2).min(axis=0)
-    hi = flow.reshape(-1, 2).max(axis=0)
-    span = hi - lo
-    scale = np.divide(np.float32(LEVELS), span, out=np.zeros_like(span), where=span > 0)
-    q = np.rint((flow - lo) * scale).astype(np.uint8)
-    rng = np.array([lo[0], hi[0], lo[1], hi[1]], dtype=np.float32)
-    return q, rng
+    return SCHEMES[spec.scheme].quantize(flow, spec)
 
 
 def dequantize(q: np.ndarray, spec: QuantSpec = QuantSpec(), value_range: np.ndarray | None = None) -> np.ndarray:
     """uint8 ``(H, W, 2)`` -> float32 flow in pixels (the inverse map; see module docstring)."""
-    q = np.asarray(q)
-    if spec.scheme == "bound":
-        return q.astype(np.float32) * np.float32(2 * spec.bound / LEVELS) - np.float32(spec.bound)
-    if value_range is None:
-        raise InputError("minmax quantization needs the per-flow range (lo_x, hi_x, lo_y, hi_y)")
-    lo = np.array([value_range[0], value_range[2]], dtype=np.float32)
-    hi = np.array([value_range[1], value_range[3]], dtype=np.float32)
-    return lo + q.astype(np.float32) * ((hi - lo) / np.float32(LEVELS))
+    return SCHEMES[spec.scheme].dequantize(np.asarray(q), spec, value_range)
 
 
 def flip_horizontal(q: np.ndarray, value_range: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:

@@ -34,8 +34,8 @@ def command(pairs_dir, methods, device, batch_size, params, ckpt, repeats, markd
     specs = []
     for item in methods:
         method, _, engine = item.partition("@")
-        options = {"ckpt": ckpt} if ckpt and engine in ("", "ptlflow") and method not in ("farneback", "tvl1") else {}
         engine = resolve_engine(method, engine=engine or None, device=device)
+        options = {"ckpt": ckpt} if ckpt and engine == "ptlflow" else {}
         specs.append((item, method, engine, parse_params(params), options))
     rows = run_flow_benchmark(pairs, specs, device=device, batch_size=batch_size, repeats=repeats)
     table = markdown_table(rows, pairs)

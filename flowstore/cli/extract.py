@@ -7,7 +7,9 @@ import sys
 
 import click
 
+from .choices import RegistryChoice
 from .common import EXIT_FAILURES, EXIT_USAGE, fail, parse_bytes, parse_params, user_errors
+from ..flow.registry import describe_methods
 
 HELP = """Decode videos, compute dense optical flow for every frame pair, quantize it to 8 bits and
 write RGB frames and flow into a sharded LMDB (default) or HDF5 store.
@@ -40,9 +42,9 @@ Exit codes:
 @click.option("--out", "-o", required=True, type=click.Path(path_type=str), help="Store directory (created if needed).")
 @click.option("--list", "list_file", type=click.Path(path_type=str), help="Text file with one video path per line (relative to the file's folder).")
 @click.option("--root", type=click.Path(path_type=str), help="Make video ids relative to this folder instead of each input's own root.")
-@click.option("--format", "backend", type=click.Choice(["lmdb", "hdf5"]), default="lmdb", show_default=True, help="Shard format; LMDB reads ~20x faster for training.")
-@click.option("--method", default="tvl1", show_default=True, help="Flow method: farneback, tvl1, gmflow or ptlflow:NAME.")
-@click.option("--engine", type=click.Choice(["opencv", "torch", "ptlflow"]), default=None, help="Force an implementation (default: opencv on the CPU, torch when a device is given).")
+@click.option("--format", "backend", type=RegistryChoice("flowstore.store.backend:list_backends"), default="lmdb", show_default=True, help="Shard format; LMDB reads ~20x faster for training.")
+@click.option("--method", default="tvl1", show_default=True, help=f"Flow method: {describe_methods()}.")
+@click.option("--engine", type=RegistryChoice("flowstore.flow.registry:list_engines"), default=None, help="Force an implementation (default: opencv on the CPU, torch when a device is given).")
 @click.option("--gpu", default=None, help="GPU index(es), e.g. 0 or 0,1,2,3 (one worker per GPU). Same as --device cuda:N.")
 @click.option("--device", default=None, help="Torch device(s) for torch/ptlflow engines: cpu, cuda, cuda:N, or a list such as cuda:0,cuda:1 (one worker each).")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Flow parameter, repeatable (e.g. --param winsize=21 --param levels=5).")
@@ -50,16 +52,16 @@ Exit codes:
 @click.option("--ckpt", type=click.Path(path_type=str), default=None, help="Checkpoint file for learned models (ptlflow).")
 @click.option("--fp16", is_flag=True, help="Half precision for learned models on CUDA.")
 @click.option("--compile", "use_compile", is_flag=True, help="torch.compile the torch TV-L1 inner step (20-40 s to compile; pays off on long runs).")
-@click.option("--quant", type=click.Choice(["bound", "minmax"]), default="bound", show_default=True, help="bound: clip to ±BOUND px (TSN); minmax: per-flow min/max, stored beside it.")
+@click.option("--quant", type=RegistryChoice("flowstore.quantize:list_quant_schemes"), default="bound", show_default=True, help="bound: clip to ±BOUND px (TSN); minmax: per-flow min/max, stored beside it.")
 @click.option("--bound", type=float, default=20.0, show_default=True, help="Clipping bound in pixels for --quant bound.")
-@click.option("--flow-codec", type=click.Choice(["jpeg", "png", "raw"]), default="jpeg", show_default=True, help="Codec of each flow component (see docs/benchmarks.md for size vs. error).")
+@click.option("--flow-codec", type=RegistryChoice("flowstore.codec:list_codecs"), default="jpeg", show_default=True, help="Codec of each flow component (see docs/benchmarks.md for size vs. error).")
 @click.option("--flow-quality", type=int, default=None, help="JPEG quality (default 95) or PNG level (default 1) for flow.")
-@click.option("--frame-codec", type=click.Choice(["jpeg", "png", "raw"]), default="jpeg", show_default=True, help="Codec of the RGB frames.")
+@click.option("--frame-codec", type=RegistryChoice("flowstore.codec:list_codecs"), default="jpeg", show_default=True, help="Codec of the RGB frames.")
 @click.option("--frame-quality", type=int, default=None, help="JPEG quality (default 95) or PNG level (default 1) of the RGB frames.")
 @click.option("--size", default=None, help="Resize frames to WIDTHxHEIGHT before flow, e.g. 340x256 (TSN).")
 @click.option("--short-side", type=int, default=None, help="Resize so the shorter side is N pixels, keeping the aspect ratio.")
 @click.option("--stride", type=int, default=1, show_default=True, help="Frame gap of a flow pair: flow i goes from frame i to frame i+STRIDE.")
-@click.option("--decoder", type=click.Choice(["opencv", "pyav"]), default="opencv", show_default=True, help="Video decoding backend.")
+@click.option("--decoder", type=RegistryChoice("flowstore.decode:list_decoders"), default="opencv", show_default=True, help="Video decoding backend.")
 @click.option("--shard-size", default="1GB", show_default=True, help="Start a new shard file after this many bytes (shards hold whole videos).")
 @click.option("--workers", "-j", type=int, default=0, help="Worker processes (default: all cores).")
 @click.option("--retry-failed", is_flag=True, help="Retry videos listed in failures.jsonl.")

@@ -3,15 +3,17 @@ from __future__ import annotations
 
 import click
 
+from .choices import RegistryChoice
 from .common import parse_params, user_errors
 from ..errors import InputError
+from ..flow.registry import describe_methods
 
 
 @click.command("flow")
 @click.argument("image1", type=click.Path(exists=True, dir_okay=False, path_type=str))
 @click.argument("image2", type=click.Path(exists=True, dir_okay=False, path_type=str))
-@click.option("--method", default="tvl1", show_default=True, help="farneback, tvl1, gmflow or ptlflow:NAME.")
-@click.option("--engine", type=click.Choice(["opencv", "torch", "ptlflow"]), default=None, help="Force an implementation.")
+@click.option("--method", default="tvl1", show_default=True, help=f"{describe_methods()}.")
+@click.option("--engine", type=RegistryChoice("flowstore.flow.registry:list_engines"), default=None, help="Force an implementation.")
 @click.option("--device", default=None, help="Torch device for torch/ptlflow engines.")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Flow parameter, repeatable.")
 @click.option("--ckpt", type=click.Path(path_type=str), default=None, help="Checkpoint for learned models.")

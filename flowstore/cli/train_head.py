@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from .choices import RegistryChoice
 from .common import user_errors
 
 HELP = """Train a classification head on frozen features (from `flowstore features`), fuse
@@ -56,8 +57,8 @@ Examples:
 @click.option("--classes", type=click.Path(path_type=str), default=None, help="classInd.txt naming the classes (for mmaction2 lists).")
 @click.option("--split", type=int, default=1, show_default=True, help="Split number for UCF101/HMDB51 label folders.")
 @click.option("--out", "-o", required=True, type=click.Path(path_type=str), help="Output directory.")
-@click.option("--head", type=click.Choice(["linear", "mlp", "transformer"]), default="linear", show_default=True)
-@click.option("--fusion", type=click.Choice(["none", "late-avg", "late-weighted", "svm", "early-concat"]), default="none", show_default=True,
+@click.option("--head", type=RegistryChoice("flowstore.heads.registry:list_heads"), default="linear", show_default=True)
+@click.option("--fusion", type=RegistryChoice("flowstore.heads.fusion:list_fusions"), default="none", show_default=True,
               help="How several streams are combined (none: one --features).")
 @click.option("--hidden", type=int, default=None, help="mlp: hidden units (default 512).")
 @click.option("--dropout", type=float, default=None, help="Dropout (default: linear 0, mlp 0.5, transformer 0.1).")
@@ -107,14 +108,16 @@ def command(features, names, labels, test_labels, classes, split, out, head, fus
     if gpu is not None and device is not None:
         raise click.UsageError("give --gpu or --device, not both")
     device = f"cuda:{gpu}" if gpu is not None else (device or "cpu")
+    from ..heads.registry import head_options, list_heads
+
     head_kwargs = {}
-    for key, value, heads in (("hidden", hidden, ("mlp",)), ("dropout", dropout, ("linear", "mlp", "transformer")),
-                              ("dim", dim, ("transformer",)), ("layers", layers, ("transformer",)),
-                              ("heads", attention_heads, ("transformer",)), ("pooling", pooling, ("transformer",))):
+    for key, value in (("hidden", hidden), ("dropout", dropout), ("dim", dim), ("layers", layers),
+                       ("heads", attention_heads), ("pooling", pooling)):
         if value is None:
             continue
-        if head not in heads:
+        if key not in head_options(head):
             opt = "--attention-heads" if key == "heads" else f"--{key}"
+            heads = [name for name in list_heads() if key in head_options(name)]
             raise click.UsageError(f"{opt} applies to the {'/'.join(heads)} head, not {head}")
         head_kwargs[key] = value
     args = TrainArgs(head=head, fusion=fusion, head_kwargs=head_kwargs, epochs=epochs, lr=lr,

@@ -9,7 +9,7 @@ from ..codec import check_codec, check_quality, effective_quality
 from ..decode import DECODERS, Resize
 from ..errors import InputError
 from ..quantize import QuantSpec
-from ..store.format import BACKENDS
+from ..store.backend import BACKENDS
 from ..store.records import FLOW_COMPONENTS
 
 DEFAULT_SHARD_SIZE = 1 << 30
@@ -37,14 +37,12 @@ class ExtractConfig:
     workers: int = 0  # 0: all cores
 
     def __post_init__(self):
-        if self.backend not in BACKENDS:
-            raise InputError(f"unknown format {self.backend!r}; choose from {sorted(BACKENDS)}")
+        BACKENDS.check(self.backend)
         check_codec(self.flow_codec)
         check_codec(self.frame_codec)
         check_quality(self.flow_codec, self.flow_quality)  # fail now, not once per video
         check_quality(self.frame_codec, self.frame_quality)
-        if self.decoder not in DECODERS:
-            raise InputError(f"unknown decoder {self.decoder!r}; choose from {sorted(DECODERS)}")
+        DECODERS.check(self.decoder)
         if self.stride < 1:
             raise InputError(f"stride must be >= 1, got {self.stride}")
         if self.shard_size < 1:

@@ -13,33 +13,26 @@ import abc
 import queue
 from collections.abc import Iterator, Sequence
 
-from ..errors import UnknownNameError, WorkerDiedError
+from ..errors import WorkerDiedError
+from ..registry import Registry
 from .config import ExtractConfig
 from .plan import VideoJob
 from .worker import VideoResult, extract_video
 
 #: executor name -> class
-EXECUTORS: dict[str, type["Executor"]] = {}
+EXECUTORS: Registry[type["Executor"]] = Registry("executor")
 
 
 def register_executor(name: str):
     def wrap(cls):
         cls.name = name
-        EXECUTORS[name] = cls
-        return cls
+        return EXECUTORS.register(name, cls)
 
     return wrap
 
 
 def list_executors() -> list[str]:
-    return sorted(EXECUTORS)
-
-
-def get_executor(name: str) -> type["Executor"]:
-    try:
-        return EXECUTORS[name]
-    except KeyError:
-        raise UnknownNameError(f"unknown executor {name!r}; choose from {list_executors()}") from None
+    return EXECUTORS.names()
 
 
 class Executor(abc.ABC):

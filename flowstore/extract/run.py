@@ -14,7 +14,7 @@ from pathlib import Path
 from ..errors import StoreWriteError, WorkerDiedError
 from ..store.writer import StoreLock, StoreWriter, describe_os_error, describe_storage_error
 from .config import ExtractConfig
-from .executor import get_executor
+from .executor import EXECUTORS
 from .plan import VideoJob
 from .worker import VideoResult
 
@@ -141,7 +141,7 @@ def run_extract(jobs: Sequence[VideoJob], cfg: ExtractConfig, *, retry_failed: b
     """Extract ``jobs`` into the store ``cfg.out`` (created or resumed)."""
     from ..flow import build_flow
 
-    executor_class = get_executor(executor)
+    executor_class = EXECUTORS[executor]
     out = Path(cfg.out)
     check_writable(out)
     summary = ExtractSummary(planned=len(jobs))

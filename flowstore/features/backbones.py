@@ -42,10 +42,13 @@ from typing import Callable
 import torch
 from torch import nn
 from ..errors import InputError
+from ..registry import Registry
 
 __all__ = [
     "BACKBONES",
     "build_backbone",
+    "list_backbones",
+    "register_backbone",
     "cross_modality_weight",
     "load_weights_file",
     "file_sha256",
@@ -73,15 +76,25 @@ def _timm_builder(timm_name: str, *, zero_init_last: bool | None = False) -> Cal
 
 #: backbone name -> keyword-only builder ``(*, in_chans) -> nn.Module`` (random weights,
 #: ``num_classes=0``). Any other timm model name works too (see :func:`build_backbone`).
-BACKBONES: dict[str, Callable[..., nn.Module]] = {
-    "resnet18": _timm_builder("resnet18"),
-    "resnet34": _timm_builder("resnet34"),
-    "resnet50": _timm_builder("resnet50"),
-    "resnet101": _timm_builder("resnet101"),
-    "efficientnet_b0": _timm_builder("efficientnet_b0", zero_init_last=None),
-    "efficientnet_b3": _timm_builder("efficientnet_b3", zero_init_last=None),
-    "mobilenetv3_large_100": _timm_builder("mobilenetv3_large_100", zero_init_last=None),
-}
+BACKBONES: Registry[Callable[..., nn.Module]] = Registry("backbone")
+
+
+def register_backbone(name: str, builder: Callable[..., nn.Module]) -> None:
+    BACKBONES.register(name, builder)
+
+
+def list_backbones() -> list[str]:
+    """The registered backbones; ``build_backbone`` also takes any other timm model name."""
+    return BACKBONES.names()
+
+
+register_backbone("resnet18", _timm_builder("resnet18"))
+register_backbone("resnet34", _timm_builder("resnet34"))
+register_backbone("resnet50", _timm_builder("resnet50"))
+register_backbone("resnet101", _timm_builder("resnet101"))
+register_backbone("efficientnet_b0", _timm_builder("efficientnet_b0", zero_init_last=None))
+register_backbone("efficientnet_b3", _timm_builder("efficientnet_b3", zero_init_last=None))
+register_backbone("mobilenetv3_large_100", _timm_builder("mobilenetv3_large_100", zero_init_last=None))
 
 
 def _make_model(name: str, *, in_chans: int) -> tuple[nn.Module, bool]:
@@ -92,7 +105,7 @@ def _make_model(name: str, *, in_chans: int) -> tuple[nn.Module, bool]:
     import timm
 
     if not timm.is_model(name):
-        raise InputError(f"unknown backbone {name!r}: not a timm model; e.g. {sorted(BACKBONES)}")
+        raise BACKBONES.unknown(name, also=" or any timm model name")
     try:  # residual families take zero_init_last; others reject the keyword
         return _timm_builder(name)(in_chans=in_chans), True
     except TypeError as exc:

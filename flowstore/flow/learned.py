@@ -58,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from .registry import FlowEstimator, register_flow
+from .registry import FlowEstimator
 from ..errors import EnvironmentProblem, InputError, MissingFileError
 
 PTLFLOW_VERSION = "0.4.2"
@@ -484,7 +484,6 @@ def build_ptlflow(*, method: str, model_name: str, params: dict | None = None, d
     )
 
 
-@register_flow("gmflow", "ptlflow")
 def build_gmflow(*, model_name: str = "gmflow", params: dict | None = None, device: str | None = None,
                  ckpt: str | os.PathLike | None = None, batch_size: int = 4, fp16: bool = False) -> PtlflowEstimator:
     """GMFlow (Xu et al., CVPR 2022) as ported by ptlflow."""
@@ -493,7 +492,6 @@ def build_gmflow(*, model_name: str = "gmflow", params: dict | None = None, devi
                          ckpt=ckpt, batch_size=batch_size, fp16=fp16)
 
 
-@register_flow("ptlflow:*", "ptlflow")
 def build_ptlflow_model(*, model_name: str = "gmflow", params: dict | None = None, device: str | None = None,
                         ckpt: str | os.PathLike | None = None, batch_size: int = 4, fp16: bool = False) -> PtlflowEstimator:
     """Any ptlflow model by name (``ptlflow:raft``, ``ptlflow:sea_raft_s``, ...)."""

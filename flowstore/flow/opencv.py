@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from .registry import FlowEstimator, check_params, register_flow
+from .registry import FlowEstimator, check_params
 from ..errors import InputError
 
 #: cv2.calcOpticalFlowFarneback defaults used by TSN-era tools; every one can be overridden.
@@ -96,14 +96,12 @@ class OpenCVTVL1(_OpenCVEstimator):
         return self._tvl1.calc(a, b, None)
 
 
-@register_flow("farneback", "opencv")
 def build_opencv_farneback(*, params: dict | None = None, device: str = "cpu") -> OpenCVFarneback:
     if device not in ("cpu", None):
         raise InputError(f"the opencv engine runs on the CPU only, not {device!r}; use --engine torch")
     return OpenCVFarneback(check_params("farneback", params or {}, FARNEBACK_DEFAULTS))
 
 
-@register_flow("tvl1", "opencv")
 def build_opencv_tvl1(*, params: dict | None = None, device: str = "cpu") -> OpenCVTVL1:
     if device not in ("cpu", None):
         raise InputError(f"the opencv engine runs on the CPU only, not {device!r}; use --engine torch")

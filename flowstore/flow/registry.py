@@ -2,8 +2,12 @@
 
 A *method* is an algorithm name the user types (``farneback``, ``tvl1``, ``gmflow``,
 ``ptlflow:NAME``); an *engine* is an implementation of it (``opencv`` on the CPU, ``torch`` on
-any torch device, ``ptlflow`` for learned models). Builders are registered per
-``(method, engine)`` and called with keyword arguments only.
+any torch device, ``ptlflow`` for learned models). :data:`METHODS` is the one table: a method
+holds its engines' builders in preference order (the first is its default), each registered
+with :func:`register_flow` and called with keyword arguments only. The built-in engines are
+registered at the end of this module as ``"module:function"`` references, so that an OpenCV
+run never imports torch or ptlflow. A method named ``FAMILY:*`` (``ptlflow:*``) stands for
+every ``FAMILY:NAME``; its builder gets ``model_name=NAME``.
 
 Every estimator works on whole batches of RGB uint8 frames so that batched GPU engines and
 one-pair-at-a-time OpenCV share one calling convention::
@@ -16,13 +20,20 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
-import numpy as np
-from ..errors import InputError
+from ..errors import InputError, UnknownNameError
+from ..registry import Registry, resolve
 
-#: method name -> {engine name -> builder}
-METHODS: dict[str, dict[str, Callable[..., "FlowEstimator"]]] = {}
+if TYPE_CHECKING:  # numpy is not imported to look a method up
+    import numpy as np
+
+#: a builder, or its "module:function" reference
+Builder = Union[Callable[..., "FlowEstimator"], str]
+#: method name -> {engine name -> builder}, engines in preference order
+METHODS: Registry[dict[str, Builder]] = Registry("method")
+#: the name of a family of methods ``FAMILY:NAME``
+_FAMILY = ":*"
 
 
 class FlowEstimator(abc.ABC):
@@ -54,54 +65,60 @@ class FlowEstimator(abc.ABC):
         return self.compute([self.prepare(rgb1)], [self.prepare(rgb2)])[0]
 
 
-def register_flow(method: str, engine: str):
-    """Decorator registering ``builder(**kwargs) -> FlowEstimator`` for ``(method, engine)``."""
-
-    def wrap(builder):
-        METHODS.setdefault(method, {})[engine] = builder
-        return builder
-
-    return wrap
-
-
-#: which module registers which engine; imported only when that engine is needed, so that an
-#: OpenCV run never pays for importing torch or ptlflow
-ENGINE_MODULES = {"opencv": "opencv", "torch": "torch_engines", "ptlflow": "learned"}
-#: the engines of each method, known without importing them; the first is the default
-KNOWN_METHODS = {
-    "farneback": ("opencv", "torch"),
-    "tvl1": ("opencv", "torch"),
-    "gmflow": ("ptlflow",),
-}
+def register_flow(method: str, engine: str, builder: Builder | None = None):
+    """Register ``builder(**kwargs) -> FlowEstimator`` (or its ``"module:function"``) as engine
+    ``engine`` of ``method``; without ``builder``, a decorator. The first engine registered for a
+    method is its default."""
+    if builder is None:
+        return lambda function: register_flow(method, engine, function)
+    engines = METHODS[method] if method in METHODS else METHODS.register(method, {})
+    if engine in engines:
+        raise ValueError(f"method {method!r} has an engine {engine!r} already")
+    engines[engine] = builder
+    return builder
 
 
-def _load_engine(engine: str) -> None:
-    import importlib
-
-    try:
-        importlib.import_module(f"{__package__}.{ENGINE_MODULES[engine]}")
-    except ModuleNotFoundError as exc:  # an engine module not in this install
-        if exc.name != f"{__package__}.{ENGINE_MODULES[engine]}":
-            raise
+def list_methods() -> list[str]:
+    """The method names, sorted; a family ``FAMILY:*`` is listed by :func:`list_families`."""
+    return [name for name in METHODS.names() if not name.endswith(_FAMILY)]
 
 
-def _load_builtin_engines() -> None:
-    for engine in ENGINE_MODULES:
-        _load_engine(engine)
+def list_families() -> list[str]:
+    """How a family of methods is written, e.g. ``["ptlflow:NAME"]``."""
+    return [name.removesuffix(_FAMILY) + ":NAME" for name in METHODS.names() if name.endswith(_FAMILY)]
 
 
-def available_methods() -> list[str]:
-    return sorted(set(KNOWN_METHODS) | set(METHODS) - {"ptlflow:*"})
+def list_engines(method: str | None = None) -> list[str]:
+    """The engines of ``method`` in preference order (the default first), or every engine, sorted."""
+    if method is None:
+        return sorted({engine for engines in METHODS.values() for engine in engines})
+    return list(_method_entry(method)[0])
+
+
+def describe_methods() -> str:
+    """The methods as a sentence for help texts: ``"farneback, gmflow, tvl1 or ptlflow:NAME"``."""
+    names = list_methods() + list_families()
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else "".join(names)
+
+
+#: the former name of :func:`list_methods`
+available_methods = list_methods
+
+
+def _method_entry(method: str) -> tuple[dict[str, Builder], str | None]:
+    """The engines of ``method`` and, for a family member ``FAMILY:NAME``, the model name."""
+    if method in METHODS and not method.endswith(_FAMILY):
+        return METHODS[method], None
+    family, sep, model_name = method.partition(":")
+    if sep and family + _FAMILY in METHODS:
+        return METHODS[family + _FAMILY], model_name
+    also = "".join(f" or {name!r}" for name in list_families())
+    raise UnknownNameError(f"unknown method {method!r}; choose from {list_methods()}{also}")
 
 
 def resolve_engine(method: str, *, engine: str | None = None, device: str | None = None) -> str:
     """Pick the engine: an explicit one wins; a device means torch; else the method's default."""
-    if method.startswith("ptlflow:"):
-        engines: tuple[str, ...] = ("ptlflow",)
-    elif method in KNOWN_METHODS or method in METHODS:
-        engines = tuple(dict.fromkeys(KNOWN_METHODS.get(method, ()) + tuple(METHODS.get(method, {}))))
-    else:
-        raise InputError(f"unknown method {method!r}; choose from {available_methods()} or 'ptlflow:NAME'")
+    engines = list(_method_entry(method)[0])
     if engine is not None:
         if engine not in engines:
             raise InputError(f"method {method!r} has no engine {engine!r}; choose from {sorted(engines)}")
@@ -109,6 +126,15 @@ def resolve_engine(method: str, *, engine: str | None = None, device: str | None
     if device is not None and "torch" in engines:
         return "torch"
     return engines[0]
+
+
+def _load_builder(method: str, engine: str, builder: Builder) -> Callable[..., FlowEstimator]:
+    try:
+        return resolve(builder)
+    except ModuleNotFoundError as exc:  # an engine module not in this install
+        if exc.name != builder.partition(":")[0]:
+            raise
+        raise InputError(f"method {method!r} has no engine {engine!r} in this install") from None
 
 
 def build_flow(
@@ -122,13 +148,10 @@ def build_flow(
     """Build a flow estimator; ``params`` are algorithm parameters recorded in the manifest,
     ``options`` are run settings (batch size, checkpoint path, fp16) for engines that take them."""
     engine = resolve_engine(method, engine=engine, device=device)
-    _load_engine(engine)
-    if method.startswith("ptlflow:"):
-        builder = METHODS["ptlflow:*"]["ptlflow"]
-        return builder(model_name=method.split(":", 1)[1], device=device, params=params or {}, **options)
-    if engine not in METHODS.get(method, {}):
-        raise InputError(f"method {method!r} has no engine {engine!r} in this install")
-    builder = METHODS[method][engine]
+    engines, model_name = _method_entry(method)
+    builder = _load_builder(method, engine, engines[engine])
+    if model_name is not None:
+        return builder(model_name=model_name, device=device, params=params or {}, **options)
     kwargs: dict[str, Any] = {"params": params or {}}
     if device is not None:
         kwargs["device"] = device
@@ -147,3 +170,12 @@ def check_params(method: str, given: dict, defaults: dict) -> dict:
     for key, value in given.items():
         merged[key] = type(defaults[key])(value) if defaults[key] is not None else value
     return merged
+
+
+# the built-in engines, first the default of each method
+register_flow("farneback", "opencv", f"{__package__}.opencv:build_opencv_farneback")
+register_flow("farneback", "torch", f"{__package__}.torch_engines:build_torch_farneback")
+register_flow("tvl1", "opencv", f"{__package__}.opencv:build_opencv_tvl1")
+register_flow("tvl1", "torch", f"{__package__}.torch_engines:build_torch_tvl1")
+register_flow("gmflow", "ptlflow", f"{__package__}.learned:build_gmflow")  # a short name of ptlflow:gmflow
+register_flow("ptlflow:*", "ptlflow", f"{__package__}.learned:build_ptlflow_model")

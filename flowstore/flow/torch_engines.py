@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .opencv import FARNEBACK_DEFAULTS, TVL1_DEFAULTS, to_gray
-from .registry import FlowEstimator, check_params, register_flow
+from .registry import FlowEstimator, check_params
 from .torch_farneback import farneback_flow
 from .torch_tvl1 import tvl1_flow
 from ..errors import InputError
@@ -116,14 +116,12 @@ class TorchFarneback(_TorchEstimator):
         return farneback_flow(i0, i1, **self.params)
 
 
-@register_flow("tvl1", "torch")
 def build_torch_tvl1(
     *, params: dict | None = None, device: str | None = "cpu", batch_size: int = 8, compile: bool = False
 ) -> TorchTVL1:
     return TorchTVL1(check_params("tvl1", params or {}, TVL1_DEFAULTS), device or "cpu", batch_size, compile)
 
 
-@register_flow("farneback", "torch")
 def build_torch_farneback(
     *, params: dict | None = None, device: str | None = "cpu", batch_size: int = 8, compile: bool = False
 ) -> TorchFarneback:

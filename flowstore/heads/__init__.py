@@ -1,7 +1,8 @@
 """Heads over frozen per-segment features: models, training, fusion, evaluation, plots, I/O.
 
-Submodules: :mod:`.models` (``HEADS``, ``build_head``), :mod:`.train` (``train_head``),
-:mod:`.fusion` (``FUSIONS``, ``build_fusion``, late/SVM/early fusion), :mod:`.evaluate`
+Submodules: :mod:`.registry` (``HEADS``, ``list_heads``), :mod:`.models` (``build_head``),
+:mod:`.train` (``train_head``), :mod:`.fusion` (``FUSIONS``, ``build_fusion``, late/SVM/early
+fusion), :mod:`.evaluate`
 (``predict_scores``, ``metrics``, ``write_predictions_csv``), :mod:`.plots` and
 :mod:`.io` (``save_head``, ``load_head``). The names below are imported lazily, so
 ``import flowstore.heads`` does not load torch or scikit-learn.
@@ -11,10 +12,10 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "HEADS": "models", "build_head": "models",
+    "HEADS": "registry", "list_heads": "registry", "register_head": "registry", "build_head": "models",
     "TrainResult": "train", "train_head": "train", "class_weights_from_labels": "train",
-    "FUSIONS": "fusion", "build_fusion": "fusion", "late_average": "fusion",
-    "late_weighted": "fusion", "fit_late_weights": "fusion", "SVMFusion": "fusion",
+    "FUSIONS": "fusion", "build_fusion": "fusion", "list_fusions": "fusion", "register_fusion": "fusion",
+    "late_average": "fusion", "late_weighted": "fusion", "fit_late_weights": "fusion", "SVMFusion": "fusion",
     "early_concat": "fusion",
     "predict_scores": "evaluate", "metrics": "evaluate", "write_predictions_csv": "evaluate",
     "plot_confusion": "plots", "plot_curves": "plots",

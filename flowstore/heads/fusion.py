@@ -15,7 +15,8 @@ Feature-level fusion: :func:`early_concat` concatenates the streams' features al
 feature axis; a single head is then trained on the result.
 
 :data:`FUSIONS` maps the names ``none``, ``late-avg``, ``late-weighted``, ``svm`` and
-``early-concat`` to classes with one interface; :func:`build_fusion` builds one by name::
+``early-concat`` to classes with one interface (each registered by :func:`register_fusion`
+under its ``name``); :func:`build_fusion` builds one by name::
 
     fusion = build_fusion(name)
     if fusion.level == "features":               # early-concat
@@ -32,10 +33,13 @@ from typing import Sequence
 
 import numpy as np
 from ..errors import InputError
+from ..registry import Registry
 
 __all__ = [
     "FUSIONS",
     "build_fusion",
+    "list_fusions",
+    "register_fusion",
     "late_average",
     "late_weighted",
     "fit_late_weights",
@@ -152,9 +156,31 @@ def early_concat(feat_list: Sequence, *, normalize_each: bool = True) -> np.ndar
     return np.concatenate(arrs, axis=-1)
 
 
+#: fusion name -> class (a :class:`_Fusion` subclass), filled by :func:`register_fusion`
+FUSIONS: Registry[type] = Registry("fusion")
+
+
+def register_fusion(cls: type) -> type:
+    """Class decorator registering a fusion under its ``name``."""
+    return FUSIONS.register(cls.name, cls)
+
+
+def score_fusions() -> list[str]:
+    """Fusions of several streams' scores, in registration order (train-head compares them all
+    on the validation split)."""
+    return [name for name, cls in FUSIONS.items() if cls.level == "scores" and cls.combines]
+
+
+def list_fusions() -> list[str]:
+    return FUSIONS.names()
+
+
 class _Fusion:
+    """One interface for every fusion: ``level``, ``fit(prob_list, labels)``, ``predict(prob_list)``."""
+
     name = ""
     level = "scores"  # "scores": combine per-stream scores; "features": combine features
+    combines = True   # False for "none", which passes one stream through
 
     def fit(self, prob_list, labels):
         """Learn fusion parameters from (validation) scores; returns self."""
@@ -169,10 +195,12 @@ class _Fusion:
         return {"name": self.name}
 
 
+@register_fusion
 class NoFusion(_Fusion):
     """A single stream, unchanged. With several streams pass ``stream=i`` to pick one."""
 
     name = "none"
+    combines = False
 
     def __init__(self, stream: int | None = None):
         self.stream = stream
@@ -191,6 +219,7 @@ class NoFusion(_Fusion):
         return {"name": self.name, "stream": self.stream}
 
 
+@register_fusion
 class LateAverage(_Fusion):
     """:func:`late_average`; nothing to fit."""
 
@@ -200,6 +229,7 @@ class LateAverage(_Fusion):
         return late_average(prob_list)
 
 
+@register_fusion
 class LateWeighted(_Fusion):
     """:func:`late_weighted` with fixed ``weights``, or weights fitted by :func:`fit_late_weights`."""
 
@@ -222,6 +252,7 @@ class LateWeighted(_Fusion):
         return {"name": self.name, "weights": None if self.weights is None else self.weights.tolist()}
 
 
+@register_fusion
 class SVMFusion(_Fusion):
     """Linear SVM on stacked per-stream L2-normalised class scores (Simonyan & Zisserman).
 
@@ -288,6 +319,7 @@ class SVMFusion(_Fusion):
         return s
 
 
+@register_fusion
 class EarlyConcat(_Fusion):
     """Feature-level fusion: :meth:`combine_features` = :func:`early_concat`; train one head
     on the result. Score-level :meth:`predict` then expects that head's single score array."""
@@ -312,18 +344,6 @@ class EarlyConcat(_Fusion):
         return {"name": self.name, "normalize_each": self.normalize_each}
 
 
-#: fusion name -> class; every class has ``level``, ``fit(prob_list, labels)``, ``predict(prob_list)``
-FUSIONS: dict[str, type] = {
-    "none": NoFusion,
-    "late-avg": LateAverage,
-    "late-weighted": LateWeighted,
-    "svm": SVMFusion,
-    "early-concat": EarlyConcat,
-}
-
-
 def build_fusion(name: str, **kw) -> _Fusion:
     """Instantiate a fusion from :data:`FUSIONS` by name."""
-    if name not in FUSIONS:
-        raise InputError(f"unknown fusion {name!r}; choose from {sorted(FUSIONS)}")
     return FUSIONS[name](**kw)

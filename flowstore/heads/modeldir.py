@@ -39,14 +39,13 @@ from .streams import Stream, stream_features
 from ..io import atomic_write_text
 
 __all__ = [
-    "METRICS_KEYS", "SCORE_FUSIONS", "FittedHeads", "Fused", "TrainArgs", "VideoSplits", "apply_fusion",
+    "METRICS_KEYS", "FittedHeads", "Fused", "TrainArgs", "VideoSplits", "apply_fusion",
     "fit_heads", "fuse_scores", "report", "short_metrics", "split_videos", "train_model", "write_json",
 ]
 
 #: top-level keys of metrics.json
 METRICS_KEYS = ("split", "n", "top1", "top5", "top5_k", "mean_class_accuracy", "per_class_accuracy",
                 "confusion_matrix", "head", "fusion", "streams", "per_stream", "per_fusion", "val", "counts")
-SCORE_FUSIONS = ("late-avg", "late-weighted", "svm")
 
 
 # ------------------------------------------------------------------------------ fusion state
@@ -145,8 +144,7 @@ class VideoSplits:
 def _check_fusion_arg(streams: list[Stream], fusion: str) -> None:
     from .fusion import FUSIONS
 
-    if fusion not in FUSIONS:
-        raise InputError(f"unknown fusion {fusion!r}; choose from {sorted(FUSIONS)}")
+    FUSIONS.check(fusion)
     if fusion == "none" and len(streams) != 1:
         raise InputError(f"--fusion none takes exactly one --features file, got {len(streams)}; "
                          f"choose a fusion: {', '.join(n for n in FUSIONS if n != 'none')}")
@@ -303,7 +301,7 @@ def fuse_scores(streams: list[Stream], splits: VideoSplits, fitted: FittedHeads,
                 args: TrainArgs, *, log=print) -> Fused:
     """Fit every score-level fusion on held-out scores: the out-of-fold training scores with
     ``--fusion-folds``, else the validation scores, else (with a warning) the training scores."""
-    from .fusion import build_fusion
+    from .fusion import build_fusion, score_fusions
 
     if args.fusion == "early-concat":
         return Fused({}, fitted.val_scores["head"], fitted.test_scores["head"])
@@ -322,7 +320,7 @@ def fuse_scores(streams: list[Stream], splits: VideoSplits, fitted: FittedHeads,
         vlist = [trainer.scores(fitted.heads[f"head_{s.name}"].model, stream_features(s, splits.train))
                  for s in streams]
     states = {}
-    for name in SCORE_FUSIONS:
+    for name in score_fusions():
         kw = {"C": args.svm_c, "seed": args.seed} if name == "svm" else {}
         fu = build_fusion(name, **kw)
         try:

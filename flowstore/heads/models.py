@@ -5,7 +5,8 @@ treated as ``S = 1``) and returns class logits ``(B, C)``. Segment consensus (TS
 averaging, or a temporal transformer) happens inside the head, so callers never average
 segments themselves.
 
-Heads are built through the :data:`HEADS` registry with keyword-only arguments::
+Heads are built by name through the :data:`~flowstore.heads.registry.HEADS` registry, with
+keyword-only arguments::
 
     head = build_head("mlp", in_dim=2048, num_classes=101, num_segments=3, hidden=512)
 
@@ -25,12 +26,12 @@ only the feature direction reaches the head, i.e. the features stay invariant to
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 from ..errors import InputError
+from .registry import HEADS, head_builder
 
 __all__ = [
     "HEADS",
@@ -190,20 +191,20 @@ class TemporalTransformerHead(_HeadBase):
         return self.fc(self.dropout(pooled))
 
 
-def _linear(*, in_dim, num_classes, num_segments, dropout=0.0, l2_normalize=False):
+def linear_head(*, in_dim, num_classes, num_segments, dropout=0.0, l2_normalize=False):
     """Average consensus -> (dropout) -> Linear."""
     return ConsensusHead(in_dim=in_dim, num_classes=num_classes, num_segments=num_segments,
                          hidden=None, dropout=dropout, l2_normalize=l2_normalize)
 
 
-def _mlp(*, in_dim, num_classes, num_segments, hidden=512, dropout=0.5, l2_normalize=False):
+def mlp_head(*, in_dim, num_classes, num_segments, hidden=512, dropout=0.5, l2_normalize=False):
     """Average consensus -> Linear(D, hidden) -> GELU -> dropout -> Linear."""
     return ConsensusHead(in_dim=in_dim, num_classes=num_classes, num_segments=num_segments,
                          hidden=hidden, dropout=dropout, l2_normalize=l2_normalize)
 
 
-def _transformer(*, in_dim, num_classes, num_segments, dim=256, layers=2, heads=4,
-                 dropout=0.1, pooling="cls", mlp_ratio=2.0, l2_normalize=False):
+def transformer_head(*, in_dim, num_classes, num_segments, dim=256, layers=2, heads=4,
+                     dropout=0.1, pooling="cls", mlp_ratio=2.0, l2_normalize=False):
     """Temporal transformer over segment tokens (learned positions, CLS or mean pooling)."""
     return TemporalTransformerHead(
         in_dim=in_dim, num_classes=num_classes, num_segments=num_segments, dim=dim,
@@ -212,21 +213,11 @@ def _transformer(*, in_dim, num_classes, num_segments, dim=256, layers=2, heads=
     )
 
 
-#: head name -> keyword-only builder(in_dim=, num_classes=, num_segments=, **kw) -> nn.Module
-HEADS: dict[str, Callable[..., nn.Module]] = {
-    "linear": _linear,
-    "mlp": _mlp,
-    "transformer": _transformer,
-}
-
-
 def build_head(name: str, *, in_dim: int, num_classes: int, num_segments: int, **kw) -> nn.Module:
     """Build a registered head; the returned module has a JSON-able ``.config`` dict such that
     ``build_head(**head.config)`` rebuilds the same architecture."""
-    if name not in HEADS:
-        raise InputError(f"unknown head {name!r}; choose from {sorted(HEADS)}")
-    model = HEADS[name](in_dim=int(in_dim), num_classes=int(num_classes),
-                        num_segments=int(num_segments), **kw)
+    model = head_builder(name)(in_dim=int(in_dim), num_classes=int(num_classes),
+                               num_segments=int(num_segments), **kw)
     model.config = {"name": name, "in_dim": int(in_dim), "num_classes": int(num_classes),
                     "num_segments": int(num_segments), **kw}
     return model

@@ -3,14 +3,18 @@
 A :class:`ShardWriter` appends whole videos to one shard file it owns; a :class:`ShardReader`
 reads records back. Readers are opened lazily per process: handles are never pickled or shared
 across a fork.
+
+:data:`BACKENDS` is the one table of backends (``--format`` of ``flowstore extract``). Its
+entries name their classes as ``"module:Class"``, so h5py is imported only by a store that
+uses HDF5.
 """
 from __future__ import annotations
-from ..errors import InputError
 
 import abc
+import dataclasses
 from collections.abc import Iterator
 
-from .format import BACKENDS
+from ..registry import Registry, resolve
 
 
 class ShardWriter(abc.ABC):
@@ -58,25 +62,38 @@ class ShardReader(abc.ABC):
     def close(self) -> None: ...
 
 
+@dataclasses.dataclass(frozen=True)
+class BackendSpec:
+    """A storage backend: the suffix of its shard files and its writer and reader classes (or
+    their ``"module:Class"`` references)."""
+
+    suffix: str
+    writer: str | type[ShardWriter]
+    reader: str | type[ShardReader]
+
+
+BACKENDS: Registry[BackendSpec] = Registry("format")
+
+
+def register_backend(name: str, *, suffix: str, writer: str | type[ShardWriter],
+                     reader: str | type[ShardReader]) -> BackendSpec:
+    return BACKENDS.register(name, BackendSpec(suffix=suffix, writer=writer, reader=reader))
+
+
+def list_backends() -> list[str]:
+    return BACKENDS.names()
+
+
 def writer_class(backend: str) -> type[ShardWriter]:
-    if backend == "lmdb":
-        from .lmdb_backend import LMDBShardWriter
-
-        return LMDBShardWriter
-    if backend == "hdf5":
-        from .hdf5_backend import HDF5ShardWriter
-
-        return HDF5ShardWriter
-    raise InputError(f"unknown format {backend!r}; choose from {sorted(BACKENDS)}")
+    return resolve(BACKENDS[backend].writer)
 
 
 def reader_class(backend: str) -> type[ShardReader]:
-    if backend == "lmdb":
-        from .lmdb_backend import LMDBShardReader
+    return resolve(BACKENDS[backend].reader)
 
-        return LMDBShardReader
-    if backend == "hdf5":
-        from .hdf5_backend import HDF5ShardReader
 
-        return HDF5ShardReader
-    raise InputError(f"unknown format {backend!r}; choose from {sorted(BACKENDS)}")
+# the built-in backends; docs/FORMAT.md describes each shard layout
+register_backend("lmdb", suffix=".lmdb", writer=f"{__package__}.lmdb_backend:LMDBShardWriter",
+                 reader=f"{__package__}.lmdb_backend:LMDBShardReader")
+register_backend("hdf5", suffix=".h5", writer=f"{__package__}.hdf5_backend:HDF5ShardWriter",
+                 reader=f"{__package__}.hdf5_backend:HDF5ShardReader")

@@ -43,6 +43,8 @@ from pathlib import Path
 from typing import NotRequired, TypedDict
 
 from ..errors import DamagedStoreError, InputError
+from ..registry import FieldView
+from .backend import BACKENDS
 
 FORMAT_NAME = "flowstore"
 FORMAT_VERSION = "1.0"  # major.minor: readers refuse a newer major, accept any minor
@@ -53,8 +55,8 @@ FAILURES = "failures.jsonl"
 LOCK_FILE = "writer.lock"
 SHARD_DIR = "shards"
 
-BACKENDS = ("lmdb", "hdf5")
-SHARD_SUFFIX = {"lmdb": ".lmdb", "hdf5": ".h5"}
+#: backend name -> suffix of its shard files (a view of the registry in store/backend.py)
+SHARD_SUFFIX = FieldView(BACKENDS, "suffix")
 
 RGB = "rgb"
 FLOW_X = "flow_x"
