@@ -54,3 +54,31 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def load_weights_object(path: str | os.PathLike, error: type[Exception]) -> object:
+    """What a weights file holds, read without running any pickled code: safetensors for
+    ``*.safetensors``, else ``torch.load(weights_only=True)`` (tensors and plain containers only).
+    Any failure raises ``error`` naming the file and the way out."""
+    import torch
+
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError as exc:
+            raise error(f"{path} is a safetensors file but safetensors is not installed "
+                        "(pip install safetensors)") from exc
+        try:
+            return dict(load_file(str(path), device="cpu"))
+        except Exception as exc:  # any reader error becomes one clear message
+            raise error(f"cannot read safetensors file {path}: {exc}") from exc
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle.UnpicklingError for foreign objects, RuntimeError if corrupt
+        raise error(
+            f"cannot read {path} with torch.load(weights_only=True): {str(exc).splitlines()[0]} "
+            "flowstore only reads "
+            "tensors and plain containers and never unpickles arbitrary objects; re-save the "
+            "weights as a plain state_dict (torch.save(model.state_dict(), ...)) or as .safetensors"
+        ) from exc

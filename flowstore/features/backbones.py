@@ -42,6 +42,7 @@ from typing import Callable
 import torch
 from torch import nn
 from ..errors import InputError
+from ..io import file_sha256, load_weights_object
 from ..registry import Registry
 
 __all__ = [
@@ -114,17 +115,6 @@ def _make_model(name: str, *, in_chans: int) -> tuple[nn.Module, bool]:
         return _timm_builder(name, zero_init_last=None)(in_chans=in_chans), False
 
 
-def file_sha256(path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(chunk)
-            if not block:
-                break
-            h.update(block)
-    return h.hexdigest()
-
-
 def state_dict_sha256(state: dict) -> str:
     """SHA-256 over the tensors of a state dict (names, dtypes, shapes and bytes, sorted by name)."""
     h = hashlib.sha256()
@@ -153,15 +143,7 @@ def load_weights_file(path) -> dict:
     if not p.is_file():
         raise WeightsError(f"weights file not found: {p} (use --weights random for a randomly "
                            "initialised backbone)")
-    try:
-        if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            obj = load_file(str(p), device="cpu")
-        else:
-            obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any reader error becomes one clear message
-        raise WeightsError(f"cannot read weights file {p}: {type(exc).__name__}: {exc}") from None
+    obj = load_weights_object(p, WeightsError)
     for _ in range(3):  # unwrap {"state_dict": {...}} style checkpoints
         if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
             inner = next((obj[k] for k in _WRAPPERS if isinstance(obj.get(k), dict)), None)

@@ -48,7 +48,6 @@ Inference
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 import warnings
@@ -60,6 +59,7 @@ import numpy as np
 
 from .registry import FlowEstimator
 from ..errors import EnvironmentProblem, InputError, MissingFileError
+from ..io import file_sha256, load_weights_object
 
 PTLFLOW_VERSION = "0.4.2"
 #: environment variable naming a directory of downloaded checkpoints
@@ -236,38 +236,11 @@ def resolve_checkpoint(model_name: str, ckpt: str | os.PathLike | None, model_re
     raise MissingFileError(_missing_checkpoint_message(model_name, model_ref, reason))
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
     """``(state_dict, hyper_parameters)`` from a checkpoint file, without unpickling objects."""
     import torch
 
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        try:
-            from safetensors.torch import load_file
-        except ImportError as exc:
-            raise CheckpointError(f"{path} is a safetensors file but safetensors is not installed "
-                                  "(pip install safetensors)") from exc
-        try:
-            return dict(load_file(str(path), device="cpu")), {}
-        except Exception as exc:
-            raise CheckpointError(f"cannot read safetensors checkpoint {path}: {exc}") from exc
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle.UnpicklingError for foreign objects, RuntimeError if corrupt
-        raise CheckpointError(
-            f"cannot load checkpoint {path} with torch.load(weights_only=True): {exc}. flowstore "
-            "only reads tensors and plain containers and never unpickles arbitrary objects; "
-            "re-save the weights as a plain state_dict (torch.save(model.state_dict(), ...)) or "
-            "as .safetensors"
-        ) from exc
+    obj = load_weights_object(path, CheckpointError)
     hyper: dict = {}
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         hyper = obj.get("hyper_parameters") or {}
@@ -471,7 +444,7 @@ def build_ptlflow(*, method: str, model_name: str, params: dict | None = None, d
     ptlflow = import_ptlflow()
     model_ref = _model_reference(ptlflow, model_name)
     path = resolve_checkpoint(model_name, ckpt, model_ref, ptlflow.get_model_names())
-    digest = sha256_file(path)
+    digest = file_sha256(path)
     _check_published_hash(path, digest, model_ref)
     model, effective = _build_model(ptlflow, model_name, params)
     load_weights(model, path, model_name)
