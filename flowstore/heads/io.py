@@ -125,8 +125,9 @@ def _load_state(weights: Path, map_location) -> dict:
     try:
         state = torch.load(weights, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many kinds (zip, unpickling, EOF) for a damaged file
-        raise ModelFileError(f"{weights}: cannot read the head weights ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else 'damaged file'}); "
+        # torch's first sentence says what failed; the rest is advice (e.g. weights_only=False) we do not give
+        detail = (str(exc).splitlines() or [""])[0].split(". ")[0][:120]
+        raise ModelFileError(f"{weights}: cannot read the head weights ({type(exc).__name__}: {detail}); "
                              "the file is damaged or cut short") from None
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                               for k, v in state.items()):

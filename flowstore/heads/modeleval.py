@@ -106,7 +106,7 @@ def read_model(model_dir) -> dict:
     fusion_path = model_dir / "fusion.json"
     cfg["_fusion"] = None
     if len(cfg["streams"]) > 1 and cfg["fusion"] != "early-concat":
-        cfg["_fusion"] = read_json_file(fusion_path, "the fused model's fusion parameters (fusion.json)")
+        cfg["_fusion"] = read_json_file(fusion_path, "fusion.json (the fused model's fusion parameters)")
         _check_fusions(cfg["_fusion"], cfg, fusion_path)
     elif fusion_path.exists():
         cfg["_fusion"] = read_json_file(fusion_path, "fusion.json")
