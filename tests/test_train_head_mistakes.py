@@ -418,3 +418,19 @@ def test_feature_store_that_does_not_fit_the_head(data, model, tmp_path):
     cut = tmp_path / "cut.h5"
     cut.write_bytes((data / "flow.h5").read_bytes()[:2000])
     _refused("evaluate", "--model", model, "--features", cut, match=r"cut\.h5: cannot open as HDF5")
+
+
+def test_demo_csv_without_class_index_names_its_classes(tmp_path):
+    from flowstore.data.labels import LabelError, read_demo_labels
+
+    path = tmp_path / "labels.csv"
+    path.write_text("video_id,label,class_name,split\nv1,1,run,train\nv2,0,walk,train\nv3,1,run,test\n")
+    assert read_demo_labels(path).classes == ["walk", "run"]
+    path.write_text("video_id,label,class_name,split\nv1,1,run,train\nv2,1,walk,test\n")
+    with pytest.raises(LabelError, match=r"labels.csv:3: label 1 is class 'walk' here but 'run' at .*labels.csv:2"):
+        read_demo_labels(path)
+    path.write_text("video_id,label,class_name,split\nv1,1,run,train\nv2,0,run,test\n")
+    with pytest.raises(LabelError, match=r"labels.csv:3: class 'run' has label 0 here but 1 at"):
+        read_demo_labels(path)
+    path.write_text("video_id,label,class_name,split\nv1,2,run,train\n")  # labels 0 and 1 unnamed: no class list
+    assert read_demo_labels(path).classes is None

@@ -319,7 +319,8 @@ def _name_label(seen: dict, label: int, name: str, where: str) -> None:
     labels is an error (the class names would not mean one thing)."""
     labels, names = seen.setdefault("labels", {}), seen.setdefault("names", {})
     if label in labels and labels[label][0] != name:
-        raise LabelError(f"{where}: label {label} is class {name!r} here but {labels[label][0]!r} at {labels[label][1]}")
+        raise LabelError(f"{where}: label {label} is class {name!r} here but {labels[label][0]!r} "
+                         f"at {labels[label][1]}")
     if name in names and names[name][0] != label:
         raise LabelError(f"{where}: class {name!r} has label {label} here but {names[name][0]} at {names[name][1]}")
     labels.setdefault(label, (name, where))

@@ -102,9 +102,9 @@ class FeatureStore:
                     return f"dataset /{name} is missing"
             if f["features"].ndim != 4:
                 return f"/features must be (N, V, S, D), got shape {f['features'].shape}"
-            count = f.attrs.get("count", 0)
-            if not isinstance(count, (int, np.integer)) or not 0 <= int(count) <= min(len(f[n]) for n in self._DATASETS):
-                return f"count {count!r} does not fit its {min(len(f[n]) for n in self._DATASETS)} rows"
+            count, rows = f.attrs.get("count", 0), min(len(f[n]) for n in self._DATASETS)
+            if not isinstance(count, (int, np.integer)) or not 0 <= int(count) <= rows:
+                return f"count {count!r} does not fit its {rows} rows"
             prov = json.loads(f.attrs["provenance"])
             if not isinstance(prov, dict):
                 return "provenance is not a JSON object"

@@ -204,6 +204,11 @@ def _check_overlap(train_ids, test_ids, allowed: bool, log) -> None:
     log(f"train-head: warning: {msg} (--allow-overlap)")
 
 
+def _names(classes: list[str], k: int = 5) -> str:
+    """The first ``k`` class names (a list), and how many more there are."""
+    return f"{classes[:k]}" + (f" and {len(classes) - k} more" if len(classes) > k else "")
+
+
 def _check_splits(splits: VideoSplits, args: TrainArgs, log) -> None:
     """Report every split that came out empty or without some class.
 
@@ -227,19 +232,18 @@ def _check_splits(splits: VideoSplits, args: TrainArgs, log) -> None:
         held = set(splits.y_val.tolist()) | set(splits.y_test.tolist())
         needed = [c for c in absent if classes.index(c) in held]
         if needed:
-            raise InputError(f"the training split has no videos of class(es) {needed[:5]}"
-                             f"{f' and {len(needed) - 5} more' if len(needed) > 5 else ''}, which the val or test "
+            raise InputError(f"the training split has no videos of class(es) {_names(needed)}, which the val or test "
                              "split holds: the head cannot learn them (check the labels, --val-fraction or "
                              "--group-pattern)")
-        log(f"train-head: warning: class(es) {absent[:5]}{'...' if len(absent) > 5 else ''} have no labelled "
+        log(f"train-head: warning: class(es) {_names(absent)} have no labelled "
             f"videos ({len(absent)} of {len(classes)} classes): the head outputs them but never learns them")
     for name, y in (("validation", splits.y_val), ("test", splits.y_test)):
         if not len(y):
             continue
         lack = [c for c in missing_classes(y, classes) if c not in absent]
         if lack:
-            log(f"train-head: warning: the {name} split has no videos of class(es) {lack[:5]}"
-                f"{f' and {len(lack) - 5} more' if len(lack) > 5 else ''} ({len(lack)} of {len(classes)})")
+            log(f"train-head: warning: the {name} split has no videos of class(es) {_names(lack)} "
+                f"({len(lack)} of {len(classes)})")
     if args.val_fraction > 0 and not splits.has_val:
         log(f"train-head: warning: --val-fraction {args.val_fraction} left the validation split empty "
             "(every class has fewer than 2 videos, or there is one video group); training without one")
@@ -282,19 +286,18 @@ class _HeadTrainer:
             return self._folds
         args, sp = self.args, self.splits
         folds = stratified_folds(sp.y_train, args.fusion_folds, args.seed, sp.train_groups)
+        untrained = set(missing_classes(sp.y_train, sp.classes))  # reported by _check_splits already
         for k in range(args.fusion_folds):
             held = folds == k
             if not held.any():
                 raise InputError(f"--fusion-folds {args.fusion_folds}: fold {k} is empty")
             notes = []
-            unseen = [c for c in missing_classes(sp.y_train[~held], sp.classes)
-                      if c not in missing_classes(sp.y_train, sp.classes)]
+            unseen = [c for c in missing_classes(sp.y_train[~held], sp.classes) if c not in untrained]
             if unseen:
-                notes.append(f"its head never sees class(es) {unseen[:5]}")
-            lack = [c for c in missing_classes(sp.y_train[held], sp.classes)
-                    if c not in missing_classes(sp.y_train, sp.classes)]
+                notes.append(f"its head never sees class(es) {_names(unseen)}")
+            lack = [c for c in missing_classes(sp.y_train[held], sp.classes) if c not in untrained]
             if lack:
-                notes.append(f"it holds no videos of class(es) {lack[:5]}{'...' if len(lack) > 5 else ''}")
+                notes.append(f"it holds no videos of class(es) {_names(lack)}")
             if notes:
                 self.log(f"train-head: warning: fold {k} of {args.fusion_folds}: " + "; ".join(notes))
         self._folds = folds
@@ -343,9 +346,9 @@ def _uses_fusion_folds(streams: list[Stream], splits: VideoSplits, args: TrainAr
         counts = np.bincount(y_tr, minlength=len(splits.classes))
         few = [f"{splits.classes[c]} ({counts[c]})" for c in np.unique(y_tr) if counts[c] < args.fusion_folds]
         if few:
-            raise InputError(f"--fusion-folds {args.fusion_folds}: class(es) {', '.join(few[:5])}"
-                             f"{'...' if len(few) > 5 else ''} have fewer training videos than folds, "
-                             "so some fold would miss them")
+            more = f" and {len(few) - 5} more" if len(few) > 5 else ""
+            raise InputError(f"--fusion-folds {args.fusion_folds}: class(es) {', '.join(few[:5])}{more} have fewer "
+                             "training videos than folds, so some fold would miss them")
     return use_folds
 
 

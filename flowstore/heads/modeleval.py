@@ -2,7 +2,6 @@
 (``flowstore evaluate``): multi-view testing, every fusion the model has, a markdown table."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 

@@ -46,7 +46,8 @@ def align_classes(entries, have, want, what: str, target: str) -> tuple[list, bo
         # the count of stand-in names is 1 + the largest label listed, so fewer is fine
         top = max((e.label for e in entries), default=-1)
         if top >= len(want):
-            raise ClassMismatchError(f"{what} use label {top}, but {target} has {len(want)} classes (0..{len(want) - 1})")
+            raise ClassMismatchError(f"{what} use label {top}, but {target} has {len(want)} classes "
+                                     f"(0..{len(want) - 1})")
         return entries, False
     missing = [c for c in want if c not in have]
     extra = [c for c in have if c not in want]
@@ -215,4 +216,5 @@ def split_validation(labels: np.ndarray, fraction: float, seed: int, groups=None
     return train, val
 
 
-__all__ = ["ClassMismatchError", "LabelSets", "align_classes", "missing_classes", "placeholder_classes", "load_label_sets", "resolve_labels", "split_validation", "stratified_folds", "video_groups"]
+__all__ = ["ClassMismatchError", "LabelSets", "align_classes", "load_label_sets", "missing_classes", "placeholder_classes",
+           "resolve_labels", "split_validation", "stratified_folds", "video_groups"]
