@@ -19,7 +19,12 @@ crops stored by `flowstore features`); the segments of a view are combined by th
 By default each model reads the feature files and labels recorded when it was trained;
 --features (one per stream, single --model only) and --labels override them. The feature
 files must have been made like the training ones (same backbone, weights, sampling, views,
-input values; checked from their provenance) unless --allow-mismatch.
+input values; checked from their provenance) unless --allow-mismatch, and fit the heads
+(feature dimension; segments for a transformer). The labels' classes are matched to the ones
+the model was trained with by name: the same names in another order are remapped, other or
+missing names are an error. Test videos the model was trained or validated on are an error
+unless --allow-overlap. A damaged model directory (a file missing, cut short or not matching
+the others) is an error naming the file.
 
 \b
 Output (--out DIR): DIR/<model>/metrics.json, predictions.csv, confusion.png per model,
@@ -47,11 +52,15 @@ Examples:
 @click.option("--out", "-o", type=click.Path(path_type=str), default=None, help="Output directory.")
 @click.option("--table", type=click.Path(path_type=str), default=None, help="Also write the markdown table here.")
 @click.option("--allow-mismatch", is_flag=True, help="Evaluate even if the features were made differently from the training ones.")
+@click.option("--allow-overlap", is_flag=True,
+              help="With --subset test: evaluate even if some test videos are ones the model was trained or "
+                   "validated on (otherwise an error naming them).")
 @click.option("--device", default=None, help="Torch device (default cpu).")
 @click.option("--threads", type=int, default=1, show_default=True,
               help="Torch CPU threads; heads are small, so more threads mostly add overhead.")
 @user_errors
-def command(models, features, labels, test_labels, classes, split, subset, views, out, table, allow_mismatch, device, threads):
+def command(models, features, labels, test_labels, classes, split, subset, views, out, table, allow_mismatch, allow_overlap,
+            device, threads):
     import torch
 
     from ..heads.modeleval import accuracy_table, evaluate_model
@@ -73,7 +82,7 @@ def command(models, features, labels, test_labels, classes, split, subset, views
     for model, name in zip(models, names):
         res = evaluate_model(model, features=list(features) or None, label_sets=label_sets, subset=subset,
                              views=views, out=None if out is None else Path(out) / name,
-                             allow_mismatch=allow_mismatch, device=device or "cpu",
+                             allow_mismatch=allow_mismatch, allow_overlap=allow_overlap, device=device or "cpu",
                              log=lambda m: click.echo(m, err=True))
         rows += res["rows"]
         results.append({k: v for k, v in res.items() if k not in ("per_class_accuracy", "confusion_matrix")})

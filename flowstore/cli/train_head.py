@@ -23,6 +23,12 @@ training video contributes one of its views (--train-views random); testing aver
 softmax scores over all views. A stratified --val-fraction of the training videos is held
 out for early stopping, the best epoch and fitting the fusion.
 
+Checks before training: a video in both the training and the test labels is an error
+(--allow-overlap trains anyway); so is a training split without a class that the val or test
+split holds. A split or --fusion-folds fold that comes out empty or without some class is
+reported as a warning. Class names are recorded (config.json, head.json); `flowstore evaluate`
+matches labels to them by name.
+
 \b
 Labels (--labels):
   labels.csv            the demo dataset's video_id,label,class_name,split (train/test rows)
@@ -88,6 +94,9 @@ Examples:
               help="Training views: one random view per video and epoch, every view, or only the first.")
 @click.option("--no-l2-normalize", is_flag=True, help="Do not L2-normalise each segment's features in the head.")
 @click.option("--svm-c", type=float, default=1.0, show_default=True, help="C of the SVM fusion.")
+@click.option("--allow-overlap", is_flag=True,
+              help="Train even if some videos are in both the training and the test labels (otherwise an "
+                   "error naming them: their test accuracy would measure memory).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split, initialisation and shuffling.")
 @click.option("--device", default=None, help="Torch device (default cpu).")
 @click.option("--threads", type=int, default=1, show_default=True,
@@ -96,7 +105,8 @@ Examples:
 @user_errors
 def command(features, names, labels, test_labels, classes, split, out, head, fusion, hidden, dropout, dim, layers,
             attention_heads, pooling, epochs, lr, weight_decay, batch_size, schedule, cycle_epochs, class_weighted,
-            early_stopping, monitor, val_fraction, fusion_folds, group_pattern, train_views, no_l2_normalize, svm_c, seed, device, gpu, threads):
+            early_stopping, monitor, val_fraction, fusion_folds, group_pattern, train_views, no_l2_normalize, svm_c, allow_overlap,
+            seed, device, gpu, threads):
     import torch
 
     from ..heads.modeldir import TrainArgs, train_model
@@ -124,7 +134,8 @@ def command(features, names, labels, test_labels, classes, split, out, head, fus
                      weight_decay=weight_decay, batch_size=batch_size, class_weighted=class_weighted,
                      schedule=schedule, cycle_epochs=cycle_epochs, early_stopping=early_stopping, monitor=monitor,
                      seed=seed, l2_normalize=not no_l2_normalize, train_views=train_views,
-                     val_fraction=val_fraction, fusion_folds=fusion_folds, group_pattern=group_pattern, svm_c=svm_c, device=device)
+                     val_fraction=val_fraction, fusion_folds=fusion_folds, group_pattern=group_pattern, svm_c=svm_c, device=device,
+                     allow_overlap=allow_overlap)
     label_sets = load_label_sets(labels, test_labels=test_labels, classes=classes, split=split)
     streams = open_streams(features, list(names) or None)
     try:

@@ -272,7 +272,9 @@ def read_demo_labels(path, split: str | None = None, class_index=None) -> Annota
     """The demo dataset's ``labels.csv`` (``video_id,label,class_name,split``; label 0-based).
 
     The class names are checked against ``class_index`` (default: ``classInd.txt`` beside the
-    file, when it exists). ``split`` keeps only ``train`` or ``test`` rows.
+    file, when it exists). Without one they come from the ``class_name`` column (each label one
+    name, each name one label; labels 0..N-1 all present), so the classes are known by name.
+    ``split`` keeps only ``train`` or ``test`` rows.
     """
     path = Path(path)
     if class_index is None and (path.parent / "classInd.txt").exists():
@@ -282,7 +284,7 @@ def read_demo_labels(path, split: str | None = None, class_index=None) -> Annota
         fh = open(path, newline="", encoding="utf-8-sig")
     except FileNotFoundError:
         raise LabelError(f"label file not found: {path}") from None
-    entries = []
+    entries, named = [], {}
     with fh:
         reader = csv.reader(fh)
         header = next(reader, None)
@@ -303,9 +305,26 @@ def read_demo_labels(path, split: str | None = None, class_index=None) -> Annota
                                  f"({classes[label]!r} in {class_index})")
             if row_split not in ("train", "test"):
                 raise LabelError(f"{where}: split must be 'train' or 'test', got {row_split!r}")
+            if classes is None:
+                _name_label(named, label, name, where)
             if split is None or row_split == split:
                 entries.append(LabelEntry(video, label, where, split=row_split))
+    if classes is None and named and sorted(named["labels"]) == list(range(len(named["labels"]))):
+        classes = [named["labels"][i][0] for i in range(len(named["labels"]))]
     return Annotations(entries, classes, str(path))
+
+
+def _name_label(seen: dict, label: int, name: str, where: str) -> None:
+    """Record ``label <-> name`` of a demo csv row; a label with two names or a name with two
+    labels is an error (the class names would not mean one thing)."""
+    labels, names = seen.setdefault("labels", {}), seen.setdefault("names", {})
+    if label in labels and labels[label][0] != name:
+        raise LabelError(f"{where}: label {label} is class {name!r} here but {labels[label][0]!r} "
+                         f"at {labels[label][1]}")
+    if name in names and names[name][0] != label:
+        raise LabelError(f"{where}: class {name!r} has label {label} here but {names[name][0]} at {names[name][1]}")
+    labels.setdefault(label, (name, where))
+    names.setdefault(name, (label, where))
 
 
 def as_label_map(labels, videos: Iterable[str], store_name: str = "the store") -> tuple[list[str], dict[str, int]]:

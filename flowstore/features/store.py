@@ -84,6 +84,35 @@ class FeatureStore:
                 self._f.close()
                 raise FeatureStoreError(f"{self.path} has feature-store version {self._f.attrs['version']}; "
                                         f"this flowstore reads <= {VERSION}")
+            problem = self._layout_problem()
+            if problem:
+                self._f.close()
+                raise FeatureStoreError(f"{self.path}: {problem}; the file is damaged "
+                                        "(make it again with `flowstore features`)")
+
+    _DATASETS = ("videos", "features", "starts", "num_items", "entry_sha256")
+
+    def _layout_problem(self) -> str | None:
+        """What breaks the layout above (a dataset missing, ``count`` past the rows, provenance
+        that is not a JSON object), or None."""
+        f = self._f
+        try:
+            for name in self._DATASETS:
+                if name not in f:
+                    return f"dataset /{name} is missing"
+            if f["features"].ndim != 4:
+                return f"/features must be (N, V, S, D), got shape {f['features'].shape}"
+            count, rows = f.attrs.get("count", 0), min(len(f[n]) for n in self._DATASETS)
+            if not isinstance(count, (int, np.integer)) or not 0 <= int(count) <= rows:
+                return f"count {count!r} does not fit its {rows} rows"
+            prov = json.loads(f.attrs["provenance"])
+            if not isinstance(prov, dict):
+                return "provenance is not a JSON object"
+        except KeyError as exc:
+            return f"attribute {exc} is missing"
+        except (OSError, ValueError, TypeError) as exc:  # unreadable metadata, provenance not JSON
+            return f"cannot read its metadata ({exc})"
+        return None
 
     # -- reading -------------------------------------------------------------------------
     @property
@@ -127,7 +156,10 @@ class FeatureStore:
             return np.zeros((0, *ds.shape[1:]), ds.dtype)
         uniq, inverse = np.unique(rows, return_inverse=True)
         # many rows: one contiguous read is faster than h5py's point selection
-        data = ds[:n][uniq] if 2 * len(uniq) > n else ds[uniq]
+        try:
+            data = ds[:n][uniq] if 2 * len(uniq) > n else ds[uniq]
+        except OSError as exc:  # a file cut short or changed after its metadata
+            raise FeatureStoreError(f"{self.path}: cannot read the features ({exc}); the file is damaged") from None
         return data[inverse]
 
     def starts(self) -> np.ndarray:

@@ -19,7 +19,7 @@ _EXPORTS = {
     "early_concat": "fusion",
     "predict_scores": "evaluate", "metrics": "evaluate", "write_predictions_csv": "evaluate",
     "plot_confusion": "plots", "plot_curves": "plots",
-    "save_head": "io", "load_head": "io", "read_head_config": "io",
+    "save_head": "io", "load_head": "io", "read_head_config": "io", "ModelFileError": "io",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, UnknownNameError
-from .splits import LabelSets, resolve_labels, split_validation, stratified_folds, video_groups
+from .splits import (LabelSets, missing_classes, resolve_labels, split_validation, stratified_folds,
+                     video_groups)
 from .streams import Stream, stream_features
 from ..io import atomic_write_text
 
@@ -105,6 +106,7 @@ class TrainArgs:
     group_pattern: str | None = None
     svm_c: float = 1.0
     device: str = "cpu"
+    allow_overlap: bool = False
 
 
 def write_json(path: Path, obj) -> None:
@@ -168,6 +170,7 @@ def split_videos(streams: list[Stream], label_sets: LabelSets, args: TrainArgs, 
                            f"e.g. {missing[:3]}")
     if len(classes) < int(max(y_all.max(initial=0), y_test.max(initial=0))) + 1:
         raise InputError("labels exceed the number of classes")
+    _check_overlap(vids_all, test_vids, args.allow_overlap, log)
     groups = video_groups(vids_all, args.group_pattern)
     tr_idx, val_idx = split_validation(y_all, args.val_fraction, args.seed, groups)
     splits = VideoSplits(classes=classes, train=[vids_all[i] for i in tr_idx], val=[vids_all[i] for i in val_idx],
@@ -175,9 +178,78 @@ def split_videos(streams: list[Stream], label_sets: LabelSets, args: TrainArgs, 
                          train_groups=None if groups is None else [groups[i] for i in tr_idx])
     if not splits.has_val and args.early_stopping:
         raise InputError("--early-stopping needs a validation split (--val-fraction > 0)")
+    _check_splits(splits, args, log)
     log(f"train-head: {len(splits.train)} train, {len(splits.val)} val, {len(splits.test)} test videos; "
         f"{len(classes)} classes; streams {[s.name for s in streams]}")
     return splits
+
+
+def overlap_message(first: str, first_ids, second: str, second_ids) -> str | None:
+    """What to say about the videos of ``first_ids`` that are also in ``second_ids`` (None: none are)."""
+    seen = set(second_ids)
+    both = sorted({v for v in first_ids if v in seen})
+    if not both:
+        return None
+    return (f"{len(both)} video(s) are in both the {first} and the {second} split, e.g. {both[:3]}: "
+            "their accuracy measures memory, not generalisation")
+
+
+def _check_overlap(train_ids, test_ids, allowed: bool, log) -> None:
+    """A video in both the training and the test labels is an error unless ``--allow-overlap``."""
+    msg = overlap_message("training", train_ids, "test", test_ids)
+    if msg is None:
+        return
+    if not allowed:
+        raise InputError(f"{msg}; fix the label files or pass --allow-overlap")
+    log(f"train-head: warning: {msg} (--allow-overlap)")
+
+
+def _names(classes: list[str], k: int = 5) -> str:
+    """The first ``k`` class names (a list), and how many more there are."""
+    return f"{classes[:k]}" + (f" and {len(classes) - k} more" if len(classes) > k else "")
+
+
+def _check_splits(splits: VideoSplits, args: TrainArgs, log) -> None:
+    """Report every split that came out empty or without some class.
+
+    * train empty: an error (there is nothing to fit). Train without a class that the val or
+      test split holds: an error -- the head can never predict a class it never saw, so every
+      such video counts as wrong and the reported accuracy measures the split, not the head.
+      A class with no labelled video anywhere (a class list longer than the labels): a
+      warning -- the head outputs it untrained, but no reported number depends on it.
+    * val empty although --val-fraction asked for one: a warning -- training goes on without
+      (last epoch, fusions fitted as without validation), which is what the messages say.
+      Val without some class: a warning -- the best epoch and the fusions are chosen without it.
+    * test empty: a warning -- the metrics are then on val (or train), and metrics.json and
+      the result line name that split, so the number is not silently wrong. Test without some
+      class: a warning -- its per-class accuracy is None and the mean class accuracy leaves it out.
+    """
+    classes = splits.classes
+    if not len(splits.train):
+        raise InputError("the training split is empty: no labelled training video is left after the validation split")
+    absent = missing_classes(splits.y_train, classes)
+    if absent:
+        held = set(splits.y_val.tolist()) | set(splits.y_test.tolist())
+        needed = [c for c in absent if classes.index(c) in held]
+        if needed:
+            raise InputError(f"the training split has no videos of class(es) {_names(needed)}, which the val or test "
+                             "split holds: the head cannot learn them (check the labels, --val-fraction or "
+                             "--group-pattern)")
+        log(f"train-head: warning: class(es) {_names(absent)} have no labelled "
+            f"videos ({len(absent)} of {len(classes)} classes): the head outputs them but never learns them")
+    for name, y in (("validation", splits.y_val), ("test", splits.y_test)):
+        if not len(y):
+            continue
+        lack = [c for c in missing_classes(y, classes) if c not in absent]
+        if lack:
+            log(f"train-head: warning: the {name} split has no videos of class(es) {_names(lack)} "
+                f"({len(lack)} of {len(classes)})")
+    if args.val_fraction > 0 and not splits.has_val:
+        log(f"train-head: warning: --val-fraction {args.val_fraction} left the validation split empty "
+            "(every class has fewer than 2 videos, or there is one video group); training without one")
+    if not splits.has_test:
+        where = "validation" if splits.has_val else "TRAINING (optimistic)"
+        log(f"train-head: warning: the test split is empty: the metrics are on the {where} videos")
 
 
 class _HeadTrainer:
@@ -205,10 +277,36 @@ class _HeadTrainer:
                      + (f", val top-1 {val_acc:.3f}" if val_acc is not None else ""))
         return res
 
+    def folds(self) -> np.ndarray:
+        """The fold of every training video (``--fusion-folds``), checked once: an empty fold is an
+        error; a fold without some class, or whose complement (what its head is trained on) lacks
+        one, is a warning -- the out-of-fold scores of those videos are weaker guesses, but every
+        video still gets one, so the fusion fitted on them is not meaningless."""
+        if getattr(self, "_folds", None) is not None:
+            return self._folds
+        args, sp = self.args, self.splits
+        folds = stratified_folds(sp.y_train, args.fusion_folds, args.seed, sp.train_groups)
+        untrained = set(missing_classes(sp.y_train, sp.classes))  # reported by _check_splits already
+        for k in range(args.fusion_folds):
+            held = folds == k
+            if not held.any():
+                raise InputError(f"--fusion-folds {args.fusion_folds}: fold {k} is empty")
+            notes = []
+            unseen = [c for c in missing_classes(sp.y_train[~held], sp.classes) if c not in untrained]
+            if unseen:
+                notes.append(f"its head never sees class(es) {_names(unseen)}")
+            lack = [c for c in missing_classes(sp.y_train[held], sp.classes) if c not in untrained]
+            if lack:
+                notes.append(f"it holds no videos of class(es) {_names(lack)}")
+            if notes:
+                self.log(f"train-head: warning: fold {k} of {args.fusion_folds}: " + "; ".join(notes))
+        self._folds = folds
+        return folds
+
     def out_of_fold(self, name, x_tr, x_val) -> np.ndarray:
         """Scores of every training video from a head trained without its fold."""
         args, y_tr = self.args, self.splits.y_train
-        folds = stratified_folds(y_tr, args.fusion_folds, args.seed, self.splits.train_groups)
+        folds = self.folds()
         oof = np.zeros((len(y_tr), len(self.splits.classes)), np.float32)
         for k in range(args.fusion_folds):
             held = folds == k
@@ -244,8 +342,13 @@ def _uses_fusion_folds(streams: list[Stream], splits: VideoSplits, args: TrainAr
     if args.fusion_folds == 1 or args.fusion_folds < 0:
         raise InputError("--fusion-folds must be 0 (fit fusions on the validation split) or >= 2")
     y_tr = splits.y_train
-    if use_folds and splits.train_groups is None and min(np.bincount(y_tr)[np.unique(y_tr)]) < args.fusion_folds:
-        raise InputError(f"--fusion-folds {args.fusion_folds}: some class has fewer training videos than folds")
+    if use_folds and splits.train_groups is None:
+        counts = np.bincount(y_tr, minlength=len(splits.classes))
+        few = [f"{splits.classes[c]} ({counts[c]})" for c in np.unique(y_tr) if counts[c] < args.fusion_folds]
+        if few:
+            more = f" and {len(few) - 5} more" if len(few) > 5 else ""
+            raise InputError(f"--fusion-folds {args.fusion_folds}: class(es) {', '.join(few[:5])}{more} have fewer "
+                             "training videos than folds, so some fold would miss them")
     return use_folds
 
 

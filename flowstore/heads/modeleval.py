@@ -2,35 +2,146 @@
 (``flowstore evaluate``): multi-view testing, every fusion the model has, a markdown table."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from ..errors import InputError, MissingFileError
-from .modeldir import apply_fusion, short_metrics, write_json
-from .splits import LabelSets, load_label_sets, resolve_labels
+from .modeldir import apply_fusion, overlap_message, short_metrics, write_json
+from .splits import LabelSets, align_classes, load_label_sets, resolve_labels
 from .streams import open_streams, stream_features
 
 __all__ = ["accuracy_table", "evaluate_model", "read_model"]
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_config(cfg: dict, path: Path) -> None:
+    """The keys of a model directory's config.json that evaluation uses, with their types; a
+    head file name is a plain name inside the directory."""
+    from .fusion import FUSIONS
+    from .io import ModelFileError
+
+    def bad(what):
+        return ModelFileError(f"{path}: {what}; the model directory is damaged (train it again)")
+
+    classes = cfg.get("classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise bad("'classes' must be a non-empty list of class names")
+    if len(set(classes)) != len(classes):
+        raise bad("'classes' names a class twice")
+    for key in ("head", "fusion"):
+        if not isinstance(cfg.get(key), str):
+            raise bad(f"{key!r} must be a name")
+    if cfg["fusion"] not in FUSIONS:
+        raise bad(FUSIONS.unknown(cfg["fusion"]).message)
+    streams = cfg.get("streams")
+    if not isinstance(streams, list) or not streams:
+        raise bad("'streams' must be a non-empty list")
+    for i, st in enumerate(streams):
+        if not isinstance(st, dict) or not all(isinstance(st.get(k), str) for k in ("name", "features", "head")) \
+                or not isinstance(st.get("settings"), dict):
+            raise bad(f"streams[{i}] must have a name, features, head and settings")
+        h = st["head"]
+        if not (h == "head" or h.startswith("head_")) or "/" in h or "\\" in h or ".." in h:
+            raise bad(f"streams[{i}].head {h!r} is not a head file name of the directory")
+    if not isinstance(cfg.get("labels"), dict):
+        raise bad("'labels' must be an object")
+    splits = cfg.get("splits")
+    if not isinstance(splits, dict) or not all(isinstance(splits.get(k), list) for k in ("train", "val", "test")):
+        raise bad("'splits' must hold the train, val and test video lists")
+
+
+def _check_fusions(doc: dict, cfg: dict, path: Path) -> None:
+    """fusion.json holds the chosen fusion, and every fusion's parameters fit the streams and classes."""
+    from .io import ModelFileError
+
+    fusions = doc.get("fusions")
+    if not isinstance(fusions, dict):
+        raise ModelFileError(f"{path}: 'fusions' must be an object")
+    if cfg["fusion"] not in fusions:
+        raise ModelFileError(f"{path} has no parameters of the model's fusion {cfg['fusion']!r} "
+                             f"(it has {sorted(fusions)})")
+    k, c = len(cfg["streams"]), len(cfg["classes"])
+    for name, st in fusions.items():
+        where = f"{path}: fusion {name!r}"
+        if not isinstance(st, dict) or st.get("name") != name:
+            raise ModelFileError(f"{where} must be an object with its name")
+        if name == "late-weighted":
+            w = st.get("weights")
+            if not isinstance(w, list) or len(w) != k or not all(_is_number(x) for x in w):
+                raise ModelFileError(f"{where}: 'weights' must be {k} numbers, one per stream")
+        elif name == "svm":
+            cls, coef, icpt = st.get("classes"), st.get("coef"), st.get("intercept")
+            if not isinstance(cls, list) or len(cls) < 2 or not all(_is_int(x) and 0 <= x < c for x in cls) \
+                    or len(set(cls)) != len(cls):
+                raise ModelFileError(f"{where}: 'classes' must be two or more distinct class numbers below {c}")
+            rows = 1 if len(cls) == 2 else len(cls)
+            if not isinstance(coef, list) or len(coef) != rows or not all(
+                    isinstance(r, list) and len(r) == k * c and all(_is_number(x) for x in r) for r in coef):
+                raise ModelFileError(f"{where}: 'coef' must be {rows} x {k * c} numbers ({k} streams x {c} classes)")
+            if not isinstance(icpt, list) or len(icpt) != rows or not all(_is_number(x) for x in icpt):
+                raise ModelFileError(f"{where}: 'intercept' must be {rows} numbers")
+
+
 def read_model(model_dir) -> dict:
+    """A model directory's config.json (checked), with its fusion.json at ``_fusion`` (None when
+    the model has no score-level fusion) and the directory at ``_dir``."""
+    from .io import read_json_file
+
     model_dir = Path(os.fspath(model_dir))
     cfg_path = model_dir / "config.json"
     if not cfg_path.is_file():
         raise MissingFileError(f"{model_dir} is not a train-head output directory (no config.json)")
-    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    cfg = read_json_file(cfg_path, "model config")
     if cfg.get("format") != "flowstore-train-head":
         raise InputError(f"{cfg_path} is not a flowstore train-head config")
+    _check_config(cfg, cfg_path)
     fusion_path = model_dir / "fusion.json"
-    cfg["_fusion"] = json.loads(fusion_path.read_text(encoding="utf-8")) if fusion_path.exists() else None
+    cfg["_fusion"] = None
+    if len(cfg["streams"]) > 1 and cfg["fusion"] != "early-concat":
+        cfg["_fusion"] = read_json_file(fusion_path, "fusion.json (the fused model's fusion parameters)")
+        _check_fusions(cfg["_fusion"], cfg, fusion_path)
+    elif fusion_path.exists():
+        cfg["_fusion"] = read_json_file(fusion_path, "fusion.json")
     cfg["_dir"] = str(model_dir)
     return cfg
 
 
+def _load_checked_head(path: Path, classes: list[str], streams, target: str):
+    """Load head ``path`` and check that it outputs the model's classes and takes the features
+    of ``streams`` (their dimensions concatenated for early-concat; the segment count for the
+    transformer, which needs it exactly)."""
+    from .io import ModelFileError, load_head, read_head_config
+
+    head = load_head(path)
+    cfg = head.config
+    recorded = read_head_config(path)["extra"].get("classes")
+    if cfg["num_classes"] != len(classes):
+        raise ModelFileError(f"{path}.json: the head has {cfg['num_classes']} outputs but config.json names "
+                             f"{len(classes)} classes; the model directory is damaged or mixed up")
+    if recorded is not None and recorded != classes:
+        raise ModelFileError(f"{path}.json records the classes {recorded[:5]}... but config.json {classes[:5]}...; "
+                             "the model directory is mixed up")
+    dims = [s.store.shape[3] for s in streams]
+    if sum(dims) != cfg["in_dim"]:
+        got = " + ".join(f"{d} ({s.name}: {s.path})" for d, s in zip(dims, streams))
+        raise InputError(f"features of dimension {got} do not fit {target}, trained on dimension {cfg['in_dim']}")
+    segs = {s.store.shape[2] for s in streams}
+    if cfg["name"] == "transformer" and segs != {cfg["num_segments"]}:
+        raise InputError(f"features with {sorted(segs)} segment(s) do not fit {target}, a transformer head built "
+                         f"for {cfg['num_segments']} segments ({', '.join(s.path for s in streams)})")
+    return head
+
+
 def evaluate_model(model_dir, *, features=None, label_sets: LabelSets | None = None, subset: str = "test",
-                   views: int | None = None, out=None, allow_mismatch: bool = False, device: str = "cpu",
-                   log=print) -> dict:
+                   views: int | None = None, out=None, allow_mismatch: bool = False, allow_overlap: bool = False,
+                   device: str = "cpu", log=print) -> dict:
     """Score videos with a trained model directory: multi-view testing (softmax averaged over
     views; segments are combined by the head), then every fusion the model has.
 
@@ -39,9 +150,12 @@ def evaluate_model(model_dir, *, features=None, label_sets: LabelSets | None = N
     ``val`` (the recorded validation videos), ``train`` or ``all`` (train + test).
     Returns ``{"model", "subset", "views", "rows": [...], "metrics": {...}}``; with ``out``
     writes metrics.json, predictions.csv and confusion.png there.
+
+    The labels' classes are matched to the model's by name (another order is remapped; other
+    names are an error), and ``subset="test"`` videos the model was trained or validated on are
+    an error unless ``allow_overlap``.
     """
     from .evaluate import metrics, predict_scores, write_predictions_csv
-    from .io import load_head
     from .plots import plot_confusion
 
     cfg = read_model(model_dir)
@@ -62,8 +176,11 @@ def evaluate_model(model_dir, *, features=None, label_sets: LabelSets | None = N
                                  + "\n  ".join(_diff(rec["settings"], s.digest())))
         if label_sets is None:
             src = cfg["labels"]
+            if not isinstance(src.get("labels"), str):
+                raise InputError(f"{model_dir}/config.json records no label file; pass --labels")
             label_sets = load_label_sets(src["labels"], test_labels=src.get("test_labels"),
                                          classes=src.get("classes"), split=src.get("split", 1))
+        label_sets = _match_classes(label_sets, classes, model_dir, log)
         ids = streams[0].store.videos
         if subset == "val":
             wanted = set(cfg["splits"]["val"])
@@ -80,17 +197,26 @@ def evaluate_model(model_dir, *, features=None, label_sets: LabelSets | None = N
             if not entries:
                 raise InputError(f"no {subset} videos in the labels")
             names, y = resolve_labels(entries, ids, streams[0].path)
+        if subset == "test":
+            seen = list(cfg["splits"]["train"]) + list(cfg["splits"]["val"])
+            msg = overlap_message("model's training (or validation)", seen, "evaluated test", names)
+            if msg and not allow_overlap:
+                raise InputError(f"{msg}; evaluate other videos or pass --allow-overlap")
+            if msg:
+                log(f"evaluate: warning: {msg} (--allow-overlap)")
         fusion = cfg["fusion"]
         if fusion == "early-concat":
             from .fusion import early_concat
 
+            head = _load_checked_head(model_dir / "head", classes, streams, f"the early-concat head of {model_dir}")
             x = early_concat([stream_features(s, names, views) for s in streams])
-            probs = {"head": predict_scores(load_head(model_dir / "head"), x, device=device)}
+            probs = {"head": predict_scores(head, x, device=device)}
             stream_probs = []
         else:
             stream_probs = []
             for s, rec in zip(streams, recorded):
-                head = load_head(model_dir / rec["head"])
+                head = _load_checked_head(model_dir / rec["head"], classes, [s],
+                                          f"the {rec['name']} head of {model_dir}")
                 stream_probs.append(predict_scores(head, stream_features(s, names, views), device=device))
             probs = {}
         n_views = stream_features(streams[0], names[:1], views).shape[1] if names else 0
@@ -133,6 +259,18 @@ def evaluate_model(model_dir, *, features=None, label_sets: LabelSets | None = N
     finally:
         for s in streams:
             s.store.close()
+
+
+def _match_classes(label_sets: LabelSets, classes: list[str], model_dir: Path, log) -> LabelSets:
+    """``label_sets`` relabelled to the model's class list by name (see :func:`align_classes`)."""
+    src = label_sets.source.get("labels") if isinstance(label_sets.source, dict) else None
+    what = f"the labels {src}" if src else "the labels"
+    target = f"the model {model_dir}"
+    train, moved = align_classes(label_sets.train, label_sets.classes, classes, what, target)
+    test, moved_test = align_classes(label_sets.test, label_sets.classes, classes, what, target)
+    if moved or moved_test:
+        log(f"evaluate: {what} list the model's classes in another order; matched by name")
+    return LabelSets(train=train, test=test, classes=list(classes), source=label_sets.source)
 
 
 def _row(model, streams, head, fusion, m, views, chosen, weights=None) -> dict:

@@ -4,6 +4,7 @@ drawn from the training videos, per class or by video group (:func:`split_valida
 :func:`stratified_folds`, :func:`video_groups`)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,65 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+
+
+class ClassMismatchError(InputError):
+    """Labels whose class names are not the ones a head was trained with (matched by name)."""
+
+
+def placeholder_classes(names) -> bool:
+    """Whether ``names`` are the stand-ins ``"0" .. "N-1"`` given to labels that name no classes
+    (an mmaction2 list without ``--classes``): their labels can only be matched by number."""
+    names = list(names)
+    return names == [str(i) for i in range(len(names))]
+
+
+def _some(names, k: int = 5) -> str:
+    names = list(names)
+    return ", ".join(map(repr, names[:k])) + (f" and {len(names) - k} more" if len(names) > k else "")
+
+
+def align_classes(entries, have, want, what: str, target: str) -> tuple[list, bool]:
+    """``entries`` (labels numbered by the class list ``have``) relabelled to the class list
+    ``want`` by class NAME; returns ``(entries, reordered)``.
+
+    The same names in another order are remapped. Names missing from ``have`` or not in ``want``
+    are a :class:`ClassMismatchError` naming them (``what``: the labels, ``target``: what was
+    trained on ``want``). Labels that name no classes can only be numbers: they are kept when
+    ``want`` names none either and every label is one of its classes."""
+    have, want = list(have), list(want)
+    entries = list(entries)
+    if have == want:
+        return entries, False
+    if placeholder_classes(have) and placeholder_classes(want):
+        # the count of stand-in names is 1 + the largest label listed, so fewer is fine
+        top = max((e.label for e in entries), default=-1)
+        if top >= len(want):
+            raise ClassMismatchError(f"{what} use label {top}, but {target} has {len(want)} classes "
+                                     f"(0..{len(want) - 1})")
+        return entries, False
+    missing = [c for c in want if c not in have]
+    extra = [c for c in have if c not in want]
+    if missing or extra or len(have) != len(want):
+        parts = []
+        if missing:
+            parts.append(f"missing {_some(missing)}")
+        if extra:
+            parts.append(f"not trained on {_some(extra)}")
+        if not parts:  # the same names but one listed twice
+            parts.append(f"{len(have)} classes for {len(want)}")
+        hint = (" (these labels name no classes: pass --classes classInd.txt)" if placeholder_classes(have)
+                else "")
+        raise ClassMismatchError(f"{what} do not have the classes {target} was trained with "
+                                 f"(classes are matched by name): {'; '.join(parts)}{hint}")
+    index = {c: i for i, c in enumerate(want)}
+    return [dataclasses.replace(e, label=index[have[e.label]]) for e in entries], True
+
+
+def missing_classes(labels: np.ndarray, classes) -> list[str]:
+    """The names of ``classes`` that no label in ``labels`` has."""
+    present = set(np.asarray(labels, np.int64).tolist())
+    return [c for i, c in enumerate(classes) if i not in present]
 
 
 @dataclass
@@ -64,6 +124,12 @@ def load_label_sets(labels, *, test_labels=None, classes=None, split: int = 1) -
         tp = Path(os.fspath(test_labels))
         te = (L.read_demo_labels(tp, split="test") if tp.suffix.lower() == ".csv"
               else L.read_mmaction_list(tp, classes if classes is not None else tr.classes))
+        if not len(te):
+            raise L.LabelError(f"{tp}: no test videos")
+        if te.classes is not None and tr.classes is not None:
+            # a test csv numbers its classes by its own classInd.txt: match them by name
+            ents, _ = align_classes(te, te.classes, tr.classes, f"test labels {tp}", f"the training labels {path}")
+            te = L.Annotations(ents, tr.classes, te.source)
     names = tr.classes or te.classes
     if names is None:
         n = 1 + max([e.label for e in list(tr) + list(te)], default=-1)
@@ -150,4 +216,5 @@ def split_validation(labels: np.ndarray, fraction: float, seed: int, groups=None
     return train, val
 
 
-__all__ = ["LabelSets", "load_label_sets", "resolve_labels", "split_validation", "stratified_folds", "video_groups"]
+__all__ = ["ClassMismatchError", "LabelSets", "align_classes", "load_label_sets", "missing_classes", "placeholder_classes",
+           "resolve_labels", "split_validation", "stratified_folds", "video_groups"]
