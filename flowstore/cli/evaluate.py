@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..io import atomic_write_text
 from .common import user_errors
 
 HELP = """Evaluate trained heads (output directories of `flowstore train-head`) with multi-view
@@ -93,8 +94,8 @@ def command(models, features, labels, test_labels, classes, split, subset, views
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
         targets.append(Path(out) / "table.md")
-        (Path(out) / "summary.json").write_text(json.dumps({"subset": subset, "rows": rows, "models": results},
-                                                           indent=1) + "\n", encoding="utf-8")
+        atomic_write_text(Path(out) / "summary.json",
+                          json.dumps({"subset": subset, "rows": rows, "models": results}, indent=1) + "\n")
     for t in targets:
         t.parent.mkdir(parents=True, exist_ok=True)
-        t.write_text(text + "\n", encoding="utf-8")
+        atomic_write_text(t, text + "\n")
