@@ -50,7 +50,7 @@ _EXT_CODEC = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png"}
 _MAGIC = {"jpeg": b"\xff\xd8\xff", "png": b"\x89PNG\r\n\x1a\n"}
 
 
-class ImportFailure(Exception):
+class ImportFailure(InputError):
     """One video cannot be imported (becomes a line of failures.jsonl)."""
 
 
