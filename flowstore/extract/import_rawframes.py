@@ -27,20 +27,19 @@ import string
 import time
 from pathlib import Path
 
-import numpy as np
 
 from ..codec import decode_gray, decode_rgb
 from ..decode import Resize
 from ..errors import InputError, StoreWriteError
 from ..quantize import QuantSpec
-from ..store.backend import BACKENDS, writer_class
+from ..store.backend import BACKENDS
 from ..store.format import FLOW_X, FLOW_Y, MAX_RECORDS_PER_VIDEO, RGB, VideoEntry, check_video_id
 from ..store.records import FLOW_COMPONENTS
-from ..store.writer import ShardAllocator, StoreLock, StoreWriter, describe_os_error, describe_storage_error
+from ..store.writer import ShardAllocator, StoreLock, StoreWriter, describe_os_error
 from .config import DEFAULT_SHARD_SIZE
 from .plan import VideoJob
 from .run import ExtractSummary, check_writable, choose_todo, commit_result
-from .worker import GuardedShardWriter, VideoResult
+from .worker import VideoResult, open_next_shard
 
 RGB_TMPL = "img_{:05d}.jpg"
 #: flow templates tried in this order when none is given: mmaction2/denseflow, then x_/y_
@@ -157,7 +156,7 @@ def video_files(folder: Path, rgb: re.Pattern, flow: re.Pattern) -> tuple[list[s
     first = min(frames)
     if first not in (0, 1):
         raise ImportFailure(f"the first RGB frame is number {first}; trees number from 0 or 1")
-    n_frames = _check_numbers(frames, first, "RGB frames")
+    _check_numbers(frames, first, "RGB frames")
     counts = {kind: _check_numbers(flows[kind], first, f"flow_{COMPONENT_NAMES[kind]}") if flows[kind] else 0
               for kind in flows}
     if counts[FLOW_X] != counts[FLOW_Y]:
@@ -217,11 +216,7 @@ def import_video(job: VideoJob, cfg: ImportConfig, flow_tmpl: str, allocator: Sh
         return VideoResult(job.id, job.path, reason=str(exc))
     except OSError as exc:
         return VideoResult(job.id, job.path, reason=f"cannot read: {exc.strerror or exc}")
-    try:
-        shard = allocator.shard_for_next_video()
-    except OSError as exc:
-        raise StoreWriteError(describe_storage_error(exc, str(allocator.dir))) from exc
-    writer = GuardedShardWriter(writer_class(cfg.backend)(str(shard)), str(shard))
+    shard, writer = open_next_shard(allocator)
     size, nbytes = None, 0
     try:
         writer.begin_video(job.id)
