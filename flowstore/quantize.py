@@ -27,7 +27,11 @@ from .errors import InputError
 from .registry import Registry
 
 LEVELS = 255  # q in 0..255
-ROUNDING = "half_to_even"  # np.rint; never truncation
+ROUNDING = "half_to_even"  # np.rint: what flowstore writes
+#: roundings a ``bound`` store may declare: flowstore and denseflow round half to even;
+#: ``truncate`` is for stores imported from tools that cast with ``astype(np.uint8)`` (mmaction2's
+#: tools/misc/flow_extraction.py), read back at the centre of each level (docs/FORMAT.md, section 7)
+ROUNDINGS = ("half_to_even", "truncate")
 
 
 class QuantScheme:
@@ -68,18 +72,23 @@ class QuantSpec:
 
     scheme: str = "bound"
     bound: float = 20.0
+    rounding: str = ROUNDING
 
     def __post_init__(self):
+        if self.rounding not in ROUNDINGS or (self.rounding != ROUNDING and self.scheme != "bound"):
+            raise InputError(f"rounding {self.rounding!r} is not one of {list(ROUNDINGS)} "
+                             f"(only 'bound' stores may declare {ROUNDINGS[1]!r})")
         SCHEMES[self.scheme].check(self)
 
     def to_manifest(self) -> dict:
-        out = {"scheme": self.scheme, "levels": LEVELS, "rounding": ROUNDING, "dtype": "uint8"}
+        out = {"scheme": self.scheme, "levels": LEVELS, "rounding": self.rounding, "dtype": "uint8"}
         out.update(SCHEMES[self.scheme].manifest(self))
         return out
 
     @classmethod
     def from_manifest(cls, entry: dict) -> "QuantSpec":
-        return cls(scheme=entry["scheme"], bound=float(entry.get("bound", 20.0)))
+        return cls(scheme=entry["scheme"], bound=float(entry.get("bound", 20.0)),
+                   rounding=entry.get("rounding", ROUNDING))
 
 
 class BoundScheme(QuantScheme):
@@ -90,6 +99,10 @@ class BoundScheme(QuantScheme):
             raise InputError(f"quantization bound must be a positive number of pixels, got {spec.bound!r}")
 
     def manifest(self, spec: QuantSpec) -> dict:
+        if spec.rounding == "truncate":
+            return {"bound": float(spec.bound),
+                    "formula": "q = floor((clip(v, -bound, bound) + bound) * 255 / (2 * bound))",
+                    "inverse": "v = (q + 0.5) * 2 * bound / 255 - bound"}
         return {"bound": float(spec.bound),
                 "formula": "q = rint((clip(v, -bound, bound) + bound) * 255 / (2 * bound))",
                 "inverse": "v = q * 2 * bound / 255 - bound"}
@@ -97,10 +110,14 @@ class BoundScheme(QuantScheme):
     def quantize(self, flow: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, None]:
         b = np.float32(spec.bound)
         scaled = (np.clip(flow, -b, b) + b) * np.float32(LEVELS / (2 * spec.bound))
-        return np.rint(scaled).astype(np.uint8), None
+        rounded = np.floor(scaled) if spec.rounding == "truncate" else np.rint(scaled)
+        return rounded.astype(np.uint8), None
 
     def dequantize(self, q: np.ndarray, spec: QuantSpec, value_range: np.ndarray | None) -> np.ndarray:
-        return q.astype(np.float32) * np.float32(2 * spec.bound / LEVELS) - np.float32(spec.bound)
+        q = q.astype(np.float32)
+        if spec.rounding == "truncate":  # level q holds [q, q + 1) steps: read its centre
+            q = q + np.float32(0.5)
+        return q * np.float32(2 * spec.bound / LEVELS) - np.float32(spec.bound)
 
 
 class MinMaxScheme(QuantScheme):

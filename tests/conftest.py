@@ -6,6 +6,7 @@ by skipping the real-data tests.
 """
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
@@ -23,6 +24,18 @@ def require_shared_data() -> Path:
             pytest.fail(message + " (CI is set, so this is an error, not a skip)")
         pytest.skip(message)
     return SHARED_DATA
+
+
+def require_package(name: str, extra: str = "interop"):
+    """Import and return the optional package ``name``, or fail (CI) / skip (elsewhere) when it is
+    missing: ``make test`` installs it (the ``interop`` extra, and mmaction2 with --no-deps)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        message = f"{name} is not importable ({exc}); `make venv` installs the {extra!r} extra"
+        if os.environ.get("CI"):
+            pytest.fail(message + " (CI is set, so this is an error, not a skip)")
+        pytest.skip(message)
 
 
 @pytest.fixture(scope="session")

@@ -50,10 +50,10 @@ def spec_check_version(m: dict, major_supported: int = 1) -> None:
     """Section 11: refuse another format or a newer major; accept any minor."""
     if m.get("format") != "flowstore":
         raise SpecFormatError(f"not a flowstore store: {m.get('format')!r}")
-    try:
-        major, _minor = (int(x) for x in str(m.get("format_version")).split("."))
-    except ValueError:
-        raise SpecFormatError(f"unreadable format_version {m.get('format_version')!r}") from None
+    version = m.get("format_version")
+    if not isinstance(version, str) or not re.fullmatch(r"[0-9]+\.[0-9]+", version, re.ASCII):
+        raise SpecFormatError(f"unreadable format_version {version!r}")
+    major = int(version.split(".")[0])
     if major > major_supported:
         raise SpecFormatError(f"format {m['format_version']} is newer than {major_supported}.x")
 
@@ -65,7 +65,7 @@ def spec_read_lines(path: Path) -> list[dict]:
     out = []
     for line in path.read_bytes().split(b"\n")[:-1]:
         try:
-            obj = json.loads(line)
+            obj = json.loads(line.decode("utf-8"))  # UTF-8 only: json.loads(bytes) would guess UTF-16/32
         except ValueError:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             continue
         if isinstance(obj, dict) and "id" in obj:

@@ -10,6 +10,8 @@ from .. import __version__
 #: command name -> module in flowstore.cli defining a click command named ``command``
 COMMANDS = {
     "extract": "extract",
+    "import-rawframes": "import_rawframes",
+    "export": "export",
     "verify": "verify",
     "info": "info",
     "show": "show",

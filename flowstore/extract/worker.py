@@ -62,6 +62,16 @@ class GuardedShardWriter:
         self._guard(self._writer.abort_video)
 
 
+def open_next_shard(allocator: ShardAllocator) -> tuple[Path, GuardedShardWriter]:
+    """The shard the next video goes into and a guarded writer on it (a failure to create the
+    shard is a StoreWriteError, which stops the run)."""
+    try:
+        shard = allocator.shard_for_next_video()
+    except OSError as exc:
+        raise StoreWriteError(describe_storage_error(exc, str(allocator.dir))) from exc
+    return shard, GuardedShardWriter(writer_class(allocator.backend)(str(shard)), str(shard))
+
+
 #: per process and run: the flow estimator and the shard allocator (see :func:`worker_state`)
 _STATE: dict = {}
 
@@ -110,12 +120,8 @@ def extract_video(job: VideoJob, cfg: ExtractConfig, run_token: str, progress_qu
         source_sha = file_sha256(job.path)
     except OSError as exc:
         return VideoResult(job.id, job.path, reason=f"cannot read: {exc.strerror or exc}")
-    try:
-        shard = allocator.shard_for_next_video()
-    except OSError as exc:
-        raise StoreWriteError(describe_storage_error(exc, str(allocator.dir))) from exc
+    shard, writer = open_next_shard(allocator)
     frames = prefetch(iter_frames(job.path, resize=cfg.resize, decoder=cfg.decoder))
-    writer = GuardedShardWriter(writer_class(cfg.backend)(str(shard)), str(shard))
     bytes_written = 0
 
     def put(kind, index, payload):

@@ -14,7 +14,7 @@ The committed videos are the union of ``manifest.json["videos"]`` and the comple
 Anything in a shard that no committed entry points to is garbage left by an interrupted run and
 is never read.
 
-Records (indices are 0-based; mmaction2 rawframes are 1-based, converted only at export):
+Records (indices are 0-based; mmaction2 rawframes are 1-based, converted only at import/export):
 
 * ``rgb``    frame ``i`` (0 <= i < num_frames), an RGB image encoded with ``frames.codec``
 * ``flow_x`` / ``flow_y``  flow ``i`` (0 <= i < num_flows) from frame ``i`` to frame
@@ -26,7 +26,8 @@ LMDB shard (a single file, ``subdir=False``): key ``f"{video_id}/{kind}/{index:0
 UTF-8; value = 4-byte little-endian CRC-32 (zlib.crc32) of the payload, then the payload.
 
 HDF5 shard: group ``/videos/{quote(video_id)}`` — the id percent-encoded with
-``urllib.parse.quote(video_id, safe="")`` so that ids never nest or collide with dataset names;
+``urllib.parse.quote(video_id, safe="")`` (bytes other than ``A-Za-z0-9_.-~`` of the UTF-8 id
+become ``%XX``, upper-case), so that groups are siblings that never nest or collide with datasets;
 per kind three datasets: ``{kind}_data`` (uint8,
 1-D: all payloads concatenated in index order), ``{kind}_offsets`` (int64, n + 1: record ``i``
 is ``data[offsets[i]:offsets[i+1]]``) and ``{kind}_crc32`` (uint32, n).
