@@ -258,7 +258,7 @@ def test_header_and_entries(built):
     m, videos = spec_open(root)
     for key, typ in HEADER_KEYS.items():
         assert isinstance(m[key], typ), key
-    assert m["format"] == "flowstore" and m["format_version"] == "1.0"
+    assert m["format"] == "flowstore" and m["format_version"] == "1.1"
     assert m["backend"] == case["backend"] and m["stride"] == case["stride"]
     expected_quality = {"jpeg": 95, "png": 1, "raw": None}[case["frame_codec"]]  # the codec defaults used
     assert m["frames"] == {"codec": case["frame_codec"], "quality": expected_quality, "color": "RGB"}

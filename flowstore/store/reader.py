@@ -8,11 +8,20 @@ from pathlib import Path
 import numpy as np
 
 from ..quantize import QuantSpec, dequantize
-from .backend import ShardReader, reader_class
-from .format import FLOW_RANGE, FLOW_X, FLOW_Y, RGB, shard_path
+from .backend import ShardReader, open_shard
+from .format import FLOW_RANGE, FLOW_X, FLOW_Y, RGB
 from .records import decode_flow_q, decode_frame, unpack_range
 from .manifest import load_failures, load_manifest
 from ..errors import OutOfRangeError, UnknownNameError
+
+
+def shard_min_sizes(entries) -> dict[str, int]:
+    """Per shard, the largest ``shard_size`` its committed entries record (format 1.1): the
+    shard can be no shorter. Entries of 1.0 stores have none (0: no size check)."""
+    sizes: dict[str, int] = {}
+    for e in entries:
+        sizes[e["shard"]] = max(sizes.get(e["shard"], 0), int(e.get("shard_size", 0)))
+    return sizes
 
 
 class StoreReader:
@@ -32,6 +41,7 @@ class StoreReader:
         self.readahead = readahead
         self.manifest = load_manifest(self.root)
         self._entries = {v["id"]: v for v in self.manifest["videos"]}
+        self._min_sizes = shard_min_sizes(self.manifest["videos"])
         self.videos: list[str] = sorted(self._entries)
         self.backend: str = self.manifest["backend"]
         self.quant = QuantSpec.from_manifest(self.manifest["quantization"])
@@ -95,7 +105,8 @@ class StoreReader:
             with self._lock:
                 handle = self._handles.get(shard)
                 if handle is None:
-                    handle = reader_class(self.backend)(str(shard_path(self.root, shard)), readahead=self.readahead)
+                    handle = open_shard(self.backend, self.root, shard, video=video,
+                                        min_size=self._min_sizes.get(shard, 0), readahead=self.readahead)
                     self._handles[shard] = handle
         return handle
 
