@@ -95,7 +95,7 @@ def decode_snippets(source: RecordSource, video: str, raw: dict, length: int, ou
     not decode is a damaged store: DamagedStoreError naming the source, video and shard."""
     try:
         return _decode_snippets(source, video, raw, length, out)
-    except InputError as exc:
+    except (InputError, DamagedStoreError) as exc:
         raise DamagedStoreError(f"{source_name(source)}: video {video!r} in shard {source.shard_of(video)}: "
                                 f"a record does not decode ({exc.message})") from None
 

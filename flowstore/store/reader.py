@@ -12,7 +12,7 @@ from .backend import ShardReader, open_shard
 from .format import FLOW_RANGE, FLOW_X, FLOW_Y, RGB
 from .records import decode_flow_q, decode_frame, unpack_range
 from .manifest import load_failures, load_manifest
-from ..errors import OutOfRangeError, UnknownNameError
+from ..errors import DamagedStoreError, InputError, OutOfRangeError, UnknownNameError
 
 
 def shard_min_sizes(entries) -> dict[str, int]:
@@ -144,13 +144,21 @@ class StoreReader:
     def frame(self, video: str, index: int) -> np.ndarray:
         """RGB uint8 ``(H, W, 3)``."""
         w, h = self.frame_size(video)
-        return decode_frame(self.frame_bytes(video, index), self.frame_codec, (h, w))
+        payload = self.frame_bytes(video, index)
+        return self._decoded(video, f"frame {index}", decode_frame, payload, self.frame_codec, (h, w))
 
     def flow_q(self, video: str, index: int) -> np.ndarray:
         """Stored uint8 flow ``(H, W, 2)`` (x, y), as quantized."""
         w, h = self.frame_size(video)
         (bx,), (by,) = self.flow_bytes(video, [index])
-        return decode_flow_q(bx, by, self.flow_codec, (h, w))
+        return self._decoded(video, f"flow {index}", decode_flow_q, bx, by, self.flow_codec, (h, w))
+
+    def _decoded(self, video: str, what: str, decode, *args) -> np.ndarray:
+        try:
+            return decode(*args)
+        except (InputError, DamagedStoreError) as exc:  # a record that does not decode: damage
+            raise DamagedStoreError(f"{self.root}: video {video!r} {what} in shard {self.shard_of(video)} "
+                                    f"does not decode: {exc.message}") from None
 
     def flow_range(self, video: str, index: int) -> np.ndarray | None:
         """``(lo_x, hi_x, lo_y, hi_y)`` float32 for minmax stores, None for bound stores."""

@@ -79,14 +79,29 @@ def unpack_range(payload: bytes, where: str = "flow_range record") -> np.ndarray
     return np.frombuffer(payload, RANGE_DTYPE).astype(np.float32)
 
 
+def _of_shape(decode, payload: bytes, codec: str, shape: tuple[int, int]) -> np.ndarray:
+    """``decode(payload)``, refused as damaged unless it is an image of ``shape`` (H, W), the
+    size its video entry records (a raw record of another length, a record of another store)."""
+    try:
+        image = decode(payload, codec, shape)
+    except ValueError as exc:
+        if isinstance(exc, DamagedStoreError) or codec != "raw":
+            raise
+        raise DamagedStoreError(f"a raw record of {len(payload)} bytes is not a {shape[1]}x{shape[0]} image") from None
+    if image.shape[:2] != tuple(shape):
+        raise DamagedStoreError(f"a record decodes to {image.shape[1]}x{image.shape[0]}, "
+                                f"its video entry says {shape[1]}x{shape[0]}")
+    return image
+
+
 def decode_frame(payload: bytes, codec: str, shape: tuple[int, int]) -> np.ndarray:
     """RGB uint8 ``(H, W, 3)``; ``shape`` is ``(H, W)``."""
-    return decode_rgb(payload, codec, shape)
+    return _of_shape(decode_rgb, payload, codec, shape)
 
 
 def decode_flow_component(payload: bytes, codec: str, shape: tuple[int, int]) -> np.ndarray:
     """One stored component, uint8 ``(H, W)``."""
-    return decode_gray(payload, codec, shape)
+    return _of_shape(decode_gray, payload, codec, shape)
 
 
 def decode_flow_q(x: bytes, y: bytes, codec: str, shape: tuple[int, int]) -> np.ndarray:
