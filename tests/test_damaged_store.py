@@ -238,3 +238,17 @@ def test_damaged_json_files_are_refused_naming_the_file_or_their_lines_skipped(t
             for entry in ENTRIES:
                 assert got[entry][0] == EXIT_OK, (entry, where)
             assert f": {JSON_SKIPPED[name][1]} videos, " in got["verify"][1], where  # before extract resumed
+
+
+def test_a_1_0_store_without_shard_sizes_still_reads_and_verifies(tmp_path, pristine):
+    store = tmp_path / "old"
+    shutil.copytree(pristine["lmdb"]["store"], store)
+    manifest = json.loads((store / MANIFEST).read_text())
+    manifest["format_version"] = "1.0"
+    for entry in manifest["videos"]:
+        del entry["shard_size"], entry["records_crc32"]
+    (store / MANIFEST).write_text(json.dumps(manifest))
+    assert run_cli("verify", "--no-progress", str(store)).returncode == EXIT_OK
+    with flowstore.open_store(store, check=True) as reader:
+        assert reader.videos == sorted(VIDEOS)
+        assert reader.frame("part_0", 0).shape == (48, 64, 3)
