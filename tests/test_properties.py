@@ -237,17 +237,21 @@ def test_a_mutated_commit_line_is_refused_or_skipped_never_misread(real_manifest
     if how == "cut log":
         log = log[:data.draw(st.integers(0, len(log) - 1))]
     # what the spec reads (section 9): complete lines that are UTF-8 JSON objects with an "id"
-    kept = {}
+    kept, bad_id = {}, False
     for line in log.split(b"\n")[:-1]:
         try:
             e = json.loads(line.decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
             continue
         if isinstance(e, dict) and "id" in e:
-            kept[e["id"]] = e
+            if isinstance(e["id"], str):
+                kept[e["id"]] = e
+            else:
+                bad_id = True  # an entry whose id is no string breaks section 3
     try:
         got = load(json.dumps(header).encode(), log)
     except FormatError:
         return  # a line that parses but breaks the spec: refused, naming the file and line
+    assert not bad_id
     assert got["videos"] == [kept[k] for k in sorted(kept)]
     assert all(spec_ok(v, header["stride"]) for v in got["videos"])
