@@ -21,6 +21,11 @@ class FlowstoreError(Exception):
 
     exit_code: int = EXIT_USAGE
 
+    def __init__(self, *args, message: str | None = None):
+        # ``message=``: how PyTorch's DataLoader re-raises a worker's exception in the main
+        # process (for classes with a ``message`` attribute), the worker's traceback as text
+        super().__init__(*((message,) if message is not None else args))
+
     @property
     def message(self) -> str:
         # KeyError's str() adds quotes; the first argument is the message as written

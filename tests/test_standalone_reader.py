@@ -37,6 +37,7 @@ HEADER_KEYS = {  # section 2
 ENTRY_KEYS = {  # section 3
     "id": str, "source": str, "source_size": int, "source_sha256": str, "num_frames": int,
     "num_flows": int, "width": int, "height": int, "shard": str, "bytes": int, "committed_at": str,
+    "shard_size": int, "records_crc32": int,  # since 1.1 (optional for readers; the writer writes them)
 }
 KINDS_BOUND = ("rgb", "flow_x", "flow_y")
 KINDS_MINMAX = KINDS_BOUND + ("flow_range",)
@@ -258,7 +259,7 @@ def test_header_and_entries(built):
     m, videos = spec_open(root)
     for key, typ in HEADER_KEYS.items():
         assert isinstance(m[key], typ), key
-    assert m["format"] == "flowstore" and m["format_version"] == "1.0"
+    assert m["format"] == "flowstore" and m["format_version"] == "1.1"
     assert m["backend"] == case["backend"] and m["stride"] == case["stride"]
     expected_quality = {"jpeg": 95, "png": 1, "raw": None}[case["frame_codec"]]  # the codec defaults used
     assert m["frames"] == {"codec": case["frame_codec"], "quality": expected_quality, "color": "RGB"}
@@ -282,6 +283,7 @@ def test_header_and_entries(built):
         assert (e["width"], e["height"]) == SIZE
         assert re.fullmatch(r"shard-\d{5,}" + {"lmdb": r"\.lmdb", "hdf5": r"\.h5"}[m["backend"]], e["shard"])
         assert (root / "shards" / e["shard"]).is_file()
+        assert 0 < e["shard_size"] <= (root / "shards" / e["shard"]).stat().st_size
         assert e["source_size"] == 158581 and len(e["source_sha256"]) == 64
     # ids are paths relative to the input root without the extension
     assert videos["cls a/clip é"]["source"].endswith(os.path.join("cls a", "clip é.mp4"))

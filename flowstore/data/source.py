@@ -13,7 +13,7 @@ import threading
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import DamagedStoreError, InputError
 from ..store.source import RecordSource
 from .sampling import snippet_indices
 from .transforms import Clip
@@ -91,7 +91,16 @@ def decode_rgb_snippets(rows, codec: str, out: np.ndarray) -> np.ndarray:
 
 def decode_snippets(source: RecordSource, video: str, raw: dict, length: int, out: Clip | None = None) -> Clip:
     """Decoded uint8 channel-first snippets from :func:`read_snippets`'s records; written into
-    ``out``'s arrays when given (e.g. a slot of a batch in shared memory)."""
+    ``out``'s arrays when given (e.g. a slot of a batch in shared memory). A record that does
+    not decode is a damaged store: DamagedStoreError naming the source, video and shard."""
+    try:
+        return _decode_snippets(source, video, raw, length, out)
+    except (InputError, DamagedStoreError) as exc:
+        raise DamagedStoreError(f"{source_name(source)}: video {video!r} in shard {source.shard_of(video)}: "
+                                f"a record does not decode ({exc.message})") from None
+
+
+def _decode_snippets(source: RecordSource, video: str, raw: dict, length: int, out: Clip | None) -> Clip:
     w, h = source.frame_size(video)
     S, L = len(raw["starts"]), length
     clip = Clip()

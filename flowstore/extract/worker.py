@@ -7,6 +7,7 @@ import dataclasses
 import os
 import queue
 import time
+import zlib
 from pathlib import Path
 
 from ..decode import VideoDecodeError, iter_frames
@@ -14,6 +15,7 @@ from ..errors import StoreWriteError
 from ..io import file_sha256
 from ..store.backend import ShardWriter, writer_class
 from ..store.format import VideoEntry
+from ..store.records import records_crc32
 from ..store.writer import ShardAllocator, describe_storage_error
 from .config import ExtractConfig
 from .plan import VideoJob
@@ -123,10 +125,12 @@ def extract_video(job: VideoJob, cfg: ExtractConfig, run_token: str, progress_qu
     shard, writer = open_next_shard(allocator)
     frames = prefetch(iter_frames(job.path, resize=cfg.resize, decoder=cfg.decoder))
     bytes_written = 0
+    crcs: dict[str, list[int]] = {}  # per kind, in index order (each kind arrives in order)
 
     def put(kind, index, payload):
         nonlocal bytes_written
         bytes_written += len(payload)
+        crcs.setdefault(kind, []).append(zlib.crc32(payload))
         writer.put(kind, index, payload)
 
     try:
@@ -137,6 +141,7 @@ def extract_video(job: VideoJob, cfg: ExtractConfig, run_token: str, progress_qu
                 f"only {stats.num_frames} frame(s) decoded; a flow pair needs at least {cfg.stride + 1}"
             )
         writer.end_video()
+        shard_size = os.path.getsize(shard)  # durable now: the shard is at least this long from here on
     except StoreWriteError:
         writer.abort_video()
         raise
@@ -147,7 +152,7 @@ def extract_video(job: VideoJob, cfg: ExtractConfig, run_token: str, progress_qu
     entry = VideoEntry(
         id=job.id, source=job.path, source_size=source_size, source_sha256=source_sha,
         num_frames=stats.num_frames, num_flows=stats.num_flows, width=stats.width, height=stats.height,
-        shard=Path(shard).name, bytes=bytes_written,
+        shard=Path(shard).name, bytes=bytes_written, shard_size=shard_size, records_crc32=records_crc32(crcs),
     )
     return VideoResult(job.id, job.path, entry=entry, seconds=time.perf_counter() - start,
                        flow_seconds=stats.flow_seconds)

@@ -41,11 +41,21 @@ class ShardWriter(abc.ABC):
 
 class ShardReader(abc.ABC):
     """``readahead``: whether the OS may read ahead of what is asked (a hint; backends that read
-    with read(2) leave it to the kernel's adaptive read-ahead and ignore it)."""
+    with read(2) leave it to the kernel's adaptive read-ahead and ignore it).
+
+    A reader is opened on a file that may be damaged: before the library maps or parses it,
+    :meth:`check_file` looks at what the library would trust blindly (LMDB's meta pages, the
+    HDF5 superblock) and raises :class:`~flowstore.errors.DamagedStoreError` instead of letting
+    the library fault (see :func:`flowstore.store.shards.open_shard`)."""
 
     def __init__(self, path: str, *, readahead: bool = True):
         self.path = path
         self.readahead = readahead
+
+    @staticmethod
+    def check_file(path: str, size: int) -> None:
+        """Raise DamagedStoreError if the ``size``-byte file at ``path`` cannot be a valid
+        shard of this backend (checked before the library opens it)."""
 
     @abc.abstractmethod
     def get(self, video_id: str, kind: str, index: int, *, check: bool = False) -> bytes:

@@ -48,7 +48,7 @@ from ..registry import FieldView
 from .backend import BACKENDS
 
 FORMAT_NAME = "flowstore"
-FORMAT_VERSION = "1.0"  # major.minor: readers refuse a newer major, accept any minor
+FORMAT_VERSION = "1.1"  # major.minor: readers refuse a newer major, accept any minor
 
 MANIFEST = "manifest.json"
 COMMIT_LOG = "commits.jsonl"
@@ -87,11 +87,17 @@ class VideoEntry(TypedDict):
     height: int
     shard: str           # file name under shards/
     bytes: int           # payload bytes of all its records
+    # since 1.1 (absent in 1.0 stores): the shard's size in bytes once this video was durable,
+    # and the CRC-32 of its records' CRC-32s (flowstore.store.records.records_crc32)
+    shard_size: NotRequired[int]
+    records_crc32: NotRequired[int]
     committed_at: NotRequired[str]  # set by the writer when it commits the video
 
 
-#: keys of a manifest video entry
-VIDEO_ENTRY_KEYS = tuple(VideoEntry.__annotations__)
+#: entry keys added in format 1.1, written by the extraction: optional (absent in 1.0 stores)
+ENTRY_KEYS_1_1 = ("shard_size", "records_crc32")
+#: keys of a manifest video entry (format 1.0)
+VIDEO_ENTRY_KEYS = tuple(k for k in VideoEntry.__annotations__ if k not in ENTRY_KEYS_1_1)
 #: header keys whose values must match when a store is extended by another run
 SETTINGS_KEYS = ("backend", "frames", "resize", "decoder", "stride", "flow", "quantization")
 
@@ -146,9 +152,12 @@ def pack_record(payload: bytes) -> bytes:
 
 
 def unpack_record(value: bytes, *, check: bool = False, what: str = "record") -> bytes:
-    """Strip (and optionally check) the crc32 header; raises ValueError on a mismatch."""
+    """Strip (and optionally check) the crc32 header; raises DamagedStoreError on a mismatch
+    (and, when checking, on a value too short to hold the header)."""
     payload = value[CRC_HEADER.size:]
     if check:
+        if len(value) < CRC_HEADER.size:
+            raise DamagedStoreError(f"{what}: {len(value)} bytes, shorter than its CRC-32 header")
         (stored,) = CRC_HEADER.unpack_from(value)
         if zlib.crc32(payload) != stored:
             raise DamagedStoreError(f"checksum mismatch in {what}")
@@ -256,6 +265,10 @@ def check_entry(entry, *, backend: str, stride: int, where: str) -> VideoEntry:
         raise FormatError(f"{where}: key 'shard' is {shard!r}, not a {backend} shard name like "
                           f"{shard_name(backend, 0)!r} (a file name under {SHARD_DIR}/)")
     _count(entry, "bytes", 0, 1 << 62, where)
+    if "shard_size" in entry:
+        _count(entry, "shard_size", 0, 1 << 62, where)
+    if "records_crc32" in entry:
+        _count(entry, "records_crc32", 0, 0xFFFFFFFF, where)
     if "committed_at" in entry:
         _field(entry, "committed_at", str, where)
     return entry

@@ -16,7 +16,7 @@ import numpy as np
 from .backend import ShardReader, ShardWriter
 from .format import hdf5_group
 from ..io import fsync_path
-from ..errors import DamagedStoreError, MissingFileError, MissingRecordError
+from ..errors import DamagedStoreError, FlowstoreError, MissingFileError, MissingRecordError
 
 CHUNK_BYTES = 1 << 18
 FLUSH_BYTES = 4 << 20  # buffered payload bytes per kind before they are appended to the file
@@ -92,29 +92,84 @@ class HDF5ShardWriter(ShardWriter):
             self._file = self._group = None
 
 
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+# where the superblock (at offset 0 in files flowstore writes) keeps the end-of-file address,
+# per superblock version, for 8-byte addresses (HDF5 file format specification, "Superblock")
+_EOF_ADDRESS_AT = {0: 40, 1: 44, 2: 28, 3: 28}
+
+
+def check_hdf5_file(path: str, size: int) -> None:
+    """Raise DamagedStoreError unless the file starts with an HDF5 superblock whose end of file
+    lies inside its ``size`` bytes (h5py trusts what it parses; garbage can crash it)."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not head.startswith(HDF5_SIGNATURE):
+        raise DamagedStoreError(f"not an HDF5 file ({size:,} bytes, no HDF5 signature at its start)")
+    version, offset_bytes = head[8], head[13] if head[8] < 2 else head[9]
+    at = _EOF_ADDRESS_AT.get(version)
+    if at is None or offset_bytes != 8:
+        raise DamagedStoreError(f"HDF5 superblock version {version} with {offset_bytes}-byte addresses; "
+                                "flowstore writes versions 0-3 with 8-byte addresses")
+    end = int.from_bytes(head[at:at + 8], "little") if len(head) >= at + 8 else None
+    if end is None or end > size:
+        raise DamagedStoreError(f"cut short: {size:,} bytes, its HDF5 superblock says {end:,}" if end is not None
+                                else f"cut short: {size:,} bytes, less than an HDF5 superblock")
+
+
+#: what h5py raises on a damaged file (a flowstore error raised inside is passed on as it is)
+_H5_ERRORS = (OSError, KeyError, ValueError, RuntimeError, TypeError, IndexError)
+
+
 class HDF5ShardReader(ShardReader):
+    """Opened without HDF5's file locking: a writer may still be appending videos to the shard
+    (it never changes the datasets of a committed video), and a reader's lock would stop it."""
+
+    check_file = staticmethod(check_hdf5_file)
+
     def __init__(self, path: str, *, readahead: bool = True):
         super().__init__(path, readahead=readahead)
         if not os.path.exists(path):
             raise MissingFileError(f"shard {path} is missing")
-        self._file = h5py.File(path, "r")
+        self._file = h5py.File(path, "r", locking=False)
         self._index: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, h5py.Dataset]] = {}
 
     def _lookup(self, video_id: str, kind: str):
         key = (video_id, kind)
         if key not in self._index:
-            name = hdf5_group(video_id)
-            if name not in self._file or f"{kind}_offsets" not in self._file[name]:
-                raise MissingRecordError(f"{self.path}: no {kind} records for video {video_id!r}")
-            group = self._file[name]
-            self._index[key] = (group[f"{kind}_offsets"][()], group[f"{kind}_crc32"][()], group[f"{kind}_data"])
+            try:
+                self._index[key] = self._read_index(video_id, kind)
+            except FlowstoreError:
+                raise
+            except _H5_ERRORS as exc:
+                raise DamagedStoreError(f"{self.path}: video {video_id!r} {kind} records: damaged shard "
+                                        f"({exc.__class__.__name__}: {exc})") from None
         return self._index[key]
+
+    def _read_index(self, video_id: str, kind: str):
+        name = hdf5_group(video_id)
+        if name not in self._file or f"{kind}_offsets" not in self._file[name]:
+            raise MissingRecordError(f"{self.path}: no {kind} records for video {video_id!r}")
+        group = self._file[name]
+        offsets, crcs, data = group[f"{kind}_offsets"][()], group[f"{kind}_crc32"][()], group[f"{kind}_data"]
+        n = len(crcs)
+        if (offsets.ndim != 1 or crcs.ndim != 1 or len(offsets) != n + 1 or offsets[0] != 0
+                or (n and (np.any(np.diff(offsets) < 0) or offsets[-1] > data.shape[0]))):
+            raise DamagedStoreError(f"{self.path}: video {video_id!r} {kind} records: offsets do not fit "
+                                    f"{n} records in {data.shape[0]:,} bytes")
+        return offsets, crcs, data
+
+    def _slice(self, video_id: str, kind: str, data, lo: int, hi: int) -> bytes:
+        try:
+            return data[lo:hi].tobytes()
+        except _H5_ERRORS as exc:
+            raise DamagedStoreError(f"{self.path}: video {video_id!r} {kind} records: damaged shard "
+                                    f"({exc.__class__.__name__}: {exc})") from None
 
     def _payload(self, video_id: str, kind: str, index: int, check: bool) -> bytes:
         offsets, crcs, data = self._lookup(video_id, kind)
         if not 0 <= index < len(crcs):
             raise MissingRecordError(f"{self.path}: no record {video_id}/{kind}/{index}")
-        payload = data[offsets[index]:offsets[index + 1]].tobytes()
+        payload = self._slice(video_id, kind, data, offsets[index], offsets[index + 1])
         if check and zlib.crc32(payload) != int(crcs[index]):
             raise DamagedStoreError(f"checksum mismatch in {self.path}: {video_id}/{kind}/{index}")
         return payload
@@ -128,7 +183,7 @@ class HDF5ShardReader(ShardReader):
         if indices and indices == list(range(indices[0], indices[0] + len(indices))) and indices[-1] < len(offsets) - 1:
             # consecutive records (a flow stack): one contiguous read
             lo, hi = offsets[indices[0]], offsets[indices[-1] + 1]
-            blob = data[lo:hi].tobytes()
+            blob = self._slice(video_id, kind, data, lo, hi)
             out = [blob[offsets[i] - lo:offsets[i + 1] - lo] for i in indices]
             if check:
                 _, crcs, _ = self._lookup(video_id, kind)
@@ -147,7 +202,7 @@ class HDF5ShardReader(ShardReader):
             end = start + 1
             while end < count and offsets[end + 1] - offsets[start] <= FLUSH_BYTES:
                 end += 1
-            blob = data[offsets[start]:offsets[end]].tobytes()
+            blob = self._slice(video_id, kind, data, offsets[start], offsets[end])
             for i in range(start, end):
                 payload = blob[offsets[i] - offsets[start]:offsets[i + 1] - offsets[start]]
                 yield i, payload, zlib.crc32(payload) == int(crcs[i])

@@ -49,6 +49,8 @@ def read_json_lines(path: str | os.PathLike) -> list[tuple[int, dict]]:
         raw = Path(path).read_bytes()
     except FileNotFoundError:
         return []
+    except OSError as exc:  # a directory where the file belongs, no permission, an I/O error
+        raise FormatError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     out = []
     for number, line in enumerate(raw.split(b"\n")[:-1], 1):  # after the last newline: incomplete
         try:
@@ -70,8 +72,10 @@ def load_manifest(root: str | os.PathLike) -> dict:
         if not root.exists():
             raise StoreNotFoundError(f"no store at {root}: the directory does not exist")
         raise StoreNotFoundError(f"{root} is not a flowstore store: {MANIFEST} is missing")
+    log = root / COMMIT_LOG
+    raw, lines = _read_snapshot(path, log)
     try:
-        manifest = json.loads(path.read_bytes().decode("utf-8"))
+        manifest = json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise FormatError(f"{path}: not valid UTF-8 JSON ({exc})") from None
     check_header(manifest, str(path))
@@ -80,13 +84,36 @@ def load_manifest(root: str | os.PathLike) -> dict:
     for n, entry in enumerate(manifest["videos"]):
         entry = check_entry(entry, backend=backend, stride=stride, where=f"{path}: videos[{n}]")
         videos[entry["id"]] = entry
-    log = root / COMMIT_LOG
-    for line, entry in read_json_lines(log):
+    for line, entry in lines:
         if "id" in entry:
             entry = check_entry(entry, backend=backend, stride=stride, where=f"{log}:{line}")
             videos[entry["id"]] = entry
     manifest["videos"] = sorted(videos.values(), key=lambda v: v["id"])
     return manifest
+
+
+def _read_snapshot(path: Path, log: Path, attempts: int = 20) -> tuple[bytes, list[tuple[int, dict]]]:
+    """The bytes of ``manifest.json`` and the lines of ``commits.jsonl`` as of one moment, while a
+    writer may be running. A checkpoint replaces the manifest (rename) and then empties the log:
+    a manifest read before it and a log read after it would lose the videos moved between the
+    two. So the manifest is read, then the log, and the pair is kept only if the manifest is
+    still the same file (same inode, size and mtime) after the log was read."""
+    def identity(st):
+        return st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns
+
+    for _ in range(attempts):
+        try:
+            with open(path, "rb") as f:
+                raw, before = f.read(), identity(os.fstat(f.fileno()))
+        except OSError as exc:  # a directory where the file belongs, no permission, an I/O error
+            raise FormatError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+        lines = read_json_lines(log)
+        try:
+            if identity(os.stat(path)) == before:
+                break
+        except FileNotFoundError:
+            pass
+    return raw, lines
 
 
 def load_failures(root: str | os.PathLike, committed: set[str] | None = None) -> list[dict]:

@@ -8,11 +8,21 @@ from pathlib import Path
 import numpy as np
 
 from ..quantize import QuantSpec, dequantize
-from .backend import ShardReader, reader_class
-from .format import FLOW_RANGE, FLOW_X, FLOW_Y, RGB, shard_path
+from .backend import ShardReader
+from .shards import open_shard
+from .format import FLOW_RANGE, FLOW_X, FLOW_Y, RGB
 from .records import decode_flow_q, decode_frame, unpack_range
 from .manifest import load_failures, load_manifest
-from ..errors import OutOfRangeError, UnknownNameError
+from ..errors import DamagedStoreError, InputError, OutOfRangeError, UnknownNameError
+
+
+def shard_min_sizes(entries) -> dict[str, int]:
+    """Per shard, the largest ``shard_size`` its committed entries record (format 1.1): the
+    shard can be no shorter. Entries of 1.0 stores have none (0: no size check)."""
+    sizes: dict[str, int] = {}
+    for e in entries:
+        sizes[e["shard"]] = max(sizes.get(e["shard"], 0), int(e.get("shard_size", 0)))
+    return sizes
 
 
 class StoreReader:
@@ -32,6 +42,7 @@ class StoreReader:
         self.readahead = readahead
         self.manifest = load_manifest(self.root)
         self._entries = {v["id"]: v for v in self.manifest["videos"]}
+        self._min_sizes = shard_min_sizes(self.manifest["videos"])
         self.videos: list[str] = sorted(self._entries)
         self.backend: str = self.manifest["backend"]
         self.quant = QuantSpec.from_manifest(self.manifest["quantization"])
@@ -95,7 +106,8 @@ class StoreReader:
             with self._lock:
                 handle = self._handles.get(shard)
                 if handle is None:
-                    handle = reader_class(self.backend)(str(shard_path(self.root, shard)), readahead=self.readahead)
+                    handle = open_shard(self.backend, self.root, shard, video=video,
+                                        min_size=self._min_sizes.get(shard, 0), readahead=self.readahead)
                     self._handles[shard] = handle
         return handle
 
@@ -133,13 +145,21 @@ class StoreReader:
     def frame(self, video: str, index: int) -> np.ndarray:
         """RGB uint8 ``(H, W, 3)``."""
         w, h = self.frame_size(video)
-        return decode_frame(self.frame_bytes(video, index), self.frame_codec, (h, w))
+        payload = self.frame_bytes(video, index)
+        return self._decoded(video, f"frame {index}", decode_frame, payload, self.frame_codec, (h, w))
 
     def flow_q(self, video: str, index: int) -> np.ndarray:
         """Stored uint8 flow ``(H, W, 2)`` (x, y), as quantized."""
         w, h = self.frame_size(video)
         (bx,), (by,) = self.flow_bytes(video, [index])
-        return decode_flow_q(bx, by, self.flow_codec, (h, w))
+        return self._decoded(video, f"flow {index}", decode_flow_q, bx, by, self.flow_codec, (h, w))
+
+    def _decoded(self, video: str, what: str, decode, *args) -> np.ndarray:
+        try:
+            return decode(*args)
+        except (InputError, DamagedStoreError) as exc:  # a record that does not decode: damage
+            raise DamagedStoreError(f"{self.root}: video {video!r} {what} in shard {self.shard_of(video)} "
+                                    f"does not decode: {exc.message}") from None
 
     def flow_range(self, video: str, index: int) -> np.ndarray | None:
         """``(lo_x, hi_x, lo_y, hi_y)`` float32 for minmax stores, None for bound stores."""

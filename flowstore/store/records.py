@@ -8,6 +8,8 @@ little-endian ``lo_x, hi_x, lo_y, hi_y``.
 """
 from __future__ import annotations
 
+import struct
+import zlib
 from typing import NamedTuple
 
 import numpy as np
@@ -15,7 +17,7 @@ import numpy as np
 from ..codec import decode_gray, decode_rgb, encode_gray, encode_rgb
 from ..errors import DamagedStoreError
 from ..quantize import QuantSpec, dequantize, quantize
-from .format import FLOW_RANGE, FLOW_X, FLOW_Y, RGB
+from .format import FLOW_RANGE, FLOW_X, FLOW_Y, KINDS, RGB
 
 #: the component records of one flow, in (u, v) order
 FLOW_COMPONENTS = (FLOW_X, FLOW_Y)
@@ -37,6 +39,17 @@ def flow_kinds(scheme: str) -> tuple[str, ...]:
 def record_counts(entry: dict, scheme: str) -> list[tuple[str, int]]:
     """``(kind, count)`` for every kind a committed video entry promises."""
     return [(RGB, int(entry["num_frames"]))] + [(kind, int(entry["num_flows"])) for kind in flow_kinds(scheme)]
+
+
+def records_crc32(crcs: dict[str, list[int]]) -> int:
+    """A video entry's ``records_crc32`` (docs/FORMAT.md, section 3): the CRC-32 of the records'
+    own CRC-32s, each as 4 little-endian bytes, kind by kind (rgb, flow_x, flow_y, flow_range)
+    in index order. ``crcs`` maps a kind to its records' CRC-32s in index order."""
+    digest = 0
+    for kind in KINDS:
+        values = crcs.get(kind, ())
+        digest = zlib.crc32(struct.pack(f"<{len(values)}I", *values), digest)
+    return digest
 
 
 # -- writing ------------------------------------------------------------------------------
@@ -66,14 +79,29 @@ def unpack_range(payload: bytes, where: str = "flow_range record") -> np.ndarray
     return np.frombuffer(payload, RANGE_DTYPE).astype(np.float32)
 
 
+def _of_shape(decode, payload: bytes, codec: str, shape: tuple[int, int]) -> np.ndarray:
+    """``decode(payload)``, refused as damaged unless it is an image of ``shape`` (H, W), the
+    size its video entry records (a raw record of another length, a record of another store)."""
+    try:
+        image = decode(payload, codec, shape)
+    except ValueError as exc:
+        if isinstance(exc, DamagedStoreError) or codec != "raw":
+            raise
+        raise DamagedStoreError(f"a raw record of {len(payload)} bytes is not a {shape[1]}x{shape[0]} image") from None
+    if image.shape[:2] != tuple(shape):
+        raise DamagedStoreError(f"a record decodes to {image.shape[1]}x{image.shape[0]}, "
+                                f"its video entry says {shape[1]}x{shape[0]}")
+    return image
+
+
 def decode_frame(payload: bytes, codec: str, shape: tuple[int, int]) -> np.ndarray:
     """RGB uint8 ``(H, W, 3)``; ``shape`` is ``(H, W)``."""
-    return decode_rgb(payload, codec, shape)
+    return _of_shape(decode_rgb, payload, codec, shape)
 
 
 def decode_flow_component(payload: bytes, codec: str, shape: tuple[int, int]) -> np.ndarray:
     """One stored component, uint8 ``(H, W)``."""
-    return decode_gray(payload, codec, shape)
+    return _of_shape(decode_gray, payload, codec, shape)
 
 
 def decode_flow_q(x: bytes, y: bytes, codec: str, shape: tuple[int, int]) -> np.ndarray:

@@ -3,13 +3,16 @@ it decodes to an image of the recorded size."""
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
-from .backend import reader_class
-from .format import FLOW_RANGE, RGB, shard_path
+from ..errors import FlowstoreError
+from .shards import open_shard
+from .format import FLOW_RANGE, RGB, SHARD_DIR
 from .manifest import load_manifest
-from .records import decode_flow_component, decode_frame, record_counts
+from .reader import shard_min_sizes
+from .records import decode_flow_component, decode_frame, record_counts, records_crc32
 
 
 @dataclasses.dataclass
@@ -31,19 +34,24 @@ def verify_store(root: str | Path, *, decode: bool = False, progress: Callable[[
     scheme = manifest["quantization"]["scheme"]
     report = VerifyReport()
     readers = {}
+    min_sizes = shard_min_sizes(manifest["videos"])
     try:
         for entry in manifest["videos"]:
             vid, shard = entry["id"], entry["shard"]
             report.videos += 1
             try:
                 if shard not in readers:
-                    readers[shard] = reader_class(backend)(str(shard_path(root, shard)))
+                    readers[shard] = open_shard(backend, root, shard, video=vid, min_size=min_sizes[shard])
                 reader = readers[shard]
                 shape = (entry["height"], entry["width"])
+                crcs: dict[str, list[int]] = {}
+                problems_before = len(report.problems)
                 for kind, count in record_counts(entry, scheme):
+                    kind_crcs = crcs[kind] = []
                     for index, payload, crc_ok in reader.iter_records(vid, kind, count):
                         report.records += 1
-                        where = f"{vid}/{kind}/{index} in shards/{shard}"
+                        kind_crcs.append(zlib.crc32(payload))
+                        where = f"{vid}/{kind}/{index} in {SHARD_DIR}/{shard}"
                         if not crc_ok:
                             report.problems.append(f"checksum mismatch: {where}")
                         elif decode and kind != FLOW_RANGE:
@@ -59,10 +67,19 @@ def verify_store(root: str | Path, *, decode: bool = False, progress: Callable[[
                         if len(report.problems) >= max_problems:
                             report.problems.append(f"... stopped after {max_problems} problems")
                             return report
+                if ("records_crc32" in entry and len(report.problems) == problems_before
+                        and records_crc32(crcs) != entry["records_crc32"]):
+                    # every record matches its own CRC, yet not the ones committed: e.g. a shard
+                    # of the same name copied from another store
+                    report.problems.append(f"records differ from the committed ones (records_crc32): video {vid!r} "
+                                           f"in {SHARD_DIR}/{shard}")
             except (KeyError, FileNotFoundError) as exc:
-                report.problems.append(f"missing data for video {vid!r}: {exc.args[0] if exc.args else exc}")
-            except Exception as exc:  # a damaged shard file (lmdb.CorruptedError, OSError from h5py, ...)
-                report.problems.append(f"unreadable shard shards/{shard} (video {vid!r}): {exc.__class__.__name__}: {exc}")
+                report.problems.append(f"missing data for video {vid!r} in {SHARD_DIR}/{shard}: "
+                                       f"{exc.args[0] if exc.args else exc}")
+            except FlowstoreError as exc:  # a damaged shard file (open_shard, the backends' read errors)
+                report.problems.append(f"unreadable shard {SHARD_DIR}/{shard} (video {vid!r}): {exc.message}")
+            except Exception as exc:  # anything else a library raises on a damaged file
+                report.problems.append(f"unreadable shard {SHARD_DIR}/{shard} (video {vid!r}): {exc.__class__.__name__}: {exc}")
             if progress is not None:
                 progress(1)
     finally:
