@@ -216,8 +216,8 @@ def import_video(job: VideoJob, cfg: ImportConfig, flow_tmpl: str, allocator: Sh
         return VideoResult(job.id, job.path, reason=str(exc))
     except OSError as exc:
         return VideoResult(job.id, job.path, reason=f"cannot read: {exc.strerror or exc}")
-    shard, writer = open_next_shard(allocator)
-    size, nbytes = None, 0
+    writer = open_next_shard(allocator)
+    size = None
     try:
         writer.begin_video(job.id)
         for kind, names, codec in ((RGB, frames, rgb_codec), (FLOW_X, xs, flow_codec), (FLOW_Y, ys, flow_codec)):
@@ -229,7 +229,6 @@ def import_video(job: VideoJob, cfg: ImportConfig, flow_tmpl: str, allocator: Sh
                     raise ImportFailure(f"{name} is {shape[1]}x{shape[0]}, the video's first frame "
                                         f"{size[1]}x{size[0]}")
                 writer.put(kind, index, data)
-                nbytes += len(data)
         writer.end_video()
     except StoreWriteError:
         writer.abort_video()
@@ -239,7 +238,7 @@ def import_video(job: VideoJob, cfg: ImportConfig, flow_tmpl: str, allocator: Sh
         return VideoResult(job.id, job.path, reason=str(exc))
     entry = VideoEntry(id=job.id, source=job.path, source_size=source_size, source_sha256=source_sha,
                        num_frames=len(frames), num_flows=len(xs), width=size[1], height=size[0],
-                       shard=Path(shard).name, bytes=nbytes)
+                       **writer.entry_fields())
     return VideoResult(job.id, job.path, entry=entry, seconds=time.perf_counter() - start)
 
 

@@ -40,10 +40,13 @@ class VideoResult:
 
 class GuardedShardWriter:
     """A shard writer whose every storage failure (OSError, lmdb.Error, h5py errors) becomes a
-    :class:`StoreWriteError`, which stops the run instead of failing one video."""
+    :class:`StoreWriteError`, which stops the run instead of failing one video. It also tallies
+    what a video entry records about its records (:meth:`entry_fields`)."""
 
     def __init__(self, writer: ShardWriter, where: str):
         self._writer, self._where = writer, where
+        self._bytes = 0
+        self._crcs: dict[str, list[int]] = {}  # per kind, in index order (each kind arrives in order)
 
     def _guard(self, call, *args):
         try:
@@ -52,9 +55,12 @@ class GuardedShardWriter:
             raise StoreWriteError(describe_storage_error(exc, self._where)) from exc
 
     def begin_video(self, video_id: str) -> None:
+        self._bytes, self._crcs = 0, {}
         self._guard(self._writer.begin_video, video_id)
 
     def put(self, kind: str, index: int, payload: bytes) -> None:
+        self._bytes += len(payload)
+        self._crcs.setdefault(kind, []).append(zlib.crc32(payload))
         self._guard(self._writer.put, kind, index, payload)
 
     def end_video(self) -> None:
@@ -63,15 +69,22 @@ class GuardedShardWriter:
     def abort_video(self) -> None:
         self._guard(self._writer.abort_video)
 
+    def entry_fields(self) -> dict:
+        """``bytes``, ``shard_size`` and ``records_crc32`` of the video just ended (durable now:
+        the shard is at least this long from here on)."""
+        return {"shard": Path(self._writer.path).name, "bytes": self._bytes,
+                "shard_size": self._guard(os.path.getsize, self._writer.path),
+                "records_crc32": records_crc32(self._crcs)}
 
-def open_next_shard(allocator: ShardAllocator) -> tuple[Path, GuardedShardWriter]:
-    """The shard the next video goes into and a guarded writer on it (a failure to create the
-    shard is a StoreWriteError, which stops the run)."""
+
+def open_next_shard(allocator: ShardAllocator) -> GuardedShardWriter:
+    """A guarded writer on the shard the next video goes into (a failure to create the shard is
+    a StoreWriteError, which stops the run)."""
     try:
         shard = allocator.shard_for_next_video()
     except OSError as exc:
         raise StoreWriteError(describe_storage_error(exc, str(allocator.dir))) from exc
-    return shard, GuardedShardWriter(writer_class(allocator.backend)(str(shard)), str(shard))
+    return GuardedShardWriter(writer_class(allocator.backend)(str(shard)), str(shard))
 
 
 #: per process and run: the flow estimator and the shard allocator (see :func:`worker_state`)
@@ -122,26 +135,16 @@ def extract_video(job: VideoJob, cfg: ExtractConfig, run_token: str, progress_qu
         source_sha = file_sha256(job.path)
     except OSError as exc:
         return VideoResult(job.id, job.path, reason=f"cannot read: {exc.strerror or exc}")
-    shard, writer = open_next_shard(allocator)
+    writer = open_next_shard(allocator)
     frames = prefetch(iter_frames(job.path, resize=cfg.resize, decoder=cfg.decoder))
-    bytes_written = 0
-    crcs: dict[str, list[int]] = {}  # per kind, in index order (each kind arrives in order)
-
-    def put(kind, index, payload):
-        nonlocal bytes_written
-        bytes_written += len(payload)
-        crcs.setdefault(kind, []).append(zlib.crc32(payload))
-        writer.put(kind, index, payload)
-
     try:
         writer.begin_video(job.id)
-        stats = compute_video_records(frames, estimator, cfg, put, reporter)
+        stats = compute_video_records(frames, estimator, cfg, writer.put, reporter)
         if stats.num_flows == 0:
             raise VideoDecodeError(
                 f"only {stats.num_frames} frame(s) decoded; a flow pair needs at least {cfg.stride + 1}"
             )
         writer.end_video()
-        shard_size = os.path.getsize(shard)  # durable now: the shard is at least this long from here on
     except StoreWriteError:
         writer.abort_video()
         raise
@@ -152,7 +155,7 @@ def extract_video(job: VideoJob, cfg: ExtractConfig, run_token: str, progress_qu
     entry = VideoEntry(
         id=job.id, source=job.path, source_size=source_size, source_sha256=source_sha,
         num_frames=stats.num_frames, num_flows=stats.num_flows, width=stats.width, height=stats.height,
-        shard=Path(shard).name, bytes=bytes_written, shard_size=shard_size, records_crc32=records_crc32(crcs),
+        **writer.entry_fields(),
     )
     return VideoResult(job.id, job.path, entry=entry, seconds=time.perf_counter() - start,
                        flow_seconds=stats.flow_seconds)
