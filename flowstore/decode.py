@@ -107,13 +107,17 @@ DECODER_NEEDS = {"pyav": ("av", "pip install av (PyAV)")}
 def check_decoder(name: str) -> None:
     """``name`` is a decoder and what it needs is installed, else InputError/EnvironmentProblem
     (exit 2) before any video is opened."""
-    import importlib.util
+    import importlib
 
     DECODERS.check(name)
     module, how = DECODER_NEEDS.get(name, (None, ""))
-    if module is not None and importlib.util.find_spec(module) is None:
+    if module is None:
+        return
+    try:
+        importlib.import_module(module)
+    except ImportError:
         raise EnvironmentProblem(f"decoder {name!r} needs the {module!r} package, which is not installed: "
-                                 f"{how}, or use --decoder opencv")
+                                 f"{how}, or use --decoder opencv") from None
 
 
 @register_decoder("opencv")
