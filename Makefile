@@ -5,12 +5,18 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# free space the venv needs (torch, ptlflow and the rest installed: about 6.7 GB, plus pip's cache)
+VENV_NEED_GB ?= 8
 
 .PHONY: demo test venv clean bench
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@$(PYTHON) -c "import os, shutil, sys; need = float('$(VENV_NEED_GB)'); where = os.path.abspath('$(VENV)'); \
+	free = shutil.disk_usage(os.path.dirname(where)).free / 2**30; \
+	sys.exit(0 if free >= need else 'error: the venv needs about %g GB free in %s, only %.1f GB are free there: free space (or VENV=/other/disk/.venv)' % (need, where, free))" \
+	|| exit 2
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# torch==2.14.1/torchvision==0.29.1 come from this machine's disk (see README)

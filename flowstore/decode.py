@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from .errors import InputError
+from .errors import EnvironmentProblem, InputError
 from .registry import Registry
 
 #: decoder name -> ``frames(path) -> iterator of RGB uint8 frames`` (unresized)
@@ -100,6 +100,26 @@ def list_decoders() -> list[str]:
     return DECODERS.names()
 
 
+#: decoder -> (module it needs, how to get it)
+DECODER_NEEDS = {"pyav": ("av", "pip install av (PyAV)")}
+
+
+def check_decoder(name: str) -> None:
+    """``name`` is a decoder and what it needs is installed, else InputError/EnvironmentProblem
+    (exit 2) before any video is opened."""
+    import importlib
+
+    DECODERS.check(name)
+    module, how = DECODER_NEEDS.get(name, (None, ""))
+    if module is None:
+        return
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise EnvironmentProblem(f"decoder {name!r} needs the {module!r} package, which is not installed: "
+                                 f"{how}, or use --decoder opencv") from None
+
+
 @register_decoder("opencv")
 def _iter_opencv(path: str) -> Iterator[np.ndarray]:
     cap = cv2.VideoCapture(path)
@@ -120,7 +140,7 @@ def _iter_pyav(path: str) -> Iterator[np.ndarray]:
     try:
         import av
     except ImportError:
-        raise RuntimeError("the pyav decoder needs the 'av' package: pip install av") from None
+        check_decoder("pyav")  # raises: av is missing
     try:
         container = av.open(path)
     except Exception as exc:  # av raises many types; report one line

@@ -14,6 +14,8 @@ EXIT_FAILURES = 3   # some videos failed (see failures.jsonl); --allow-failures 
 EXIT_LOCKED = 4     # another process is writing the store
 EXIT_STORE = 5      # the store cannot be written (disk full, read-only, permissions)
 EXIT_DAMAGED = 6    # verify found damaged or missing records
+EXIT_SIGINT = 130   # stopped by SIGINT (Ctrl-C): 128 + 2, as shells report it; committed work is kept
+EXIT_SIGTERM = 143  # stopped by SIGTERM: 128 + 15; committed work is kept
 
 
 class FlowstoreError(Exception):
@@ -77,6 +79,15 @@ class WorkerDiedError(FlowstoreError, RuntimeError):
     exit_code = EXIT_BUG
 
 
+class StoppedBySignal(FlowstoreError):
+    """SIGTERM or SIGINT stopped a run cleanly; the exit code is 128 + the signal number."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + int(signum)
+
+
 class DamagedStoreError(FlowstoreError, ValueError):
     """A record or file of a store is damaged (checksum mismatch, unreadable shard)."""
 
@@ -92,6 +103,6 @@ class MissingRecordError(DamagedStoreError, KeyError):
 
 __all__ = [
     "AlreadyExistsError", "DamagedStoreError", "EXIT_BUG", "EXIT_DAMAGED", "EXIT_FAILURES", "EXIT_LOCKED", "EXIT_OK",
-    "EXIT_STORE", "EXIT_USAGE", "EnvironmentProblem", "FlowstoreError", "InputError",
-    "MissingFileError", "MissingRecordError", "OutOfRangeError", "StoreLockedError", "StoreWriteError", "UnknownNameError", "WorkerDiedError",
+    "EXIT_SIGINT", "EXIT_SIGTERM", "EXIT_STORE", "EXIT_USAGE", "EnvironmentProblem", "FlowstoreError", "InputError",
+    "MissingFileError", "MissingRecordError", "OutOfRangeError", "StoppedBySignal", "StoreLockedError", "StoreWriteError", "UnknownNameError", "WorkerDiedError",
 ]

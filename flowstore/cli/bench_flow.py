@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .common import parse_params, user_errors
+from .common import parse_devices, parse_params, user_errors
 
 
 @click.command("bench-flow")
@@ -30,6 +30,10 @@ def command(pairs_dir, methods, device, batch_size, params, ckpt, repeats, markd
     from ..bench.flow import load_gt_pairs, markdown_table, run_flow_benchmark
     from ..flow import resolve_engine
 
+    devices = parse_devices(None, device)
+    if len(devices) > 1:
+        raise click.BadParameter("bench-flow runs on one device", param_hint="--device")
+    device = devices[0] if devices else None
     pairs = load_gt_pairs(pairs_dir)
     specs = []
     for item in methods:

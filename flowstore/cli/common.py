@@ -11,7 +11,7 @@ import click
 # Exit codes live with the error classes (flowstore/errors.py); re-exported for the commands
 from ..errors import (  # noqa: F401 (re-exported for the commands)
     EXIT_BUG, EXIT_DAMAGED, EXIT_FAILURES, EXIT_LOCKED, EXIT_OK, EXIT_STORE, EXIT_USAGE, FlowstoreError,
-    StoreWriteError,
+    InputError, StoppedBySignal, StoreWriteError,
 )
 
 EXIT_ERROR = EXIT_BUG
@@ -26,6 +26,32 @@ def parse_bytes(text: str) -> int:
     number, unit = float(m.group(1)), (m.group(2) or "").rstrip("b").rstrip("i")
     scale = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[unit]
     return int(number * scale)
+
+
+def parse_size(text: str | None, hint: str, *, single: bool = False) -> tuple[int, int] | int | None:
+    """``--size``-like options: ``"340x256"`` -> ``(340, 256)``; with ``single``, also ``"256"``
+    -> ``256``; ``None`` stays ``None``. Both numbers must be positive."""
+    if text is None or str(text).strip() == "":
+        return None
+    t = str(text).lower().strip()
+    m = re.fullmatch(r"(\d+)\s*x\s*(\d+)", t) or (re.fullmatch(r"(\d+)", t) if single else None)
+    forms = "WIDTHxHEIGHT, e.g. 340x256" + (", or one number N" if single else "")
+    if not m:
+        raise InputError(f"{hint} {text!r} is not a size; write {forms}")
+    numbers = tuple(int(g) for g in m.groups())
+    if min(numbers) < 1:
+        raise InputError(f"{hint} {text!r}: sizes must be positive (>= 1 pixel)")
+    return numbers if len(numbers) == 2 else numbers[0]
+
+
+def parse_devices(gpu: str | int | None, device: str | None) -> list[str]:
+    """``--gpu``/``--device`` -> device strings, each checked to exist on this machine (exit 2
+    with what to do otherwise): the one parser of extract, features and bench-flow."""
+    from ..devices import check_devices, parse_devices as parse
+
+    devices = parse(gpu, device)
+    check_devices(devices)
+    return devices
 
 
 def parse_value(text: str):
@@ -59,6 +85,9 @@ def user_errors(func):
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
+        except StoppedBySignal as exc:  # not an error: one line, the signal's exit code
+            click.echo(exc.message, err=True)
+            sys.exit(exc.exit_code)
         except StoreWriteError as exc:
             fail(f"{exc.message} — the store is left consistent; free space or fix permissions and rerun the same command",
                  exc.exit_code)

@@ -8,18 +8,22 @@ import sys
 import click
 
 from .choices import RegistryChoice
-from .common import EXIT_FAILURES, EXIT_USAGE, fail, parse_bytes, parse_params, user_errors
+from .common import EXIT_FAILURES, EXIT_USAGE, fail, parse_bytes, parse_devices, parse_params, parse_size, user_errors
 from ..flow.registry import describe_methods
 
 HELP = """Decode videos, compute dense optical flow for every frame pair, quantize it to 8 bits and
 write RGB frames and flow into a sharded LMDB (default) or HDF5 store.
 
-INPUT is any mix of video files and directories (searched recursively); --list FILE adds one
-path per line. A video's id is its path relative to the input root without extension.
+INPUT is any mix of video files and directories (searched recursively, following symlinked
+folders, each folder once); --list FILE adds one path per line. A video's id is its path
+relative to the input root without extension. Skipped non-video files and broken links are
+reported.
 
 The run is resumable: rerunning the same command skips videos already committed and
 completes the job, also after a crash or kill -9. Bad videos never stop the run: they are
-listed in STORE/failures.jsonl and skipped on reruns unless --retry-failed.
+listed in STORE/failures.jsonl and skipped on reruns unless --retry-failed. A committed video
+is never rewritten: if its source file changed since (size or SHA-256), a warning says so and
+the stored one is kept; to re-extract it, extract it into a new --out.
 
 \b
 Examples:
@@ -34,6 +38,8 @@ Exit codes:
   3  some videos failed; they are in STORE/failures.jsonl
   4  another process is writing this store
   5  the store cannot be written (disk full, read-only, permissions); it stays consistent
+  130  stopped by SIGINT (Ctrl-C), 143 stopped by SIGTERM: workers stopped, committed videos
+     kept; rerun the same command to continue
 """
 
 
@@ -73,13 +79,13 @@ Exit codes:
 def command(ctx, inputs, out, list_file, root, backend, method, engine, gpu, device, params, batch_size, ckpt,
             fp16, use_compile, quant, bound, flow_codec, flow_quality, frame_codec, frame_quality, size, short_side, stride, decoder,
             shard_size, workers, retry_failed, allow_failures, no_progress, summary_json):
-    from ..decode import Resize, parse_size
-    from ..extract import ExtractConfig, PlanError, plan_jobs, run_extract
+    from ..decode import Resize
+    from ..extract import ExtractConfig, PlanError, Skipped, plan_jobs, run_extract
     from ..quantize import QuantSpec
 
     if not inputs and not list_file:
         raise click.UsageError("give at least one INPUT (file or directory) or --list FILE")
-    devices = _devices(gpu, device)
+    devices = parse_devices(gpu, device)
     options = {}
     if batch_size is not None:
         options["batch_size"] = batch_size
@@ -89,19 +95,23 @@ def command(ctx, inputs, out, list_file, root, backend, method, engine, gpu, dev
         options["fp16"] = True
     if use_compile:
         options["compile"] = True
+    skipped = Skipped()
     try:
-        jobs = plan_jobs(inputs, list_file=list_file, root=root)
+        jobs = plan_jobs(inputs, list_file=list_file, root=root, skipped=skipped)
     except PlanError as exc:
         fail(str(exc), EXIT_USAGE)
+    for line in skipped.lines():
+        click.echo(line, err=True)
     cfg = ExtractConfig(
         out=out, backend=backend, method=method, engine=engine, device=devices[0] if devices else None,
         devices=tuple(devices), flow_params=parse_params(params), flow_options=options,
         quant=QuantSpec(scheme=quant, bound=bound), flow_codec=flow_codec, flow_quality=flow_quality,
-        frame_codec=frame_codec, frame_quality=frame_quality, resize=Resize(size=parse_size(size), short_side=short_side),
+        frame_codec=frame_codec, frame_quality=frame_quality, resize=Resize(size=parse_size(size, "--size"), short_side=short_side),
         stride=stride, decoder=decoder, shard_size=parse_bytes(shard_size), workers=workers,
     )
     click.echo(f"extract: {len(jobs)} video(s) -> {out} [{backend}, {method}, {cfg.n_workers} worker(s)]", err=True)
-    summary = run_extract(jobs, cfg, retry_failed=retry_failed, show_progress=not no_progress)
+    summary = run_extract(jobs, cfg, retry_failed=retry_failed, show_progress=not no_progress,
+                          log=lambda m: click.echo(m, err=True))
     for line in summary.lines():
         click.echo(line)
     if summary_json:
@@ -113,13 +123,3 @@ def command(ctx, inputs, out, list_file, root, backend, method, engine, gpu, dev
                    "exit code 3. Use --allow-failures to accept them.", err=True)
         sys.exit(EXIT_FAILURES)
 
-
-def _devices(gpu: str | None, device: str | None) -> list[str]:
-    if gpu is not None and device is not None:
-        raise click.UsageError("give --gpu or --device, not both")
-    if gpu is not None:
-        try:
-            return [f"cuda:{int(g)}" for g in gpu.split(",") if g.strip()]
-        except ValueError:
-            raise click.BadParameter(f"{gpu!r} is not a GPU index list like 0 or 0,1,2,3", param_hint="--gpu") from None
-    return [d.strip() for d in device.split(",") if d.strip()] if device else []

@@ -5,7 +5,7 @@ import json
 
 import click
 
-from .common import user_errors
+from .common import parse_devices, parse_size, user_errors
 
 HELP = """Extract frozen-backbone features of one stream (rgb frames or stacked flow) of every
 video in a flowstore store into an HDF5 feature store.
@@ -26,6 +26,8 @@ Each video is stored as (V = T*C views, K segments, D features).
 The feature store records its provenance (backbone, weights SHA-256, sampling, views, input
 values, the flow store's path and manifest hash). Reruns are resumable: videos already in
 OUT are never recomputed; a rerun with other settings is refused unless --overwrite.
+SIGINT/SIGTERM stop it cleanly (exit 130/143): the videos written so far are kept and a rerun
+computes the rest. A --crop larger than the (resized) frames is refused before any work.
 
 \b
 Examples:
@@ -33,20 +35,6 @@ Examples:
   flowstore features --store store --stream rgb --backbone resnet50 --weights resnet50_a1.pth \\
       --resize 256 --crop 224 --spatial-views 10 --out rgb_r50.h5 --gpu 0
 """
-
-
-def _size(text: str | None, what: str):
-    if text is None:
-        return None
-    t = text.lower().strip()
-    try:
-        if "x" in t:
-            w, h = (int(v) for v in t.split("x"))
-            return (w, h)
-        return int(t)
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a size; write WIDTHxHEIGHT or one number",
-                                 param_hint=what) from None
 
 
 @click.command("features", help=HELP)
@@ -85,17 +73,18 @@ def command(store, stream, backbone, weights, out, num_segments, length, tempora
 
     from ..features.extract import FeatureConfig, extract_features
 
-    if gpu is not None and device is not None:
-        raise click.UsageError("give --gpu or --device, not both")
-    device = f"cuda:{gpu}" if gpu is not None else (device or "cpu")
+    devices = parse_devices(gpu, device)
+    if len(devices) > 1:
+        raise click.BadParameter("features runs on one device", param_hint="--device")
+    device = devices[0] if devices else "cpu"
     if threads:
         torch.set_num_threads(threads)
-    crop_size = _size(crop, "--crop")
+    crop_size = parse_size(crop, "--crop", single=True)
     if isinstance(crop_size, int):
         crop_size = (crop_size, crop_size)
     cfg = FeatureConfig(stream=stream, backbone=backbone, weights=weights, seed=seed, num_segments=num_segments,
                         length=length, temporal_views=temporal_views, spatial_views=int(spatial_views),
-                        resize=_size(resize, "--resize"), crop=crop_size, flow_values=flow_values,
+                        resize=parse_size(resize, "--resize", single=True), crop=crop_size, flow_values=flow_values,
                         mean_subtract=None if mean_subtract == "none" else mean_subtract, dtype=dtype,
                         batch_size=batch_size, device=device)
     click.echo(f"features: {stream} of {store} with {backbone} ({'random init' if weights == 'random' else weights}) "

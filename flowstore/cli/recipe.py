@@ -68,6 +68,36 @@ def _setting_names(param: click.Parameter) -> set[str]:
     return names
 
 
+def _check_type(param: click.Parameter, value, where: str) -> None:
+    """A recipe value must have the type of the option it sets: ``true``/``false`` for a flag
+    (not the string "true"), a single value unless the option repeats, a whole number for an
+    INT option, a number for a FLOAT one, never a boolean for a valued option."""
+    if getattr(param, "is_flag", False):
+        if not isinstance(value, bool):
+            raise InputError(f"{where} = {value!r}: a flag takes true or false (no quotes)")
+        return
+    if isinstance(value, dict):
+        if not (getattr(param, "multiple", False) and param.name == "params"):
+            raise InputError(f"{where} = {value!r}: a table is only for param = {{KEY = VALUE}}")
+        return
+    if isinstance(value, list):
+        if not (getattr(param, "multiple", False) or (isinstance(param, click.Argument) and param.nargs == -1)):
+            raise InputError(f"{where} = {value!r}: takes one value, not a list")
+        items = value
+    else:
+        items = [value]
+    for item in items:
+        if isinstance(item, (list, dict)):
+            raise InputError(f"{where} = {value!r}: a list of single values is expected")
+        if isinstance(item, bool):
+            raise InputError(f"{where} = {value!r}: takes a value, not true/false")
+        kind = param.type
+        if isinstance(kind, click.types.IntParamType) and not isinstance(item, int):
+            raise InputError(f"{where} = {item!r}: takes a whole number")
+        if isinstance(kind, click.types.FloatParamType) and not isinstance(item, (int, float)):
+            raise InputError(f"{where} = {item!r}: takes a number")
+
+
 def stage_argv(command: click.Command, settings: dict, stage: str) -> list[str]:
     """Turn a stage table into the command line of ``command``."""
     settings = {k.replace("-", "_"): v for k, v in settings.items() if k != "command"}
@@ -87,6 +117,7 @@ def stage_argv(command: click.Command, settings: dict, stage: str) -> list[str]:
             positional += [str(v) for v in value] if isinstance(value, list) else [str(value)]
             continue
         flag = max(param.opts, key=len)  # the long form
+        _check_type(param, value, f"stage [{stage}] {key}")
         if getattr(param, "is_flag", False):
             if value:
                 argv.append(flag)

@@ -59,11 +59,16 @@ class Clip:
         return int(self.arrays()[0].shape[0])
 
 
-def _pair(size) -> tuple[int, int]:
-    """``int`` -> square ``(s, s)``; ``(w, h)`` as is."""
-    if isinstance(size, (int, np.integer)):
-        return int(size), int(size)
-    w, h = size
+def _pair(size, what: str = "size") -> tuple[int, int]:
+    """``int`` -> square ``(s, s)``; ``(w, h)`` as is; both positive whole numbers (InputError)."""
+    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+        size = (size, size)
+    try:
+        w, h = size
+    except (TypeError, ValueError):
+        raise InputError(f"{what} must be N or (W, H), got {size!r}") from None
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (w, h)) or min(w, h) < 1:
+        raise InputError(f"{what} must be positive whole numbers of pixels (>= 1), got {size!r}")
     return int(w), int(h)
 
 
@@ -136,6 +141,7 @@ class Resize:
     """``size`` int: shorter side to ``size`` keeping the aspect ratio; ``(w, h)``: exactly."""
 
     def __init__(self, size):
+        _pair(size, "resize size")  # checked now, not per clip
         self.size = size
 
     def target(self, w: int, h: int) -> tuple[int, int]:
@@ -153,7 +159,7 @@ class Resize:
 
 class CenterCrop:
     def __init__(self, size):
-        self.size = _pair(size)
+        self.size = _pair(size, "crop size")
 
     def __call__(self, clip: Clip, rng=None) -> Clip:
         W, H = clip.size
@@ -194,7 +200,7 @@ class MultiScaleCrop:
 
     def __init__(self, size=224, scales: Sequence[float] = TSN_SCALES, max_distort: int = 1,
                  fix_crop: bool = True, more_fix_crop: bool = True):
-        self.size = _pair(size)
+        self.size = _pair(size, "crop size")
         self.scales = tuple(float(s) for s in scales)
         self.max_distort = int(max_distort)
         self.fix_crop = fix_crop
@@ -240,7 +246,7 @@ class TenCrop:
     """S snippets -> ``S * 10`` views (snippet-major), crops in :data:`TEN_CROP_ORDER`."""
 
     def __init__(self, size=224):
-        self.size = _pair(size)
+        self.size = _pair(size, "crop size")
 
     def __call__(self, clip: Clip, rng=None) -> Clip:
         views = [hflip(crop(clip, x, y, w, h)) if flipped else crop(clip, x, y, w, h)

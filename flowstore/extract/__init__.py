@@ -15,7 +15,7 @@ One job a module:
 """
 from .config import DEFAULT_SHARD_SIZE, ExtractConfig
 from .executor import EXECUTORS, Executor, LocalExecutor, list_executors, register_executor
-from .plan import PlanError, VideoJob, plan_jobs, video_id
+from .plan import PlanError, Skipped, VideoJob, plan_jobs, video_id
 from .run import ExtractSummary, run_extract
 from .stream import VideoStats, compute_video_records
 from .worker import VideoResult, extract_video
@@ -23,7 +23,7 @@ from ..decode import VIDEO_EXTENSIONS
 from ..errors import WorkerDiedError
 
 __all__ = [
-    "DEFAULT_SHARD_SIZE", "EXECUTORS", "ExtractConfig", "ExtractSummary", "Executor", "LocalExecutor", "PlanError",
+    "DEFAULT_SHARD_SIZE", "EXECUTORS", "ExtractConfig", "ExtractSummary", "Executor", "LocalExecutor", "PlanError", "Skipped",
     "VIDEO_EXTENSIONS", "VideoJob", "VideoResult", "VideoStats", "WorkerDiedError", "compute_video_records",
     "extract_video", "list_executors", "plan_jobs", "register_executor", "run_extract", "video_id",
 ]

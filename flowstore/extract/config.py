@@ -6,7 +6,7 @@ import dataclasses
 import os
 
 from ..codec import check_codec, check_quality, effective_quality
-from ..decode import DECODERS, Resize
+from ..decode import Resize, check_decoder
 from ..errors import InputError
 from ..quantize import QuantSpec
 from ..store.backend import BACKENDS
@@ -42,7 +42,7 @@ class ExtractConfig:
         check_codec(self.frame_codec)
         check_quality(self.flow_codec, self.flow_quality)  # fail now, not once per video
         check_quality(self.frame_codec, self.frame_quality)
-        DECODERS.check(self.decoder)
+        check_decoder(self.decoder)  # also: is PyAV installed for --decoder pyav
         if self.stride < 1:
             raise InputError(f"stride must be >= 1, got {self.stride}")
         if self.shard_size < 1:

@@ -53,6 +53,11 @@ class Executor(abc.ABC):
     def results(self, jobs: Sequence[VideoJob]) -> Iterator[VideoResult]:
         """Run ``jobs``; yield each result as it finishes."""
 
+    def stop(self) -> None:
+        """Stop every worker now (SIGTERM/SIGINT reached the driver): running jobs are
+        abandoned uncommitted, :meth:`results` yields nothing more. Called before ``__exit__``;
+        ``__exit__`` must still release what is left."""
+
 
 @register_executor("local")
 class LocalExecutor(Executor):
@@ -85,6 +90,17 @@ class LocalExecutor(Executor):
             self._manager.shutdown()
 
     def results(self, jobs: Sequence[VideoJob]) -> Iterator[VideoResult]:
+        self._results = self._results_of(jobs)
+        return self._results
+
+    def stop(self) -> None:
+        # closing joblib's generator aborts the Parallel call: loky terminates its workers
+        # (kill_workers=True); a one-worker run stops in this process
+        results = getattr(self, "_results", None)
+        if results is not None:
+            results.close()
+
+    def _results_of(self, jobs: Sequence[VideoJob]) -> Iterator[VideoResult]:
         from joblib import Parallel, delayed
         from joblib.externals.loky.process_executor import TerminatedWorkerError
 

@@ -22,6 +22,51 @@ class VideoJob:
     path: str
 
 
+@dataclasses.dataclass
+class Skipped:
+    """What the search of directory inputs passed over (reported, never silently)."""
+
+    not_video: list = dataclasses.field(default_factory=list)     # files without a video extension
+    broken_links: list = dataclasses.field(default_factory=list)  # symlinks to nothing
+    loops: list = dataclasses.field(default_factory=list)         # symlinked folders already searched
+
+    def lines(self) -> list[str]:
+        out = []
+        for what, items in (("non-video file(s)", self.not_video), ("broken symlink(s)", self.broken_links),
+                            ("symlinked folder(s) searched already (a loop or a second link)", self.loops)):
+            if items:
+                shown = ", ".join(str(p) for p in items[:3]) + (" ..." if len(items) > 3 else "")
+                out.append(f"skipped {len(items)} {what}: {shown}")
+        return out
+
+
+def _walk(folder: Path, skipped: Skipped) -> list[Path]:
+    """Every file under ``folder``, following symlinked folders; a folder reached twice (a
+    symlink loop, or two links to one folder) is searched once."""
+    found: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+
+    def visit(d: Path) -> None:
+        st = d.stat()
+        if (st.st_dev, st.st_ino) in seen:
+            skipped.loops.append(d)
+            return
+        seen.add((st.st_dev, st.st_ino))
+        for entry in sorted(d.iterdir()):
+            if entry.is_dir():
+                visit(entry)
+            elif entry.is_file():
+                if entry.suffix.lower() in VIDEO_EXTENSIONS:
+                    found.append(entry)
+                else:
+                    skipped.not_video.append(entry)
+            elif entry.is_symlink():  # a link to nothing
+                skipped.broken_links.append(entry)
+
+    visit(folder)
+    return found
+
+
 def _absolute(path: str | os.PathLike) -> Path:
     return Path(os.path.normpath(os.path.abspath(path)))
 
@@ -32,23 +77,24 @@ def video_id(path: Path, root: Path) -> str:
 
 
 def plan_jobs(inputs: Sequence[str | os.PathLike], *, list_file: str | os.PathLike | None = None,
-              root: str | os.PathLike | None = None) -> list[VideoJob]:
+              root: str | os.PathLike | None = None, skipped: Skipped | None = None) -> list[VideoJob]:
     """Resolve inputs to jobs. Ids are paths relative to the input root without extension.
 
     A directory input is searched recursively and is its own root; a file's root is its
     folder; ``--list`` lines are paths relative to the list file's folder, which is their root
     (a listed path outside it has its own folder as root). ``root`` overrides all of these.
-    Missing inputs and id collisions raise :class:`PlanError` before any work.
+    Symlinked folders are followed (each folder once: loops are guarded); what the search
+    passes over is added to ``skipped``. Missing inputs and id collisions raise
+    :class:`PlanError` before any work.
     """
+    skipped = skipped if skipped is not None else Skipped()
     candidates: list[tuple[Path, Path]] = []
     # absolute, but symlinks are kept: a symlinked dataset folder keeps its own ids
     base = _absolute(root) if root else None
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            for f in sorted(p.rglob("*")):
-                if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS:
-                    candidates.append((f, base or p))
+            candidates += [(f, base or p) for f in _walk(p, skipped)]
         elif p.exists():
             candidates.append((p, base or p.parent))
         else:

@@ -11,7 +11,9 @@ import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ..devices import check_devices
 from ..errors import StoreWriteError, WorkerDiedError
+from ..signals import StopRequested, stop_on_signals
 from ..store.writer import StoreLock, StoreWriter, describe_os_error, describe_storage_error
 from .config import ExtractConfig
 from .executor import EXECUTORS
@@ -33,6 +35,7 @@ class ExtractSummary:
     worker_seconds: float = 0.0  # wall time of the workers' videos, summed
     flow_seconds: float = 0.0    # of which inside the flow engine
     failures: list = dataclasses.field(default_factory=list)  # failures among the planned videos
+    changed_sources: list = dataclasses.field(default_factory=list)  # committed ids whose source file changed
 
     @property
     def pairs_per_second(self) -> float:
@@ -54,6 +57,9 @@ class ExtractSummary:
                        "(decoding and encoding overlap with it on other threads)")
         for f in self.failures:
             out.append(f"FAILED {f['id']}: {f['reason']}  [{f['source']}]")
+        if self.changed_sources:
+            out.append(f"{len(self.changed_sources)} video(s) kept as committed although their source file changed "
+                       "since (see the warnings; extract them into a new --out to get the new content)")
         return out
 
 
@@ -77,11 +83,41 @@ def choose_todo(jobs: Sequence[VideoJob], store: StoreWriter, retry_failed: bool
     for job in jobs:
         if job.id in committed:
             summary.skipped_committed += 1
+            change = source_change(job.path, store.videos[job.id])
+            if change:
+                summary.changed_sources.append({"id": job.id, "source": job.path, "change": change})
         elif job.id in failed_before and not retry_failed:
             summary.skipped_failed += 1
         else:
             todo.append(job)
     return todo
+
+
+def source_change(path: str, entry) -> str | None:
+    """How the file at ``path`` differs from the source of its committed ``entry`` (size, or
+    SHA-256 when the file was modified after the commit), or None. Unreadable: None (the
+    video stays committed; nothing new to compare)."""
+    import datetime
+
+    from ..io import file_sha256
+
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if st.st_size != entry["source_size"]:
+        return f"size {entry['source_size']} -> {st.st_size} bytes"
+    try:
+        committed = datetime.datetime.fromisoformat(entry["committed_at"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        committed = None
+    if committed is not None and st.st_mtime < committed:
+        return None  # not modified since it was extracted (the commit time is to the second)
+    try:
+        sha = file_sha256(path)
+    except OSError:
+        return None
+    return None if sha == entry["source_sha256"] else "same size, different SHA-256"
 
 
 def commit_result(store: StoreWriter, result: VideoResult, summary: ExtractSummary) -> None:
@@ -143,34 +179,49 @@ def run_extract(jobs: Sequence[VideoJob], cfg: ExtractConfig, *, retry_failed: b
 
     executor_class = EXECUTORS[executor]
     out = Path(cfg.out)
-    check_writable(out)
+    check_devices(cfg.devices or [cfg.device])
     summary = ExtractSummary(planned=len(jobs))
-    # Built once here: validates method/params/checkpoint before any work, and describes the manifest.
+    # Built once here: validates method/params/checkpoint before any work (and before the store
+    # directory is created), and describes the manifest.
     description = build_flow(cfg.method, engine=cfg.engine, device=cfg.device,
                              params=dict(cfg.flow_params), **dict(cfg.flow_options)).describe()
+    check_writable(out)
     t0 = time.perf_counter()
-    with StoreLock(out):
-        try:
-            store = StoreWriter(out, cfg.settings(description))
-        except OSError as exc:
-            raise StoreWriteError(describe_os_error(exc, f"the store {out}")) from exc
-        todo = choose_todo(jobs, store, retry_failed, summary)
-        n_workers = min(cfg.n_workers, max(1, len(todo)))
-        try:
-            with executor_class(cfg, n_workers, uuid.uuid4().hex) as pool, \
-                    Progress(len(todo), pool.progress, show_progress) as progress:
-                for result in pool.results(todo):
-                    commit_result(store, result, summary)
-                    progress.videos.update(1)
-        except WorkerDiedError as exc:
-            raise WorkerDiedError(f"{exc.message}; the {summary.ok} video(s) committed so far are safe: "
-                                  "rerun the same command to continue") from None
-        finally:
+    store = None
+    try:
+        with stop_on_signals() as signals, StoreLock(out):
             try:
-                store.checkpoint()
-            except OSError as exc:  # the commit log still holds every committed video
-                log(f"warning: could not rewrite the manifest ({exc}); commits.jsonl keeps the commits")
-        wanted = {j.id for j in jobs}
-        summary.failures = [f for f in store.failures() if f["id"] in wanted]
+                store = StoreWriter(out, cfg.settings(description))
+            except OSError as exc:
+                raise StoreWriteError(describe_os_error(exc, f"the store {out}")) from exc
+            todo = choose_todo(jobs, store, retry_failed, summary)
+            for change in summary.changed_sources:
+                log(f"warning: {change['id']}: its source {change['source']} changed since it was extracted "
+                    f"({change['change']}); the committed video is kept (extract into a new --out to redo it)")
+            n_workers = min(cfg.n_workers, max(1, len(todo)))
+            try:
+                with executor_class(cfg, n_workers, uuid.uuid4().hex) as pool, \
+                        Progress(len(todo), pool.progress, show_progress) as progress:
+                    try:
+                        for result in pool.results(todo):
+                            with signals.deferred():  # a signal waits until the video is committed
+                                commit_result(store, result, summary)
+                            progress.videos.update(1)
+                    except StopRequested:
+                        pool.stop()
+                        raise
+            except WorkerDiedError as exc:
+                raise WorkerDiedError(f"{exc.message}; the {summary.ok} video(s) committed so far are safe: "
+                                      "rerun the same command to continue") from None
+            finally:
+                try:
+                    with signals.deferred():
+                        store.checkpoint()
+                except OSError as exc:  # the commit log still holds every committed video
+                    log(f"warning: could not rewrite the manifest ({exc}); commits.jsonl keeps the commits")
+            wanted = {j.id for j in jobs}
+            summary.failures = [f for f in store.failures() if f["id"] in wanted]
+    except StopRequested as exc:  # workers stopped, commits kept, manifest checkpointed
+        raise exc.stopped(len(store.committed) if store is not None else 0) from None
     summary.seconds = time.perf_counter() - t0
     return summary

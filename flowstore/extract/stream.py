@@ -20,6 +20,19 @@ from .config import ExtractConfig
 ENCODE_QUEUE_DEPTH = 8
 
 
+class NonFiniteFlowError(InputError):
+    """The flow engine returned NaN or inf: the video fails, nothing of it is stored."""
+
+
+def check_finite(flows: np.ndarray, first: int, estimator) -> None:
+    """Once per flow batch: NaN/inf would quantize to arbitrary values (or 0) silently."""
+    if not np.isfinite(flows).all():
+        bad = [first + k for k in range(len(flows)) if not np.isfinite(flows[k]).all()]
+        raise NonFiniteFlowError(
+            f"the {estimator.method or 'flow'} engine ({estimator.engine or '?'}) returned non-finite values "
+            f"(NaN or inf) for flow(s) {bad[:5]}{' ...' if len(bad) > 5 else ''}; check --param values")
+
+
 @dataclasses.dataclass
 class VideoStats:
     num_frames: int = 0
@@ -109,6 +122,7 @@ def compute_video_records(frames: Iterable[np.ndarray], estimator, cfg: ExtractC
         start = time.perf_counter()
         flows = estimator.compute(prev_batch, next_batch)
         flow_seconds += time.perf_counter() - start
+        check_finite(flows, n_flows, estimator)
         for flow in flows:
             submit("flow", n_flows, flow)
             n_flows += 1

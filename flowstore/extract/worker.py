@@ -148,8 +148,10 @@ def extract_video(job: VideoJob, cfg: ExtractConfig, run_token: str, progress_qu
     except StoreWriteError:
         writer.abort_video()
         raise
-    except Exception as exc:  # a bad video must never stop the run
+    except BaseException as exc:  # a bad video must never stop the run ...
         writer.abort_video()
+        if not isinstance(exc, Exception):  # ... but a signal (StopRequested) or KeyboardInterrupt does
+            raise
         reason = str(exc) if isinstance(exc, VideoDecodeError) else f"{exc.__class__.__name__}: {exc}"
         return VideoResult(job.id, job.path, reason=" ".join(reason.split()))
     entry = VideoEntry(

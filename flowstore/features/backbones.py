@@ -41,7 +41,7 @@ from typing import Callable
 
 import torch
 from torch import nn
-from ..errors import InputError
+from ..errors import EnvironmentProblem, InputError
 from ..io import file_sha256, load_weights_object
 from ..registry import Registry
 
@@ -64,7 +64,7 @@ class WeightsError(InputError):
 
 def _timm_builder(timm_name: str, *, zero_init_last: bool | None = False) -> Callable[..., nn.Module]:
     def build(*, in_chans: int) -> nn.Module:
-        import timm
+        timm = import_timm()
 
         kw = {"pretrained": False, "num_classes": 0, "in_chans": int(in_chans)}
         if zero_init_last is not None:
@@ -103,7 +103,7 @@ def _make_model(name: str, *, in_chans: int) -> tuple[nn.Module, bool]:
     if name in BACKBONES:
         builder = BACKBONES[name]
         return builder(in_chans=in_chans), "zero_init_last" in (builder.__doc__ or "")
-    import timm
+    timm = import_timm()
 
     if not timm.is_model(name):
         raise BACKBONES.unknown(name, also=" or any timm model name")
@@ -178,10 +178,20 @@ def _classifier_prefixes(model: nn.Module) -> list[str]:
     return [f"{n}." for n in names]
 
 
+def import_timm():
+    """``import timm``, or EnvironmentProblem (exit 2) saying how to install it."""
+    try:
+        import timm
+    except ImportError as exc:
+        raise EnvironmentProblem(f"backbones need the 'timm' package, which is not installed ({exc}): "
+                                 "pip install timm (or install flowstore with its default dependencies)") from None
+    return timm
+
+
 def build_backbone(name: str, *, in_chans: int = 3, weights: str | os.PathLike = "random",
                    seed: int = 0, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """A frozen timm backbone in eval mode and its provenance ``info`` (see module docstring)."""
-    import timm
+    timm = import_timm()
 
     in_chans = int(in_chans)
     if in_chans < 1:

@@ -28,6 +28,7 @@ are never recomputed; rerunning after an interruption computes only the rest.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -43,6 +44,7 @@ import torch
 from .backbones import build_backbone
 from .store import FeatureStore, FeatureStoreError
 from ..errors import InputError
+from ..signals import StopRequested, stop_on_signals
 
 __all__ = ["FeatureConfig", "FeatureSummary", "extract_features", "manifest_hashes", "snippet_starts",
            "STREAMS", "SPATIAL_VIEWS", "FLOW_INPUT_VALUES"]
@@ -124,6 +126,29 @@ class FeatureConfig:
             raise InputError(f"mean subtraction must be field, stack or none, got {self.mean_subtract!r}")
         if self.dtype not in ("float32", "float16"):
             raise InputError(f"dtype must be float32 or float16, got {self.dtype!r}")
+        from ..data import transforms as T
+        from ..devices import check_devices
+
+        if self.resize is not None:
+            T.Resize(self.resize)  # raises on a size that is not positive pixels
+        if self.crop is not None:
+            self.crop = T.CenterCrop(self.crop).size
+        check_devices([self.device])  # a device that is not here: exit 2 before any file is made
+
+    def check_fits(self, reader) -> None:
+        """The crop fits every video's (resized) frames: refused before any work, not per video."""
+        from ..data import transforms as T
+
+        if self.crop is None:
+            return
+        for video in reader.videos:
+            w, h = reader.frame_size(video)
+            if self.resize is not None:
+                w, h = T.Resize(self.resize).target(w, h)
+            if self.crop[0] > w or self.crop[1] > h:
+                after = f" after --resize {self.resize}" if self.resize is not None else ""
+                raise InputError(f"--crop {self.crop[0]}x{self.crop[1]} does not fit video {video!r}: its frames are "
+                                 f"{w}x{h}{after}; the crop must be at most the frame size (crop <= {w}x{h})")
 
     @property
     def in_chans(self) -> int:
@@ -266,6 +291,7 @@ def extract_features(store, out, cfg: FeatureConfig, *, overwrite: bool = False,
     cfg.check()
     log = log or (lambda msg: None)
     reader = store if hasattr(store, "manifest") else open_store(store)
+    cfg.check_fits(reader)
     start = time.perf_counter()
     device = torch.device(cfg.device)
     model, info = build_backbone(cfg.backbone, in_chans=cfg.in_chans, weights=cfg.weights, seed=cfg.seed,
@@ -297,7 +323,12 @@ def extract_features(store, out, cfg: FeatureConfig, *, overwrite: bool = False,
                 f"skipped (e.g. {empty[:3]})")
         summary.skipped = len(reader.videos) - len(todo) - len(empty)
         if todo:
-            _run(model, preparer, todo, fs, cfg, reader, device, summary, show_progress)
+            try:
+                with stop_on_signals() as signals:
+                    _run(model, preparer, todo, fs, cfg, reader, device, summary, show_progress, signals)
+            except StopRequested as exc:  # the videos appended so far are kept; a rerun does the rest
+                fs.update_provenance(provenance)
+                raise exc.stopped(len(stored) + summary.computed) from None
         fs.update_provenance(provenance)
         summary.shape = fs.shape
     finally:
@@ -307,7 +338,7 @@ def extract_features(store, out, cfg: FeatureConfig, *, overwrite: bool = False,
 
 
 @torch.inference_mode()
-def _run(model, preparer, todo, fs, cfg, reader, device, summary, show_progress) -> None:
+def _run(model, preparer, todo, fs, cfg, reader, device, summary, show_progress, signals=None) -> None:
     from tqdm import tqdm
 
     bar = tqdm(total=len(todo), unit="video", desc=f"features {cfg.stream}", disable=not show_progress)
@@ -340,23 +371,29 @@ def _run(model, preparer, todo, fs, cfg, reader, device, summary, show_progress)
                 n = x.shape[0]
                 rows.append(feats[offset:offset + n].reshape(cfg.num_views, cfg.num_segments, d))
                 offset += n
-            fs.append([p[0] for p in pending], np.stack(rows), np.stack([p[2] for p in pending]).astype(np.int32),
-                      [p[3] for p in pending], [entry_sha256(reader.entry(p[0])) for p in pending])
+            with signals.deferred() if signals is not None else contextlib.nullcontext():  # whole appends only
+                fs.append([p[0] for p in pending], np.stack(rows), np.stack([p[2] for p in pending]).astype(np.int32),
+                          [p[3] for p in pending], [entry_sha256(reader.entry(p[0])) for p in pending])
             summary.images += offset
             summary.computed += len(pending)
             bar.update(len(pending))
             pending.clear()
             pending_images = 0
 
-        refill()
-        while futures:
-            item = futures.popleft().result()
+        try:
             refill()
-            if pending and pending[0][1].shape[1:] != item[1].shape[1:]:
-                flush()  # videos of another size: batch them separately
-            pending.append(item)
-            pending_images += item[1].shape[0]
-            if pending_images >= cfg.batch_size:
-                flush()
-        flush()
+            while futures:
+                item = futures.popleft().result()
+                refill()
+                if pending and pending[0][1].shape[1:] != item[1].shape[1:]:
+                    flush()  # videos of another size: batch them separately
+                pending.append(item)
+                pending_images += item[1].shape[0]
+                if pending_images >= cfg.batch_size:
+                    flush()
+            flush()
+        except StopRequested:
+            for future in futures:  # do not decode the videos queued ahead
+                future.cancel()
+            raise
     bar.close()

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from .registry import FlowEstimator, check_params
+from .registry import FlowEstimator, Range, check_params
 from ..errors import InputError
 
 #: cv2.calcOpticalFlowFarneback defaults used by TSN-era tools; every one can be overridden.
@@ -33,6 +33,36 @@ TVL1_DEFAULTS = {
     "scaleStep": 0.8,
     "gamma": 0.0,
     "medianFiltering": 5,
+}
+
+# Valid values of each parameter, for both engines (checked by check_params when the estimator
+# is built, i.e. before any video). From OpenCV's documentation and what cv2 5.0 does outside
+# them (tried: see docs/ARCHITECTURE.md, "Parameter ranges"): pyr_scale >= 1, flags with
+# OPTFLOW_USE_INITIAL_FLOW, nscales < 1, scaleStep outside (0, 1] and medianFiltering other than
+# 1, 3, 5 raise cv2.error; winsize 0 and theta <= 0 return NaN; the others are accepted but
+# meaningless (a zero or negative step, weight, tolerance or iteration count).
+FARNEBACK_RANGES = {
+    "pyr_scale": Range(gt=0, lt=1),
+    "levels": Range(ge=0),
+    "winsize": Range(ge=1),
+    "iterations": Range(ge=1),
+    "poly_n": Range(choices=(5, 7)),
+    "poly_sigma": Range(gt=0),
+    "flags": Range(choices=(0, 256), note="0 or 256 (OPTFLOW_FARNEBACK_GAUSSIAN)"),
+}
+
+TVL1_RANGES = {
+    "tau": Range(gt=0),
+    "lambda_": Range(gt=0),
+    "theta": Range(gt=0),
+    "nscales": Range(ge=1),
+    "warps": Range(ge=1),
+    "epsilon": Range(gt=0),
+    "innnerIterations": Range(ge=1),
+    "outerIterations": Range(ge=1),
+    "scaleStep": Range(gt=0, lt=1),
+    "gamma": Range(ge=0),
+    "medianFiltering": Range(choices=(0, 1, 3, 5), note="1 (or 0) for none, 3 or 5"),
 }
 
 
@@ -99,10 +129,10 @@ class OpenCVTVL1(_OpenCVEstimator):
 def build_opencv_farneback(*, params: dict | None = None, device: str = "cpu") -> OpenCVFarneback:
     if device not in ("cpu", None):
         raise InputError(f"the opencv engine runs on the CPU only, not {device!r}; use --engine torch")
-    return OpenCVFarneback(check_params("farneback", params or {}, FARNEBACK_DEFAULTS))
+    return OpenCVFarneback(check_params("farneback", params or {}, FARNEBACK_DEFAULTS, FARNEBACK_RANGES))
 
 
 def build_opencv_tvl1(*, params: dict | None = None, device: str = "cpu") -> OpenCVTVL1:
     if device not in ("cpu", None):
         raise InputError(f"the opencv engine runs on the CPU only, not {device!r}; use --engine torch")
-    return OpenCVTVL1(check_params("tvl1", params or {}, TVL1_DEFAULTS))
+    return OpenCVTVL1(check_params("tvl1", params or {}, TVL1_DEFAULTS, TVL1_RANGES))

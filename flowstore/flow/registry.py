@@ -19,6 +19,7 @@ one-pair-at-a-time OpenCV share one calling convention::
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Union
 
@@ -159,8 +160,52 @@ def build_flow(
     return builder(**kwargs)
 
 
-def check_params(method: str, given: dict, defaults: dict) -> dict:
-    """Merge user parameters over defaults, rejecting unknown names with the list of valid ones."""
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The valid values of one numeric flow parameter: bounds (``gt``/``ge``/``lt``/``le``) or a
+    set of ``choices``; ``note`` says what the values mean where that helps."""
+
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+    choices: tuple | None = None
+    note: str = ""
+
+    def contains(self, value) -> bool:
+        if self.choices is not None:
+            return value in self.choices
+        return not ((self.gt is not None and not value > self.gt) or (self.ge is not None and not value >= self.ge)
+                    or (self.lt is not None and not value < self.lt) or (self.le is not None and not value <= self.le))
+
+    def __str__(self) -> str:
+        if self.note:
+            return self.note
+        if self.choices is not None:
+            return "one of " + ", ".join(map(str, self.choices))
+        low = f"({self.gt:g}" if self.gt is not None else f"[{self.ge:g}" if self.ge is not None else ""
+        high = f"{self.lt:g})" if self.lt is not None else f"{self.le:g}]" if self.le is not None else ""
+        if low and high:
+            return f"in {low}, {high}"
+        if low:
+            return ("> " if low[0] == "(" else ">= ") + low[1:]
+        return ("< " if high[-1] == ")" else "<= ") + high[:-1]
+
+
+def _typed(method: str, key: str, value, default):
+    """``value`` as the type of ``default`` (int params take whole numbers only, never bools)."""
+    kind = type(default)
+    if kind not in (int, float) or default is None:
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+        what = "a whole number" if kind is int else "a number"
+        raise InputError(f"parameter {key}={value!r} of method {method!r} must be {what}")
+    return kind(value)
+
+
+def check_params(method: str, given: dict, defaults: dict, ranges: dict | None = None) -> dict:
+    """Merge user parameters over defaults, rejecting unknown names with the list of valid ones
+    and values outside ``ranges`` (name -> :class:`Range`) with the valid range."""
     unknown = sorted(set(given) - set(defaults))
     if unknown:
         raise InputError(
@@ -168,7 +213,10 @@ def check_params(method: str, given: dict, defaults: dict) -> dict:
         )
     merged = dict(defaults)
     for key, value in given.items():
-        merged[key] = type(defaults[key])(value) if defaults[key] is not None else value
+        merged[key] = _typed(method, key, value, defaults[key])
+        valid = (ranges or {}).get(key)
+        if valid is not None and not valid.contains(merged[key]):
+            raise InputError(f"parameter {key}={value!r} of method {method!r} is out of range: must be {valid}")
     return merged
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .opencv import FARNEBACK_DEFAULTS, TVL1_DEFAULTS, to_gray
+from .opencv import FARNEBACK_DEFAULTS, FARNEBACK_RANGES, TVL1_DEFAULTS, TVL1_RANGES, to_gray
 from .registry import FlowEstimator, check_params
 from .torch_farneback import farneback_flow
 from .torch_tvl1 import tvl1_flow
@@ -119,10 +119,10 @@ class TorchFarneback(_TorchEstimator):
 def build_torch_tvl1(
     *, params: dict | None = None, device: str | None = "cpu", batch_size: int = 8, compile: bool = False
 ) -> TorchTVL1:
-    return TorchTVL1(check_params("tvl1", params or {}, TVL1_DEFAULTS), device or "cpu", batch_size, compile)
+    return TorchTVL1(check_params("tvl1", params or {}, TVL1_DEFAULTS, TVL1_RANGES), device or "cpu", batch_size, compile)
 
 
 def build_torch_farneback(
     *, params: dict | None = None, device: str | None = "cpu", batch_size: int = 8, compile: bool = False
 ) -> TorchFarneback:
-    return TorchFarneback(check_params("farneback", params or {}, FARNEBACK_DEFAULTS), device or "cpu", batch_size, compile)
+    return TorchFarneback(check_params("farneback", params or {}, FARNEBACK_DEFAULTS, FARNEBACK_RANGES), device or "cpu", batch_size, compile)
