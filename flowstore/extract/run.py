@@ -11,10 +11,10 @@ import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ..errors import StoreWriteError, WorkerDiedError
+from ..errors import InputError, StoreWriteError, WorkerDiedError
 from ..store.writer import StoreLock, StoreWriter, describe_os_error, describe_storage_error
 from .config import ExtractConfig
-from .executor import EXECUTORS
+from .executor import executor_class as find_executor
 from .plan import VideoJob
 from .worker import VideoResult
 
@@ -137,11 +137,19 @@ class Progress:
 
 def run_extract(jobs: Sequence[VideoJob], cfg: ExtractConfig, *, retry_failed: bool = False,
                 show_progress: bool = True, log: Callable[[str], None] = print,
-                executor: str = "local") -> ExtractSummary:
-    """Extract ``jobs`` into the store ``cfg.out`` (created or resumed)."""
+                executor: str = "local", executor_options: dict | None = None) -> ExtractSummary:
+    """Extract ``jobs`` into the store ``cfg.out`` (created or resumed).
+
+    ``executor_options`` are keyword options of the executor (e.g. ``ray_address`` for ``ray``).
+    """
     from ..flow import build_flow
 
-    executor_class = EXECUTORS[executor]
+    executor_class = find_executor(executor)
+    executor_options = {k: v for k, v in (executor_options or {}).items() if v is not None}
+    unknown = sorted(set(executor_options) - set(executor_class.OPTIONS))
+    if unknown:
+        raise InputError(f"the {executor} executor has no option(s) {unknown}"
+                         + (f"; it takes {list(executor_class.OPTIONS)}" if executor_class.OPTIONS else ""))
     out = Path(cfg.out)
     check_writable(out)
     summary = ExtractSummary(planned=len(jobs))
@@ -157,11 +165,13 @@ def run_extract(jobs: Sequence[VideoJob], cfg: ExtractConfig, *, retry_failed: b
         todo = choose_todo(jobs, store, retry_failed, summary)
         n_workers = min(cfg.n_workers, max(1, len(todo)))
         try:
-            with executor_class(cfg, n_workers, uuid.uuid4().hex) as pool, \
+            with executor_class(cfg, n_workers, uuid.uuid4().hex, **executor_options) as pool, \
                     Progress(len(todo), pool.progress, show_progress) as progress:
                 for result in pool.results(todo):
                     commit_result(store, result, summary)
                     progress.videos.update(1)
+                    if pool.status():
+                        progress.videos.set_postfix_str(pool.status(), refresh=False)
         except WorkerDiedError as exc:
             raise WorkerDiedError(f"{exc.message}; the {summary.ok} video(s) committed so far are safe: "
                                   "rerun the same command to continue") from None
