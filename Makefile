@@ -1,5 +1,5 @@
 # Two entry points for a fresh machine: `make demo` and `make test`.
-# Both create .venv if needed and install flowstore with its test and ptlflow extras.
+# Both create .venv if needed and install flowstore with its test, ptlflow and ray extras.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# torch==2.14.1/torchvision==0.29.1 come from this machine's disk (see README)
-	$(PIP) install -q -e '.[test,ptlflow]'
+	$(PIP) install -q -e '.[test,ptlflow,ray]'
 	# ptlflow itself without its deps: it requires opencv-python, which would overwrite
 	# opencv-contrib's cv2 (and with it cv2.optflow, needed for TV-L1)
 	$(PIP) install -q --no-deps ptlflow==0.4.2

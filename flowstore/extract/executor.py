@@ -13,7 +13,7 @@ import abc
 import queue
 from collections.abc import Iterator, Sequence
 
-from ..errors import WorkerDiedError
+from ..errors import InputError, WorkerDiedError
 from ..registry import Registry, resolve
 from .config import ExtractConfig
 from .plan import VideoJob
@@ -49,6 +49,15 @@ class Executor(abc.ABC):
         self.cfg, self.n_workers, self.run_token = cfg, n_workers, run_token
         #: a queue of ints (pairs done) that workers put and the progress bar drains
         self.progress = None
+
+    @classmethod
+    def check(cls, options: dict) -> None:
+        """Refuse, before any work, options this executor does not take (or cannot use here)."""
+        unknown = sorted(set(options) - set(cls.OPTIONS))
+        if unknown:
+            flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
+            raise InputError(f"{flags}: not an option of the {cls.name} executor"
+                             + (" (choose --executor ray)" if cls.name == "local" else ""))
 
     def status(self) -> str:
         """A few words for the progress bar (e.g. workers alive); empty when there is nothing to say."""

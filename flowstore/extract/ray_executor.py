@@ -350,6 +350,14 @@ class RayExecutor(Executor):
     name = "ray"
     OPTIONS = ("ray_address", "gpus_per_worker", "cpus_per_worker", "max_retries", "in_flight")
 
+    @classmethod
+    def check(cls, options: dict) -> None:
+        super().check(options)
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise EnvironmentProblem(INSTALL_HINT)
+
     def __init__(self, cfg: ExtractConfig, n_workers: int, run_token: str, *, ray_address: str | None = None,
                  gpus_per_worker: float = 0, cpus_per_worker: float = 1, max_retries: int = 3, in_flight: int = 2):
         super().__init__(cfg, n_workers, run_token)

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ..errors import InputError, StoreWriteError, WorkerDiedError
+from ..errors import StoreWriteError, WorkerDiedError
 from ..store.writer import StoreLock, StoreWriter, describe_os_error, describe_storage_error
 from .config import ExtractConfig
 from .executor import executor_class as find_executor
@@ -146,10 +146,7 @@ def run_extract(jobs: Sequence[VideoJob], cfg: ExtractConfig, *, retry_failed: b
 
     executor_class = find_executor(executor)
     executor_options = {k: v for k, v in (executor_options or {}).items() if v is not None}
-    unknown = sorted(set(executor_options) - set(executor_class.OPTIONS))
-    if unknown:
-        raise InputError(f"the {executor} executor has no option(s) {unknown}"
-                         + (f"; it takes {list(executor_class.OPTIONS)}" if executor_class.OPTIONS else ""))
+    executor_class.check(executor_options)  # before any work: unknown options, a missing package
     out = Path(cfg.out)
     check_writable(out)
     summary = ExtractSummary(planned=len(jobs))
