@@ -11,6 +11,7 @@ from .. import __version__
 COMMANDS = {
     "extract": "extract",
     "verify": "verify",
+    "merge": "merge",
     "info": "info",
     "show": "show",
     "flow": "flow",
