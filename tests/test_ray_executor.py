@@ -210,3 +210,24 @@ def test_recipe_maps_executor_options():
     assert argv[argv.index("--executor") + 1] == "ray"
     assert argv[argv.index("--ray-address") + 1] == "auto"
     assert argv[argv.index("--gpus-per-worker") + 1] == "0.5"
+
+
+def test_features_on_ray_match_local_and_resume(cluster, jobs, tmp_path):
+    import numpy as np
+
+    from flowstore.features.extract import FeatureConfig, extract_features
+    from flowstore.features.store import open_features
+
+    store = tmp_path / "store"
+    run_extract(jobs, _config(store), show_progress=False)
+    local = extract_features(store, tmp_path / "local.h5", FeatureConfig(stream="flow"), show_progress=False)
+    first = extract_features(store, tmp_path / "ray.h5", FeatureConfig(stream="flow"), show_progress=False,
+                             executor="ray", executor_options={"workers": 2})
+    assert first.computed == local.computed == len(jobs)
+    again = extract_features(store, tmp_path / "ray.h5", FeatureConfig(stream="flow"), show_progress=False,
+                             executor="ray")
+    assert again.computed == 0 and again.skipped == len(jobs)
+    with open_features(tmp_path / "local.h5") as a, open_features(tmp_path / "ray.h5") as b:
+        assert sorted(a.videos) == sorted(b.videos)
+        np.testing.assert_allclose(a.features(b.videos), b.features(), rtol=1e-5, atol=1e-6)
+        assert a.provenance["store"] == b.provenance["store"]
