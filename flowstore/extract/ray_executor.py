@@ -323,6 +323,14 @@ def probe_storage(ray, store: Path) -> None:
                                  "(docs/cluster.md):\n  " + "\n  ".join(bad))
 
 
+def workers_that_fit(ray, cpus: float, gpus: float) -> int:
+    """How many actors of ``cpus`` and ``gpus`` each the cluster has room for (at least 1)."""
+    res = ray.cluster_resources()
+    fits = [res.get("CPU", 1) / cpus] if cpus else []
+    fits += [res.get("GPU", 0) / gpus] if gpus else []
+    return max(1, int(min(fits or [1])))
+
+
 def worker_modules(cfg: ExtractConfig) -> list[str]:
     """Modules outside flowstore whose import registers the decoder the job uses."""
     from ..decode import DECODERS
@@ -387,10 +395,7 @@ class RayExecutor(Executor):
     def _workers_for(self, n_jobs: int) -> int:
         if self.cfg.workers > 0 or len(self.cfg.devices) > 1:
             return self.n_workers
-        res = self.ray.cluster_resources()  # default: as many as the cluster has room for
-        fits = [res.get("CPU", 1) / self.cpus] if self.cpus else []
-        fits += [res.get("GPU", 0) / self.gpus] if self.gpus else []
-        return max(1, min(int(min(fits or [1])), n_jobs))
+        return min(workers_that_fit(self.ray, self.cpus, self.gpus), n_jobs)
 
     def _disconnect(self) -> None:
         if self._connected:

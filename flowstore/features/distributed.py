@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..extract.executor import executor_class
-from ..extract.ray_executor import ActorPool, WorkerDied, connect, probe_storage
+from ..extract.ray_executor import ActorPool, WorkerDied, connect, probe_storage, workers_that_fit
 
 VIDEOS_PER_TASK = 4
 OPTIONS = ("ray_address", "gpus_per_worker", "cpus_per_worker", "max_retries", "workers")
@@ -42,11 +42,7 @@ def run_on_ray(todo, fs, cfg, reader, summary, show_progress, setup, call, *, ra
     try:
         crash_dir = Path(fs.path).resolve().parent
         probe_storage(ray, crash_dir)
-        if not workers:
-            res = ray.cluster_resources()
-            fits = [res.get("CPU", 1) / cpus] if cpus else []
-            fits += [res.get("GPU", 0) / gpus] if gpus else []
-            workers = max(1, int(min(fits or [1])))
+        workers = workers or workers_that_fit(ray, cpus, gpus)
         pool = ActorPool(min(workers, len(chunks)), functools.partial(setup, str(reader.root), cfg, int(cpus) or 1),
                          call, crash_dir=str(crash_dir), num_cpus=cpus, num_gpus=gpus,
                          max_retries=max_retries or 3)

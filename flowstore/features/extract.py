@@ -258,6 +258,13 @@ def _provenance(reader, cfg: FeatureConfig, backbone_info: dict, rgb_mean, rgb_s
     }
 
 
+def rgb_normalisation(model) -> tuple[tuple, tuple]:
+    """``(mean, std)`` of the backbone's RGB inputs (its timm config; ImageNet's by default)."""
+    pcfg = getattr(model, "pretrained_cfg", None) or {}
+    return (tuple(float(x) for x in pcfg.get("mean", (0.485, 0.456, 0.406))),
+            tuple(float(x) for x in pcfg.get("std", (0.229, 0.224, 0.225))))
+
+
 def extract_features(store, out, cfg: FeatureConfig, *, overwrite: bool = False, show_progress: bool = True,
                      log=None, executor: str = "local", executor_options: dict | None = None) -> FeatureSummary:
     """Compute the features of every committed video of ``store`` not yet in ``out``.
@@ -279,9 +286,7 @@ def extract_features(store, out, cfg: FeatureConfig, *, overwrite: bool = False,
     device = torch.device(cfg.device)
     model, info = build_backbone(cfg.backbone, in_chans=cfg.in_chans, weights=cfg.weights, seed=cfg.seed,
                                  device=device)
-    pcfg = getattr(model, "pretrained_cfg", None) or {}
-    rgb_mean = tuple(float(x) for x in pcfg.get("mean", (0.485, 0.456, 0.406)))
-    rgb_std = tuple(float(x) for x in pcfg.get("std", (0.229, 0.224, 0.225)))
+    rgb_mean, rgb_std = rgb_normalisation(model)
     provenance = _provenance(reader, cfg, info, rgb_mean, rgb_std, None)
     fs = FeatureStore.create_or_resume(out, provenance, num_views=cfg.num_views, num_segments=cfg.num_segments,
                                        feature_dim=info["feature_dim"], temporal_views=cfg.temporal_views,
@@ -363,11 +368,8 @@ def _ray_setup(store_root: str, cfg, threads: int):
     torch.set_num_threads(max(1, threads))
     device = torch.device(cfg.device)
     model, _ = build_backbone(cfg.backbone, in_chans=cfg.in_chans, weights=cfg.weights, seed=cfg.seed, device=device)
-    pcfg = getattr(model, "pretrained_cfg", None) or {}
-    mean = tuple(float(x) for x in pcfg.get("mean", (0.485, 0.456, 0.406)))
-    std = tuple(float(x) for x in pcfg.get("std", (0.229, 0.224, 0.225)))
     reader = open_store(store_root)
-    return model, _Preparer(reader, cfg, mean, std), reader, device, cfg
+    return model, _Preparer(reader, cfg, *rgb_normalisation(model)), reader, device, cfg
 
 
 def _ray_call(state, videos: tuple):
