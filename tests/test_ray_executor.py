@@ -4,6 +4,7 @@ two-node ``ray.cluster_utils.Cluster`` started once for the module."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -52,6 +53,7 @@ def cluster():
     yield c
     ray.shutdown()
     c.shutdown()
+    shutil.rmtree(tmp, ignore_errors=True)
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)
@@ -142,9 +144,21 @@ def test_worker_killed_mid_video(cluster, jobs, reference, tmp_path):
     assert shards and {s: os.stat(s).st_mtime_ns for s in shards} == written  # its shard was never reopened
 
 
-def test_poison_video_fails_after_max_retries(cluster, jobs, reference, tmp_path):
-    import ray_poison_decoder  # noqa: F401 - registers the decoder here; the workers import it themselves
+@pytest.fixture
+def poison_decoder():
+    """The poison decoder registered here (the workers import its module themselves), and
+    unregistered after the test so that the registry lists only the built-in decoders again."""
+    from flowstore.decode import DECODERS
 
+    import ray_poison_decoder
+
+    yield ray_poison_decoder
+    DECODERS.unregister(ray_poison_decoder.NAME)
+    sys.modules.pop("ray_poison_decoder")
+
+
+def test_poison_video_fails_after_max_retries(cluster, jobs, reference, tmp_path, poison_decoder):
+    ray_poison_decoder = poison_decoder
     store = tmp_path / "s"
     summary = run_extract(jobs, _config(store, decoder=ray_poison_decoder.NAME), executor="ray",
                           executor_options={"max_retries": 3}, show_progress=False)
@@ -231,3 +245,16 @@ def test_features_on_ray_match_local_and_resume(cluster, jobs, tmp_path):
         assert sorted(a.videos) == sorted(b.videos)
         np.testing.assert_allclose(a.features(b.videos), b.features(), rtol=1e-5, atol=1e-6)
         assert a.provenance["store"] == b.provenance["store"]
+
+
+def test_executor_registry_and_cli_choices():
+    from click.testing import CliRunner
+
+    from flowstore.cli.main import cli
+    from flowstore.extract import list_executors
+    from flowstore.extract.executor import executor_class
+
+    assert list_executors() == ["local", "ray"]
+    assert executor_class("ray").name == "ray"
+    result = CliRunner().invoke(cli, ["extract", "x.mp4", "--out", "s", "--executor", "spark"])
+    assert result.exit_code == 2 and "'local', 'ray'" in result.output

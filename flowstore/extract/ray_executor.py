@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from ..errors import EnvironmentProblem, InputError, WorkerDiedError
+from ..errors import EnvironmentProblem, FlowstoreError, InputError, WorkerDiedError
 from .config import ExtractConfig
 from .executor import Executor
 from .plan import VideoJob
@@ -175,7 +175,9 @@ class ActorPool:
                 if job is None:
                     try:
                         slot.info, slot.ready_ref = ray.get(ref), None
-                    except ray.exceptions.RayActorError:
+                    except ray.exceptions.RayActorError as exc:
+                        if getattr(exc, "actor_init_failed", False):  # its setup raised: it never will start
+                            raise WorkerDiedError(f"a Ray worker could not start: {_cause(exc)}") from None
                         time.sleep(0.2)
                         slot.ready_ref = slot.actor.ready.remote()  # still restarting
                     continue
@@ -194,6 +196,11 @@ class ActorPool:
             except ray.exceptions.RayActorError as exc:
                 yield from self._died(slot, todo, key, exc)
                 return
+            except ray.exceptions.RayTaskError as exc:  # e.g. StoreWriteError: stops the run, as locally
+                cause = getattr(exc, "cause", None)
+                if isinstance(cause, FlowstoreError):
+                    raise cause from None
+                raise
             slot.in_flight.popleft()
             yield job, result
 
@@ -229,6 +236,12 @@ class ActorPool:
                 crash.unlink()
             except OSError:
                 pass
+
+
+def _cause(exc: BaseException) -> str:
+    """One line of what a Ray error wraps."""
+    text = str(getattr(exc, "cause", None) or getattr(exc, "error_msg", None) or exc)
+    return " ".join(text.split())[:300]
 
 
 @dataclasses.dataclass
@@ -312,9 +325,14 @@ def probe_storage(ray, store: Path) -> None:
     remote = ray.remote(num_cpus=0)(check)
     try:
         nodes = [n for n in ray.nodes() if n.get("Alive")]
-        answers = ray.get([
-            remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-            .remote(str(store), token) for n in nodes])
+        refs = [remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                .remote(str(store), token) for n in nodes]
+        answers = []
+        for ref in refs:
+            try:
+                answers.append(ray.get(ref))
+            except ray.exceptions.RayError as exc:
+                answers.append(f"could not run the storage probe: {_cause(exc)}")
     finally:
         mine.unlink()
     bad = [f"node {n['NodeManagerAddress']} ({n['NodeID'][:12]}) {a}" for n, a in zip(nodes, answers) if a]
