@@ -37,6 +37,7 @@ def start_ray(tmp: Path) -> float:
     start = time.perf_counter()
     import ray
 
+    os.environ.setdefault("RAY_worker_niceness", "0")  # as a local Ray started by flowstore (docs/cluster.md)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=80 << 20,
              _temp_dir=str(tmp / "ray"))
     return time.perf_counter() - start
@@ -69,6 +70,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tvl1-frames", type=int, default=8)
     ap.add_argument("--tiny-videos", type=int, default=200)
+    ap.add_argument("--methods", default="tvl1,farneback", help="which throughput comparisons to run")
     args = ap.parse_args()
     print(f"# cluster benchmark: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start", flush=True)
     with tempfile.TemporaryDirectory(prefix="fsbench", dir="/tmp") as tmp:
@@ -79,7 +81,7 @@ def main():
         (tmp / "farneback").mkdir()
         cases = [("tvl1", prepare_inputs(tmp / "tvl1", args.tvl1_frames)),
                  ("farneback", prepare_inputs(tmp / "farneback", None))]
-        for method, folder in cases:
+        for method, folder in [c for c in cases if c[0] in args.methods.split(",")]:
             walls = {"local": 0.0, "ray": 0.0}
             for executor in ("local", "ray", "ray", "local"):  # ABBA: the load drifts on shared machines
                 r = run(folder, tmp / f"store-{executor}", method, executor)
