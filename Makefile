@@ -1,5 +1,5 @@
 # Two entry points for a fresh machine: `make demo` and `make test`.
-# Both create .venv if needed and install flowstore with its test and ptlflow extras.
+# Both create .venv if needed and install flowstore with its test, ptlflow, interop and ray extras.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# torch==2.14.1/torchvision==0.29.1 come from this machine's disk (see README)
-	$(PIP) install -q -e '.[test,ptlflow,interop]'
+	$(PIP) install -q -e '.[test,ptlflow,interop,ray]'
 	# ptlflow and mmaction2 without their deps: they require opencv-python, which would overwrite
 	# opencv-contrib's cv2 (and with it cv2.optflow, needed for TV-L1)
 	$(PIP) install -q --no-deps ptlflow==0.4.2 mmaction2==1.2.0

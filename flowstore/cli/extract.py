@@ -69,7 +69,12 @@ Exit codes:
 @click.option("--stride", type=int, default=1, show_default=True, help="Frame gap of a flow pair: flow i goes from frame i to frame i+STRIDE.")
 @click.option("--decoder", type=RegistryChoice("flowstore.decode:list_decoders"), default="opencv", show_default=True, help="Video decoding backend.")
 @click.option("--shard-size", default="1GB", show_default=True, help="Start a new shard file after this many bytes (shards hold whole videos).")
-@click.option("--workers", "-j", type=int, default=0, help="Worker processes (default: all cores).")
+@click.option("--workers", "-j", type=int, default=0, help="Worker processes (default: all cores; with --executor ray: as many as the cluster has room for).")
+@click.option("--executor", type=RegistryChoice("flowstore.extract.executor:list_executors"), default="local", show_default=True, help="Where workers run: local processes, or Ray actors on a cluster (docs/cluster.md).")
+@click.option("--ray-address", default=None, help="Ray cluster to use (default: a running one, else a local one sized by --workers; 'local' always starts one).")
+@click.option("--gpus-per-worker", type=float, default=None, help="GPUs per Ray worker (e.g. 1, or 0.5 to pack two workers on a GPU).")
+@click.option("--cpus-per-worker", type=float, default=None, help="CPUs per Ray worker (default 1).")
+@click.option("--max-retries", type=int, default=None, help="Ray: tries of a video whose worker dies before it is listed as failed (default 3).")
 @click.option("--retry-failed", is_flag=True, help="Retry videos listed in failures.jsonl.")
 @click.option("--allow-failures", is_flag=True, help="Exit 0 even if some videos failed.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
@@ -78,7 +83,8 @@ Exit codes:
 @user_errors
 def command(ctx, inputs, out, list_file, root, backend, method, engine, gpu, device, params, batch_size, ckpt,
             fp16, use_compile, quant, bound, flow_codec, flow_quality, frame_codec, frame_quality, size, short_side, stride, decoder,
-            shard_size, workers, retry_failed, allow_failures, no_progress, summary_json):
+            shard_size, workers, executor, ray_address, gpus_per_worker, cpus_per_worker, max_retries, retry_failed,
+            allow_failures, no_progress, summary_json):
     from ..decode import Resize
     from ..extract import ExtractConfig, PlanError, Skipped, plan_jobs, run_extract
     from ..quantize import QuantSpec
@@ -109,9 +115,12 @@ def command(ctx, inputs, out, list_file, root, backend, method, engine, gpu, dev
         frame_codec=frame_codec, frame_quality=frame_quality, resize=Resize(size=parse_size(size, "--size"), short_side=short_side),
         stride=stride, decoder=decoder, shard_size=parse_bytes(shard_size), workers=workers,
     )
-    click.echo(f"extract: {len(jobs)} video(s) -> {out} [{backend}, {method}, {cfg.n_workers} worker(s)]", err=True)
+    where = f"{cfg.n_workers} worker(s)" if executor == "local" else f"executor {executor}"
+    click.echo(f"extract: {len(jobs)} video(s) -> {out} [{backend}, {method}, {where}]", err=True)
+    options = dict(ray_address=ray_address, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
+                   max_retries=max_retries)
     summary = run_extract(jobs, cfg, retry_failed=retry_failed, show_progress=not no_progress,
-                          log=lambda m: click.echo(m, err=True))
+                          log=lambda m: click.echo(m, err=True), executor=executor, executor_options=options)
     for line in summary.lines():
         click.echo(line)
     if summary_json:

@@ -62,13 +62,20 @@ Examples:
 @click.option("--threads", type=int, default=None, help="Torch CPU threads (default: torch's choice).")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="Storage type of the features.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Compute here, or on Ray actors (one backbone each; docs/cluster.md).")
+@click.option("--workers", type=int, default=None, help="Ray: actors (default: as many as the cluster has room for).")
+@click.option("--ray-address", default=None, help="Ray cluster (default: a running one, else a local one).")
+@click.option("--gpus-per-worker", type=float, default=None, help="Ray: GPUs per actor (e.g. 1; set --device cuda).")
+@click.option("--cpus-per-worker", type=float, default=None, help="Ray: CPUs per actor (default 1).")
+@click.option("--max-retries", type=int, default=None, help="Ray: tries of videos whose actor dies (default 3).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT instead of resuming it.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--summary-json", type=click.Path(path_type=str), default=None, help="Also write the summary as JSON here.")
 @user_errors
 def command(store, stream, backbone, weights, out, num_segments, length, temporal_views, spatial_views, resize, crop,
-            flow_values, mean_subtract, seed, batch_size, device, gpu, threads, dtype, overwrite, no_progress,
-            summary_json):
+            flow_values, mean_subtract, seed, batch_size, device, gpu, threads, dtype, executor, workers, ray_address,
+            gpus_per_worker, cpus_per_worker, max_retries, overwrite, no_progress, summary_json):
     import torch
 
     from ..features.extract import FeatureConfig, extract_features
@@ -89,8 +96,12 @@ def command(store, stream, backbone, weights, out, num_segments, length, tempora
                         batch_size=batch_size, device=device)
     click.echo(f"features: {stream} of {store} with {backbone} ({'random init' if weights == 'random' else weights}) "
                f"-> {out} [{device}]", err=True)
+    options = {k: v for k, v in dict(workers=workers, ray_address=ray_address, gpus_per_worker=gpus_per_worker,
+                                     cpus_per_worker=cpus_per_worker, max_retries=max_retries).items() if v is not None}
+    if options and executor == "local":
+        raise click.UsageError(f"{', '.join('--' + k.replace('_', '-') for k in options)}: only with --executor ray")
     summary = extract_features(store, out, cfg, overwrite=overwrite, show_progress=not no_progress,
-                               log=lambda m: click.echo(m, err=True))
+                               log=lambda m: click.echo(m, err=True), executor=executor, executor_options=options)
     for line in summary.lines():
         click.echo(line)
     if summary_json:

@@ -13,6 +13,7 @@ COMMANDS = {
     "import-rawframes": "import_rawframes",
     "export": "export",
     "verify": "verify",
+    "merge": "merge",
     "info": "info",
     "show": "show",
     "flow": "flow",

@@ -5,7 +5,7 @@ job through :meth:`Executor.results`, which yields each :class:`~.worker.VideoRe
 finishes, in any order, and raises :class:`~flowstore.errors.WorkerDiedError` when a worker
 dies. Workers report pairs done on :attr:`Executor.progress` (drained by the progress bar).
 Executors register by name in :data:`EXECUTORS`; ``LocalExecutor`` (joblib processes) is the
-default.
+default, ``ray`` (:mod:`.ray_executor`, Ray actors on a cluster) is the other.
 """
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import abc
 import queue
 from collections.abc import Iterator, Sequence
 
-from ..errors import WorkerDiedError
-from ..registry import Registry
+from ..errors import InputError, WorkerDiedError
+from ..registry import Registry, resolve
 from .config import ExtractConfig
 from .plan import VideoJob
 from .worker import VideoResult, extract_video
@@ -35,13 +35,33 @@ def list_executors() -> list[str]:
     return EXECUTORS.names()
 
 
+def executor_class(name: str) -> type["Executor"]:
+    """The executor registered as ``name`` (a ``"module:Class"`` entry is imported now)."""
+    return resolve(EXECUTORS[name])
+
+
 class Executor(abc.ABC):
     name: str = ""
+    #: keyword options of this executor (``run_extract(executor_options=...)``)
+    OPTIONS: tuple[str, ...] = ()
 
     def __init__(self, cfg: ExtractConfig, n_workers: int, run_token: str):
         self.cfg, self.n_workers, self.run_token = cfg, n_workers, run_token
         #: a queue of ints (pairs done) that workers put and the progress bar drains
         self.progress = None
+
+    @classmethod
+    def check(cls, options: dict) -> None:
+        """Refuse, before any work, options this executor does not take (or cannot use here)."""
+        unknown = sorted(set(options) - set(cls.OPTIONS))
+        if unknown:
+            flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
+            raise InputError(f"{flags}: not an option of the {cls.name} executor"
+                             + (" (choose --executor ray)" if cls.name == "local" else ""))
+
+    def status(self) -> str:
+        """A few words for the progress bar (e.g. workers alive); empty when there is nothing to say."""
+        return ""
 
     def __enter__(self) -> "Executor":
         return self
@@ -114,3 +134,7 @@ class LocalExecutor(Executor):
                 f"a worker process died ({' '.join(str(exc).split())[:200]}); with --workers 1 the video "
                 "that kills the process is the one shown by the progress bar"
             ) from None
+
+
+# Ray is an optional extra: its module (which imports ray only when used) is named, not imported.
+EXECUTORS.register("ray", "flowstore.extract.ray_executor:RayExecutor")

@@ -16,7 +16,7 @@ from ..errors import StoreWriteError, WorkerDiedError
 from ..signals import StopRequested, stop_on_signals
 from ..store.writer import StoreLock, StoreWriter, describe_os_error, describe_storage_error
 from .config import ExtractConfig
-from .executor import EXECUTORS
+from .executor import executor_class as find_executor
 from .plan import VideoJob
 from .worker import VideoResult
 
@@ -173,11 +173,16 @@ class Progress:
 
 def run_extract(jobs: Sequence[VideoJob], cfg: ExtractConfig, *, retry_failed: bool = False,
                 show_progress: bool = True, log: Callable[[str], None] = print,
-                executor: str = "local") -> ExtractSummary:
-    """Extract ``jobs`` into the store ``cfg.out`` (created or resumed)."""
+                executor: str = "local", executor_options: dict | None = None) -> ExtractSummary:
+    """Extract ``jobs`` into the store ``cfg.out`` (created or resumed).
+
+    ``executor_options`` are keyword options of the executor (e.g. ``ray_address`` for ``ray``).
+    """
     from ..flow import build_flow
 
-    executor_class = EXECUTORS[executor]
+    executor_class = find_executor(executor)
+    executor_options = {k: v for k, v in (executor_options or {}).items() if v is not None}
+    executor_class.check(executor_options)  # before any work: unknown options, a missing package
     out = Path(cfg.out)
     check_devices(cfg.devices or [cfg.device])
     summary = ExtractSummary(planned=len(jobs))
@@ -200,13 +205,15 @@ def run_extract(jobs: Sequence[VideoJob], cfg: ExtractConfig, *, retry_failed: b
                     f"({change['change']}); the committed video is kept (extract into a new --out to redo it)")
             n_workers = min(cfg.n_workers, max(1, len(todo)))
             try:
-                with executor_class(cfg, n_workers, uuid.uuid4().hex) as pool, \
+                with executor_class(cfg, n_workers, uuid.uuid4().hex, **executor_options) as pool, \
                         Progress(len(todo), pool.progress, show_progress) as progress:
                     try:
                         for result in pool.results(todo):
                             with signals.deferred():  # a signal waits until the video is committed
                                 commit_result(store, result, summary)
                             progress.videos.update(1)
+                            if pool.status():
+                                progress.videos.set_postfix_str(pool.status(), refresh=False)
                     except StopRequested:
                         pool.stop()
                         raise

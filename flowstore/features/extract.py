@@ -283,12 +283,28 @@ def _provenance(reader, cfg: FeatureConfig, backbone_info: dict, rgb_mean, rgb_s
     }
 
 
+def rgb_normalisation(model) -> tuple[tuple, tuple]:
+    """``(mean, std)`` of the backbone's RGB inputs (its timm config; ImageNet's by default)."""
+    pcfg = getattr(model, "pretrained_cfg", None) or {}
+    return (tuple(float(x) for x in pcfg.get("mean", (0.485, 0.456, 0.406))),
+            tuple(float(x) for x in pcfg.get("std", (0.229, 0.224, 0.225))))
+
+
 def extract_features(store, out, cfg: FeatureConfig, *, overwrite: bool = False, show_progress: bool = True,
-                     log=None) -> FeatureSummary:
-    """Compute the features of every committed video of ``store`` not yet in ``out``."""
+                     log=None, executor: str = "local", executor_options: dict | None = None) -> FeatureSummary:
+    """Compute the features of every committed video of ``store`` not yet in ``out``.
+
+    ``executor="ray"``: Ray actors (one per worker slot, each with its own backbone) compute
+    them, the driver appends them to ``out`` (see :mod:`.distributed`); options as for
+    :class:`flowstore.extract.ray_executor.RayExecutor`.
+    """
     from .. import open_store
 
     cfg.check()
+    if executor != "local":
+        from .distributed import check_executor
+
+        check_executor(executor, executor_options or {})
     log = log or (lambda msg: None)
     reader = store if hasattr(store, "manifest") else open_store(store)
     cfg.check_fits(reader)
@@ -296,9 +312,7 @@ def extract_features(store, out, cfg: FeatureConfig, *, overwrite: bool = False,
     device = torch.device(cfg.device)
     model, info = build_backbone(cfg.backbone, in_chans=cfg.in_chans, weights=cfg.weights, seed=cfg.seed,
                                  device=device)
-    pcfg = getattr(model, "pretrained_cfg", None) or {}
-    rgb_mean = tuple(float(x) for x in pcfg.get("mean", (0.485, 0.456, 0.406)))
-    rgb_std = tuple(float(x) for x in pcfg.get("std", (0.229, 0.224, 0.225)))
+    rgb_mean, rgb_std = rgb_normalisation(model)
     provenance = _provenance(reader, cfg, info, rgb_mean, rgb_std, None)
     fs = FeatureStore.create_or_resume(out, provenance, num_views=cfg.num_views, num_segments=cfg.num_segments,
                                        feature_dim=info["feature_dim"], temporal_views=cfg.temporal_views,
@@ -325,7 +339,13 @@ def extract_features(store, out, cfg: FeatureConfig, *, overwrite: bool = False,
         if todo:
             try:
                 with stop_on_signals() as signals:
-                    _run(model, preparer, todo, fs, cfg, reader, device, summary, show_progress, signals)
+                    if executor != "local":
+                        from .distributed import run_on_ray
+
+                        run_on_ray(todo, fs, cfg, reader, summary, show_progress, _ray_setup, _ray_call,
+                                   signals=signals, **(executor_options or {}))
+                    else:
+                        _run(model, preparer, todo, fs, cfg, reader, device, summary, show_progress, signals)
             except StopRequested as exc:  # the videos appended so far are kept; a rerun does the rest
                 fs.update_provenance(provenance)
                 raise exc.stopped(len(stored) + summary.computed) from None
@@ -335,6 +355,63 @@ def extract_features(store, out, cfg: FeatureConfig, *, overwrite: bool = False,
         fs.close()
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+@dataclasses.dataclass
+class FeatureRows:
+    """The features of some videos, ready for :meth:`FeatureStore.append` (``columns()``)."""
+
+    videos: list
+    feats: np.ndarray      # (n, V, S, D)
+    starts: np.ndarray     # (n, T, S) int32
+    counts: list
+    hashes: list
+    images: int = 0
+    forward_calls: int = 0
+
+    def columns(self) -> tuple:
+        return self.videos, self.feats, self.starts, self.counts, self.hashes
+
+
+@torch.inference_mode()
+def forward(model, prepared: list, cfg: FeatureConfig, device, reader) -> FeatureRows:
+    """Backbone features of prepared videos (``_Preparer`` outputs of one image size), in
+    forward passes of ``cfg.batch_size`` images."""
+    batch = torch.cat([p[1] for p in prepared]).to(device)
+    feats, calls = [], 0
+    for i in range(0, batch.shape[0], cfg.batch_size):
+        feats.append(model(batch[i:i + cfg.batch_size]).float().cpu())
+        calls += 1
+    feats = torch.cat(feats).numpy()
+    d = feats.shape[-1]
+    rows, offset = [], 0
+    for video, x, starts, count in prepared:
+        n = x.shape[0]
+        rows.append(feats[offset:offset + n].reshape(cfg.num_views, cfg.num_segments, d))
+        offset += n
+    return FeatureRows([p[0] for p in prepared], np.stack(rows), np.stack([p[2] for p in prepared]).astype(np.int32),
+                       [p[3] for p in prepared], [entry_sha256(reader.entry(p[0])) for p in prepared],
+                       images=offset, forward_calls=calls)
+
+
+# Ray actors of `--executor ray` (flowstore.features.distributed): one backbone each
+def _ray_setup(store_root: str, cfg, threads: int):
+    from .. import open_store
+
+    torch.set_num_threads(max(1, threads))
+    device = torch.device(cfg.device)
+    model, _ = build_backbone(cfg.backbone, in_chans=cfg.in_chans, weights=cfg.weights, seed=cfg.seed, device=device)
+    reader = open_store(store_root)
+    return model, _Preparer(reader, cfg, *rgb_normalisation(model)), reader, device, cfg
+
+
+def _ray_call(state, videos: tuple):
+    model, preparer, reader, device, cfg = state
+    prepared = [preparer(v) for v in videos]
+    groups: dict = {}  # one forward per image size
+    for p in prepared:
+        groups.setdefault(tuple(p[1].shape[1:]), []).append(p)
+    return [forward(model, group, cfg, device, reader) for group in groups.values()]
 
 
 @torch.inference_mode()
@@ -359,22 +436,11 @@ def _run(model, preparer, todo, fs, cfg, reader, device, summary, show_progress,
             nonlocal pending_images
             if not pending:
                 return
-            batch = torch.cat([p[1] for p in pending]).to(device)
-            feats = []
-            for i in range(0, batch.shape[0], cfg.batch_size):
-                feats.append(model(batch[i:i + cfg.batch_size]).float().cpu())
-                summary.forward_calls += 1
-            feats = torch.cat(feats).numpy()
-            d = feats.shape[-1]
-            rows, offset = [], 0
-            for video, x, starts, count in pending:
-                n = x.shape[0]
-                rows.append(feats[offset:offset + n].reshape(cfg.num_views, cfg.num_segments, d))
-                offset += n
+            rows = forward(model, list(pending), cfg, device, reader)
             with signals.deferred() if signals is not None else contextlib.nullcontext():  # whole appends only
-                fs.append([p[0] for p in pending], np.stack(rows), np.stack([p[2] for p in pending]).astype(np.int32),
-                          [p[3] for p in pending], [entry_sha256(reader.entry(p[0])) for p in pending])
-            summary.images += offset
+                fs.append(*rows.columns())
+            summary.images += rows.images
+            summary.forward_calls += rows.forward_calls
             summary.computed += len(pending)
             bar.update(len(pending))
             pending.clear()

@@ -115,13 +115,15 @@ class StoreLock:
         self.release()
 
 
-def _settings_diff(old: dict, new: dict) -> list[str]:
+def settings_diff(old: dict, new: dict, old_is: str = "store has", new_is: str = "this command asks for") -> list[str]:
+    """One line per settings key (:data:`~.format.SETTINGS_KEYS`) on which ``old`` and ``new`` differ."""
     return [
-        f"{key}: store has {json.dumps(old.get(key), sort_keys=True)}, "
-        f"this command asks for {json.dumps(new.get(key), sort_keys=True)}"
+        f"{key}: {old_is} {json.dumps(old.get(key), sort_keys=True)}, "
+        f"{new_is} {json.dumps(new.get(key), sort_keys=True)}"
         for key in SETTINGS_KEYS
         if json.loads(json.dumps(old.get(key), sort_keys=True)) != json.loads(json.dumps(new.get(key), sort_keys=True))
     ]
+
 
 
 class StoreWriter:
@@ -143,7 +145,7 @@ class StoreWriter:
                 stale.unlink()
         if (self.root / MANIFEST).exists():
             manifest = load_manifest(self.root)
-            diff = _settings_diff(manifest, self.settings)
+            diff = settings_diff(manifest, self.settings)
             if diff:
                 raise SettingsMismatchError(
                     f"store {self.root} was made with other settings:\n  " + "\n  ".join(diff)
