@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml
 	# ptlflow itself without its deps: it requires opencv-python, which would overwrite
 	# opencv-contrib's cv2 (and with it cv2.optflow, needed for TV-L1)
 	$(PIP) install -q --no-deps ptlflow==0.4.2
+	# X3D (flowstore[video]): pytorchvideo's models only, without its deps
+	$(PIP) install -q -e '.[video]' && $(PIP) install -q --no-deps pytorchvideo==0.1.5
 	$(PY) -c "import cv2, cv2.optflow, ptlflow, torch, torchvision; print('cv2', cv2.__version__, '| torch', torch.__version__, '| ptlflow ok')"
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
