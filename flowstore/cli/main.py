@@ -19,6 +19,7 @@ COMMANDS = {
     "bench-flow": "bench_flow",
     "bench-loader": "bench_loader",
     "features": "features",
+    "clip-features": "clip_features",
     "train-head": "train_head",
     "evaluate": "evaluate",
 }
