@@ -16,11 +16,8 @@ from flowstore.features.store import FeatureStoreError, open_features
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(min(2, before))
+def _two_threads(torch_two_threads):
     yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

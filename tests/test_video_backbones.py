@@ -21,11 +21,8 @@ from flowstore.io import file_sha256
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(min(2, before))
+def _two_threads(torch_two_threads):
     yield
-    torch.set_num_threads(before)
 
 
 def test_flops_of_a_small_3d_conv_by_hand():
