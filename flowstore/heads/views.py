@@ -99,7 +99,7 @@ def views_grid(model_dir, *, features=None, label_sets=None, subset: str = "test
     try:
         grids = {s.name: view_grid(s.provenance) for s in streams}
         if len(set(grids.values())) != 1:
-            raise InputError(f"--views-grid needs one views grid for all streams, got {grids}")
+            raise InputError(f"per-view scores need one views grid for all streams, got {grids}")
         n_t_total, n_s_total = next(iter(grids.values()))
         if label_sets is None:
             src = cfg["labels"]
@@ -193,7 +193,7 @@ def report_views(models, names, *, features=None, label_sets=None, subset: str =
         except InputError as exc:
             if grid:
                 raise
-            lines.append(f"| {name} | - | - | {exc} |")
+            lines.append(f"| {name} | - | - | - ({exc}) |")
             continue
         full = res["rows"][-1]
         lines.append(f"| {name} | {full['views']} | {full['clip_top1']:.1%} | {full['video_top1']:.1%} |")
