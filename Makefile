@@ -1,5 +1,5 @@
 # Two entry points for a fresh machine: `make demo` and `make test`.
-# Both create .venv if needed and install flowstore with its test, ptlflow, interop and ray extras.
+# Both create .venv if needed and install flowstore with its test, ptlflow, interop, ray and video extras.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -20,14 +20,14 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# torch==2.14.1/torchvision==0.29.1 come from this machine's disk (see README)
-	$(PIP) install -q -e '.[test,ptlflow,interop,ray]'
-	# ptlflow and mmaction2 without their deps: they require opencv-python, which would overwrite
+	$(PIP) install -q -e '.[test,ptlflow,interop,ray,video]'
+	# ptlflow, mmaction2 and pytorchvideo without their deps: they require opencv-python (or old pins), which would overwrite
 	# opencv-contrib's cv2 (and with it cv2.optflow, needed for TV-L1)
-	$(PIP) install -q --no-deps ptlflow==0.4.2 mmaction2==1.2.0
+	$(PIP) install -q --no-deps ptlflow==0.4.2 mmaction2==1.2.0 pytorchvideo==0.1.5
 	# mmengine (interop) pulls opencv-python in: take it out and restore the contrib cv2 folder
 	if $(PIP) show -q opencv-python 2>/dev/null; then $(PIP) uninstall -q -y opencv-python && \
 	  $(PIP) install -q --force-reinstall --no-deps "opencv-contrib-python-headless==$$($(PIP) show opencv-contrib-python-headless | sed -n 's/^Version: //p')"; fi
-	$(PY) -c "import cv2, cv2.optflow, ptlflow, torch, torchvision, webdataset, mmaction.datasets; print('cv2', cv2.__version__, '| torch', torch.__version__, '| ptlflow, mmaction2, webdataset ok')"
+	$(PY) -c "import cv2, cv2.optflow, ptlflow, torch, torchvision, webdataset, mmaction.datasets, pytorchvideo.models.x3d; print('cv2', cv2.__version__, '| torch', torch.__version__, '| ptlflow, mmaction2, webdataset, pytorchvideo ok')"
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

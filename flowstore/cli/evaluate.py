@@ -52,6 +52,9 @@ Examples:
 @click.option("--views", type=int, default=None, help="Use only the first N stored views (default: all).")
 @click.option("--out", "-o", type=click.Path(path_type=str), default=None, help="Output directory.")
 @click.option("--table", type=click.Path(path_type=str), default=None, help="Also write the markdown table here.")
+@click.option("--views-grid", is_flag=True,
+              help="Also score every (N_t, N_s) subset of the stored views: clip- and video-level accuracy and "
+                   "seconds per video per pair, printed, plotted and written to OUT/<model>/views_grid.*.")
 @click.option("--allow-mismatch", is_flag=True, help="Evaluate even if the features were made differently from the training ones.")
 @click.option("--allow-overlap", is_flag=True,
               help="With --subset test: evaluate even if some test videos are ones the model was trained or "
@@ -60,8 +63,8 @@ Examples:
 @click.option("--threads", type=int, default=1, show_default=True,
               help="Torch CPU threads; heads are small, so more threads mostly add overhead.")
 @user_errors
-def command(models, features, labels, test_labels, classes, split, subset, views, out, table, allow_mismatch, allow_overlap,
-            device, threads):
+def command(models, features, labels, test_labels, classes, split, subset, views, out, table, views_grid,
+            allow_mismatch, allow_overlap, device, threads):
     import torch
 
     from ..heads.modeleval import accuracy_table, evaluate_model
@@ -99,3 +102,7 @@ def command(models, features, labels, test_labels, classes, split, subset, views
     for t in targets:
         t.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(t, text + "\n")
+    from ..heads.views import report_views
+
+    report_views(models, names, features=list(features) or None, label_sets=label_sets, subset=subset, out=out,
+                 grid=views_grid, device=device or "cpu", echo=click.echo)

@@ -22,6 +22,7 @@ COMMANDS = {
     "bench-flow": "bench_flow",
     "bench-loader": "bench_loader",
     "features": "features",
+    "clip-features": "clip_features",
     "train-head": "train_head",
     "evaluate": "evaluate",
 }

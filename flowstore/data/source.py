@@ -59,7 +59,14 @@ def read_snippets(source: RecordSource, video: str, starts, length: int, modalit
     "flow_range" (minmax only), "rgb": rows of frame bytes}`` as the modality has them."""
     starts = np.asarray(starts, np.int64)
     flows, frames = record_indices(source, video, starts, length, modality)
-    raw = {"starts": starts}
+    return read_records(source, video, starts, flows, frames)
+
+
+def read_records(source: RecordSource, video: str, starts, flows: np.ndarray | None,
+                 frames: np.ndarray | None) -> dict:
+    """The encoded records at explicit ``(S, L)`` flow and frame indices (None: not read), in
+    :func:`read_snippets`'s layout (video clips with a frame interval read this way)."""
+    raw = {"starts": np.asarray(starts, np.int64)}
     if flows is not None:
         raw["flow"] = source.flow_bytes(video, [int(i) for i in flows.ravel()])
         if source.quant.scheme == "minmax":
@@ -149,5 +156,5 @@ class ShardOpener:
 
 __all__ = [
     "ShardOpener", "decode_flow_snippets", "decode_rgb_snippets", "decode_snippets", "open_source",
-    "read_snippets", "record_indices", "source_name",
+    "read_records", "read_snippets", "record_indices", "source_name",
 ]

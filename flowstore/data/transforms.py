@@ -242,6 +242,22 @@ def ten_crop_boxes(image_w: int, image_h: int, w: int, h: int) -> list[tuple[int
     return [(x, y, w, h, False) for x, y in five] + [(x, y, w, h, True) for x, y in five]
 
 
+def crop_views(clip: Clip, boxes) -> Clip:
+    """S snippets -> ``S * len(boxes)`` views, snippet-major (view ``s * C + c`` is box ``c`` of
+    snippet ``s``); ``boxes`` are ``(x, y, w, h, flipped)``."""
+    views = [hflip(crop(clip, x, y, w, h)) if flipped else crop(clip, x, y, w, h) for x, y, w, h, flipped in boxes]
+
+    def interleave(get):
+        parts = [get(v) for v in views]
+        if parts[0] is None:
+            return None
+        stacked = np.stack([np.ascontiguousarray(p) for p in parts], axis=1)  # (S, C, ...)
+        return stacked.reshape(-1, *stacked.shape[2:])
+
+    return Clip(rgb=interleave(lambda v: v.rgb), flow=interleave(lambda v: v.flow),
+                flow_range=interleave(lambda v: v.flow_range))
+
+
 class TenCrop:
     """S snippets -> ``S * 10`` views (snippet-major), crops in :data:`TEN_CROP_ORDER`."""
 
@@ -249,18 +265,7 @@ class TenCrop:
         self.size = _pair(size, "crop size")
 
     def __call__(self, clip: Clip, rng=None) -> Clip:
-        views = [hflip(crop(clip, x, y, w, h)) if flipped else crop(clip, x, y, w, h)
-                 for x, y, w, h, flipped in ten_crop_boxes(*clip.size, *self.size)]
-
-        def interleave(get):
-            parts = [get(v) for v in views]
-            if parts[0] is None:
-                return None
-            stacked = np.stack([np.ascontiguousarray(p) for p in parts], axis=1)  # (S, 10, ...)
-            return stacked.reshape(-1, *stacked.shape[2:])
-
-        return Clip(rgb=interleave(lambda v: v.rgb), flow=interleave(lambda v: v.flow),
-                    flow_range=interleave(lambda v: v.flow_range))
+        return crop_views(clip, ten_crop_boxes(*clip.size, *self.size))
 
     def __repr__(self):
         return f"TenCrop({self.size!r})"
@@ -366,6 +371,6 @@ def finalize(clip: Clip, quant: QuantSpec, *, flow_mode: str = "pixels", mean_su
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "TEN_CROP_ORDER", "TSN_SCALES", "FLOW_VALUES", "MEAN_SUBTRACT",
     "CenterCrop", "Clip", "Compose", "MultiScaleCrop", "RandomHorizontalFlip", "Resize", "TenCrop",
-    "crop", "finalize", "fixed_offsets", "flow_values", "hflip", "normalize_rgb", "resize",
+    "crop", "crop_views", "finalize", "fixed_offsets", "flow_values", "hflip", "normalize_rgb", "resize",
     "eval_transform", "subtract_mean_flow", "ten_crop_boxes", "train_transform",
 ]

@@ -52,6 +52,8 @@ __all__ = [
     "register_backbone",
     "cross_modality_weight",
     "load_weights_file",
+    "load_state_into",
+    "freeze",
     "file_sha256",
     "state_dict_sha256",
     "WeightsError",
@@ -126,15 +128,17 @@ def state_dict_sha256(state: dict) -> str:
 
 
 def cross_modality_weight(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
-    """TSN cross-modality initialisation of a first convolution ``(O, 3, kh, kw)``: the mean
-    over the input channels, replicated ``in_chans`` times -> ``(O, in_chans, kh, kw)``."""
-    if weight.dim() != 4:
-        raise InputError(f"expected a conv weight (O, I, kh, kw), got shape {tuple(weight.shape)}")
+    """TSN cross-modality initialisation of a first convolution ``(O, 3, kh, kw)`` (or a 3D one,
+    ``(O, 3, kt, kh, kw)``: I3D's flow stream): the mean over the input channels, replicated
+    ``in_chans`` times -> ``(O, in_chans, kh, kw)``."""
+    if weight.dim() not in (4, 5):
+        raise InputError(f"expected a conv weight (O, I, kh, kw) or (O, I, kt, kh, kw), got shape "
+                         f"{tuple(weight.shape)}")
     mean = weight.mean(dim=1, keepdim=True)
-    return mean.repeat(1, int(in_chans), 1, 1).contiguous()
+    return mean.repeat(1, int(in_chans), *([1] * (weight.dim() - 2))).contiguous()
 
 
-_WRAPPERS = ("state_dict", "model", "state_dict_ema", "model_ema", "module")
+_WRAPPERS = ("state_dict", "model", "state_dict_ema", "model_ema", "module", "model_state")
 
 
 def load_weights_file(path) -> dict:
@@ -188,6 +192,46 @@ def import_timm():
     return timm
 
 
+def load_state_into(model: nn.Module, state: dict, path, name: str, *, first: str | None,
+                    drop=()) -> tuple[dict, str]:
+    """Load ``state`` (read from ``path``) into ``model`` strictly, after dropping the keys under
+    the classifier prefixes ``drop`` and adapting the first convolution ``first`` from 3 (RGB)
+    to the model's input channels by cross-modality init. Returns the ``weights`` provenance
+    (path, SHA-256) and how the first layer was initialised (``loaded`` | ``cross-modality``)."""
+    path = Path(os.fspath(path))
+    drop = tuple(drop)
+    state = {k: v for k, v in state.items() if not (drop and k.startswith(drop))}
+    first_layer = "loaded"
+    if first is not None and first in state:
+        w = state[first]
+        want = model.state_dict()[first].shape
+        if w.dim() in (4, 5) and w.shape[1] != want[1]:
+            if w.shape[1] != 3:
+                raise WeightsError(
+                    f"{path}: first layer {first} has {w.shape[1]} input channels; the backbone "
+                    f"needs {want[1]} and cross-modality init only adapts 3-channel (RGB) weights")
+            state[first] = cross_modality_weight(w, want[1]).to(w.dtype)
+            first_layer = "cross-modality"
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise WeightsError(f"{path} does not fit backbone {name!r}: {str(exc).splitlines()[-1].strip()}") from None
+    if result.missing_keys or result.unexpected_keys:
+        raise WeightsError(
+            f"{path} does not fit backbone {name!r}: missing {result.missing_keys[:5]}"
+            f"{' ...' if len(result.missing_keys) > 5 else ''}, unexpected "
+            f"{result.unexpected_keys[:5]}{' ...' if len(result.unexpected_keys) > 5 else ''}")
+    return {"source": "file", "path": str(path.resolve()), "sha256": file_sha256(path)}, first_layer
+
+
+def freeze(model: nn.Module, device) -> nn.Module:
+    """``requires_grad`` off, eval mode (BatchNorm uses its running statistics), on ``device``."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.eval()
+    return model.to(device)
+
+
 def build_backbone(name: str, *, in_chans: int = 3, weights: str | os.PathLike = "random",
                    seed: int = 0, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """A frozen timm backbone in eval mode and its provenance ``info`` (see module docstring)."""
@@ -215,30 +259,7 @@ def build_backbone(name: str, *, in_chans: int = 3, weights: str | os.PathLike =
                            "sha256": state_dict_sha256(model.state_dict())}
         info["first_layer"] = "random"
     else:
-        path = Path(os.fspath(weights))
-        drop = tuple(_classifier_prefixes(model))
-        state = {k: v for k, v in state.items() if not (drop and k.startswith(drop))}
-        first_layer = "loaded"
-        if first is not None and first in state:
-            w = state[first]
-            want = model.state_dict()[first].shape
-            if w.dim() == 4 and w.shape[1] != want[1]:
-                if w.shape[1] != 3:
-                    raise WeightsError(
-                        f"{path}: first layer {first} has {w.shape[1]} input channels; the backbone "
-                        f"needs {want[1]} and cross-modality init only adapts 3-channel (RGB) weights")
-                state[first] = cross_modality_weight(w, want[1]).to(w.dtype)
-                first_layer = "cross-modality"
-        result = model.load_state_dict(state, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise WeightsError(
-                f"{path} does not fit backbone {name!r}: missing {result.missing_keys[:5]}"
-                f"{' ...' if len(result.missing_keys) > 5 else ''}, unexpected "
-                f"{result.unexpected_keys[:5]}{' ...' if len(result.unexpected_keys) > 5 else ''}")
-        info["weights"] = {"source": "file", "path": str(path.resolve()), "sha256": file_sha256(path)}
-        info["first_layer"] = first_layer
-    for p in model.parameters():
-        p.requires_grad_(False)
-    model.eval()
-    return model.to(device), info
+        info["weights"], info["first_layer"] = load_state_into(model, state, weights, name, first=first,
+                                                               drop=_classifier_prefixes(model))
+    return freeze(model, device), info
 
