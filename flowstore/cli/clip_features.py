@@ -6,8 +6,7 @@ import json
 import click
 
 from .choices import RegistryChoice
-from .common import user_errors
-from .features import _size
+from .common import parse_devices, parse_size, user_errors
 
 HELP = """Extract frozen video-backbone features of clips (rgb (T, 3, H, W) or flow (T, 2, H, W))
 of every video in a flowstore store into a feature store that train-head and evaluate read
@@ -73,14 +72,16 @@ def command(store, stream, backbone, weights, out, clip_len, frame_interval, tem
 
     from ..features.clip_extract import ClipFeatureConfig, extract_clip_features
 
-    if gpu is not None and device is not None:
-        raise click.UsageError("give --gpu or --device, not both")
-    device = f"cuda:{gpu}" if gpu is not None else (device or "cpu")
+    devices = parse_devices(gpu, device)
+    if len(devices) > 1:
+        raise click.BadParameter("clip-features runs on one device", param_hint="--device")
+    device = devices[0] if devices else "cpu"
     if threads:
         torch.set_num_threads(threads)
     cfg = ClipFeatureConfig(stream=stream, backbone=backbone, weights=weights, seed=seed, clip_len=clip_len,
                             frame_interval=frame_interval, temporal_views=temporal_views,
-                            spatial_views=spatial_views, resize=_size(resize, "--resize"), crop=_size(crop, "--crop"),
+                            spatial_views=spatial_views, resize=parse_size(resize, "--resize", single=True),
+                            crop=parse_size(crop, "--crop", single=True),
                             flow_values=flow_values, dtype=dtype, batch_size=batch_size, device=device,
                             workers=workers)
     click.echo(f"clip-features: {stream} clips of {store} with {backbone} "
