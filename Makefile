@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # free space the venv needs (torch, ptlflow and the rest installed: about 6.7 GB, plus pip's cache)
 VENV_NEED_GB ?= 8
 
-.PHONY: demo test venv clean bench
+.PHONY: demo test venv clean bench gpu-check
 
 venv: $(STAMP)
 
@@ -40,6 +40,10 @@ test: venv
 bench: venv
 	$(PY) benchmarks/extract.py
 	$(PY) benchmarks/codecs.py
+
+# on a GPU machine: no install step, whatever python3 is there (see docs/benchmarks.md, GPU check)
+gpu-check:
+	PYTHONPATH=. $(PYTHON) benchmarks/gpu_check.py $(if $(OUT),--out $(OUT),)
 
 clean:
 	rm -rf demo_out .pytest_cache

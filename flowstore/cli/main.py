@@ -17,6 +17,7 @@ COMMANDS = {
     "info": "info",
     "show": "show",
     "flow": "flow",
+    "methods": "methods",
     "run": "run",
     "make-demo-data": "make_demo_data",
     "bench-flow": "bench_flow",
