@@ -58,7 +58,8 @@ def model_dir(tmp_path):
     cfg = {"format": "flowstore-train-head", "classes": [f"c{c}" for c in range(C)], "head": "linear",
            "fusion": "none", "streams": [{"name": "rgb", "features": str(path), "head": "head_rgb",
                                           "settings": stream.digest()}],
-           "labels": {"labels": str(labels)}, "splits": {"val": []}}
+           "labels": {"labels": str(labels)},
+           "splits": {"train": videos[8:], "val": [], "test": videos[:8]}}  # as train-head records them
     stream.store.close()
     (out / "config.json").write_text(json.dumps(cfg), encoding="utf-8")
     return out
