@@ -347,3 +347,8 @@ class EarlyConcat(_Fusion):
 def build_fusion(name: str, **kw) -> _Fusion:
     """Instantiate a fusion from :data:`FUSIONS` by name."""
     return FUSIONS[name](**kw)
+
+
+# the learned fusions (late-perclass, logits-mlp, token-transformer) register themselves here, so
+# list_fusions() and `train-head --fusion` offer them; they import torch only when fitted
+from . import learned_fusion  # noqa: E402,F401  (registers)
