@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from .fusion import _check_probs, _Fusion, register_fusion
+from .fusion import _check_probs, _Fusion
 
 __all__ = ["LatePerClass", "LogitsMLP", "TokenTransformer", "save_fusion_tensors", "load_fusion_tensors",
            "cv_folds"]
@@ -203,7 +203,6 @@ def _log_scores(x):
     return torch.log(x.clamp_min(_LOG_FLOOR))
 
 
-@register_fusion
 class LatePerClass(_LearnedFusion):
     """``f_c = sum_s w_{s,c} p_{s,c}``: one non-negative weight per class and stream
     (``w = exp(a)``, ``a`` initialised to ``log(1/K)``, i.e. late-avg), fitted by cross-entropy of
@@ -278,7 +277,6 @@ def perclass_scores(prob_list, weights) -> np.ndarray:
     return f / np.maximum(f.sum(1, keepdims=True), 1e-300)
 
 
-@register_fusion
 class LogitsMLP(_LearnedFusion):
     """An MLP on the concatenated per-stream logits (``log p``, floored at 1e-6):
     ``Linear(K*C, hidden) -> GELU -> Linear(hidden, C)``; ``hidden`` and ``weight_decay`` are
@@ -304,7 +302,6 @@ class LogitsMLP(_LearnedFusion):
         return MLP()
 
 
-@register_fusion
 class TokenTransformer(_LearnedFusion):
     """One token per stream (its logit vector -> ``Linear(C, dim)`` + a learned stream
     embedding), a CLS token, a one-layer pre-norm transformer encoder (``heads`` = 2) and an

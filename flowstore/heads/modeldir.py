@@ -74,10 +74,10 @@ def apply_fusion(state: dict, probs: list[np.ndarray]) -> np.ndarray:
         return e / e.sum(axis=1, keepdims=True)
     if name in ("none", "early-concat"):
         return probs[0]
-    from .fusion import FUSIONS
+    from .fusion import FUSIONS, fusion_class
 
-    if name in FUSIONS and hasattr(FUSIONS[name], "from_state"):  # learned fusions (learned_fusion.py)
-        return FUSIONS[name].from_state(state).predict(probs)
+    if name in FUSIONS and hasattr(fusion_class(name), "from_state"):  # learned fusions (learned_fusion.py)
+        return fusion_class(name).from_state(state).predict(probs)
     raise InputError(f"unknown fusion {name!r}")
 
 
@@ -408,7 +408,7 @@ def fuse_scores(streams: list[Stream], splits: VideoSplits, fitted: FittedHeads,
                 args: TrainArgs, *, log=print) -> Fused:
     """Fit every score-level fusion on held-out scores: the out-of-fold training scores with
     ``--fusion-folds``, else the validation scores, else (with a warning) the training scores."""
-    from .fusion import FUSIONS, build_fusion, score_fusions
+    from .fusion import build_fusion, fusion_class, score_fusions
 
     if args.fusion == "early-concat":
         return Fused({}, fitted.val_scores["head"], fitted.test_scores["head"])
@@ -429,7 +429,7 @@ def fuse_scores(streams: list[Stream], splits: VideoSplits, fitted: FittedHeads,
     states = {}
     for name in score_fusions():
         kw = {"C": args.svm_c, "seed": args.seed} if name == "svm" else {}
-        if hasattr(FUSIONS[name], "from_state"):
+        if hasattr(fusion_class(name), "from_state"):
             kw = {"seed": args.seed}
         fu = build_fusion(name, **kw)
         try:
