@@ -291,7 +291,7 @@ def test_unknown_names_give_documented_errors():
     with pytest.raises(ValueError) as e:
         build_head("resnet", in_dim=4, num_classes=2, num_segments=3)
     assert str(e.value) == f"unknown head 'resnet'; choose from {sorted(HEADS)}"
-    assert sorted(HEADS) == ["linear", "mlp", "transformer"]
+    assert sorted(HEADS) == ["linear", "mlp", "multitask", "transformer"]
     with pytest.raises(ValueError) as e:
         build_fusion("mid")
     assert str(e.value) == f"unknown fusion 'mid'; choose from {sorted(FUSIONS)}"
