@@ -195,7 +195,7 @@ def test_cli_errors(synthetic, tmp_path):
     res = runner.invoke(cli, base + ["--features", str(synthetic / "flow.h5"), "--features", str(synthetic / "rgb.h5")])
     assert res.exit_code == 2 and "--fusion none takes exactly one" in res.output
     res = runner.invoke(cli, base + ["--features", str(synthetic / "flow.h5"), "--hidden", "8"])
-    assert res.exit_code == 2 and "--hidden applies to the mlp head" in res.output
+    assert res.exit_code == 2 and "--hidden applies to the mlp/multitask head" in res.output
     res = runner.invoke(cli, base + ["--features", str(tmp_path / "missing.h5")])
     assert res.exit_code == 2 and "not found" in res.output
     res = runner.invoke(cli, ["evaluate", "--model", str(tmp_path)])

@@ -50,8 +50,12 @@ class MultiTaskHead(_HeadBase):
         return torch.cat([out(h) for out in self.outputs], dim=1)
 
 
-def multitask_head(*, in_dim, num_classes, num_segments, task_classes, hidden=512, dropout=0.5, l2_normalize=False):
+def multitask_head(*, in_dim, num_classes, num_segments, task_classes=None, hidden=512, dropout=0.5,
+                   l2_normalize=False):
     """Average consensus -> shared body -> one Linear per dataset (logits concatenated)."""
+    if task_classes is None:
+        raise InputError("the multitask head needs task_classes (one class count per dataset); it is built by "
+                         "multi-task training (flowstore.heads.multitask.train_multitask)")
     return MultiTaskHead(in_dim=in_dim, num_classes=num_classes, num_segments=num_segments,
                          task_classes=task_classes, hidden=hidden, dropout=dropout, l2_normalize=l2_normalize)
 
