@@ -291,11 +291,11 @@ def test_unknown_names_give_documented_errors():
     with pytest.raises(ValueError) as e:
         build_head("resnet", in_dim=4, num_classes=2, num_segments=3)
     assert str(e.value) == f"unknown head 'resnet'; choose from {sorted(HEADS)}"
-    assert sorted(HEADS) == ["linear", "mlp", "transformer"]
+    assert sorted(HEADS) == ["linear", "mlp", "multitask", "transformer"]
     with pytest.raises(ValueError) as e:
         build_fusion("mid")
     assert str(e.value) == f"unknown fusion 'mid'; choose from {sorted(FUSIONS)}"
-    assert sorted(FUSIONS) == ["early-concat", "late-avg", "late-weighted", "none", "svm"]
+    assert sorted(FUSIONS) == ["early-concat", "late-avg", "late-perclass", "late-weighted", "logits-mlp", "none", "svm", "token-transformer"]
     with pytest.raises(ValueError, match="unknown head 'x'"):
         train_head(np.zeros((4, 3, 2), np.float32), [0, 1, 0, 1], head="x", epochs=1)
 

@@ -29,8 +29,8 @@ BUILT_IN = {
     "codec": (list_codecs, ["jpeg", "png", "raw"]),
     "decoder": (list_decoders, ["opencv", "pyav"]),
     "quantization": (list_quant_schemes, ["bound", "minmax"]),
-    "head": (list_heads, ["linear", "mlp", "transformer"]),
-    "fusion": (list_fusions, ["early-concat", "late-avg", "late-weighted", "none", "svm"]),
+    "head": (list_heads, ["linear", "mlp", "multitask", "transformer"]),
+    "fusion": (list_fusions, ["early-concat", "late-avg", "late-perclass", "late-weighted", "logits-mlp", "none", "svm", "token-transformer"]),
 }
 
 
@@ -66,9 +66,9 @@ def test_engines_of_each_method_default_first():
     (lambda: next(iter_frames("x.mp4", decoder="ffmpeg")),
      "unknown decoder 'ffmpeg'; choose from ['opencv', 'pyav']"),
     (lambda: QuantSpec("log"), "unknown quantization 'log'; choose from ['bound', 'minmax']"),
-    (lambda: head_builder("resnet"), "unknown head 'resnet'; choose from ['linear', 'mlp', 'transformer']"),
+    (lambda: head_builder("resnet"), "unknown head 'resnet'; choose from ['linear', 'mlp', 'multitask', 'transformer']"),
     (lambda: build_fusion("mid"),
-     "unknown fusion 'mid'; choose from ['early-concat', 'late-avg', 'late-weighted', 'none', 'svm']"),
+     "unknown fusion 'mid'; choose from ['early-concat', 'late-avg', 'late-perclass', 'late-weighted', 'logits-mlp', 'none', 'svm', 'token-transformer']"),
 ])
 def test_unknown_name_names_the_choices(lookup, message):
     with pytest.raises(UnknownNameError) as err:

@@ -110,7 +110,7 @@ def test_fusions_via_cli_and_reapplied_by_hand(synthetic, tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert m["fusion"] == "svm" and m["streams"] == ["rgb", "flow"]
     assert m["per_stream"]["flow"]["top1"] >= 0.95 and m["per_stream"]["rgb"]["top1"] < 0.5
-    assert set(m["per_fusion"]) == {"late-avg", "late-weighted", "svm"}
+    assert set(m["per_fusion"]) == {"late-avg", "late-weighted", "svm", "late-perclass", "logits-mlp", "token-transformer"}
     assert m["per_fusion"]["svm"]["top1"] >= 0.95 and m["top1"] == m["per_fusion"]["svm"]["top1"]
     fusion = json.loads((out / "fusion.json").read_text())["fusions"]
     assert "out-of-fold" in fusion["svm"]["fitted_on"]
@@ -163,7 +163,8 @@ def test_evaluate_multi_view_and_provenance_check(synthetic, tmp_path):
     ev = json.loads((tmp_path / "eval" / "flow" / "metrics.json").read_text())
     assert ev["top1"] == trained["top1"] and ev["views"] == 2 and ev["n"] == 60
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
-    assert [r["fusion"] for r in summary["rows"]] == ["none", "late-avg", "late-weighted", "svm"]
+    assert [r["fusion"] for r in summary["rows"]] == ["none", "late-avg", "late-weighted", "svm", "late-perclass", "logits-mlp",
+                                                   "token-transformer"]
     assert (tmp_path / "eval" / "table.md").read_text().startswith("| model |")
     # multi-view: the score of a video is the mean of its per-view softmax scores
     from flowstore.features.store import open_features
@@ -194,7 +195,7 @@ def test_cli_errors(synthetic, tmp_path):
     res = runner.invoke(cli, base + ["--features", str(synthetic / "flow.h5"), "--features", str(synthetic / "rgb.h5")])
     assert res.exit_code == 2 and "--fusion none takes exactly one" in res.output
     res = runner.invoke(cli, base + ["--features", str(synthetic / "flow.h5"), "--hidden", "8"])
-    assert res.exit_code == 2 and "--hidden applies to the mlp head" in res.output
+    assert res.exit_code == 2 and "--hidden applies to the mlp/multitask head" in res.output
     res = runner.invoke(cli, base + ["--features", str(tmp_path / "missing.h5")])
     assert res.exit_code == 2 and "not found" in res.output
     res = runner.invoke(cli, ["evaluate", "--model", str(tmp_path)])

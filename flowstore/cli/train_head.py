@@ -12,7 +12,11 @@ streams, and evaluate on the test videos.
 One --features file trains one head. Several (e.g. rgb and flow) train one head per stream
 and fuse their softmax scores: late-avg (mean), late-weighted (weights grid-searched on the
 validation scores), svm (Simonyan & Zisserman: a linear SVM on the stacked, L2-normalised
-scores, fitted on the validation scores, or with --fusion-folds K on out-of-fold scores); or early-concat trains one head on the
+scores, fitted on the validation scores, or with --fusion-folds K on out-of-fold scores), late-perclass
+(one learned weight per class and stream), logits-mlp (an MLP on the concatenated logits) and
+token-transformer (one token per stream's scores, a small transformer and an MLP) -- the learned
+ones fitted on the same held-out scores, their hyper-parameters chosen there by 3-fold
+cross-validation and reported; or early-concat trains one head on the
 concatenated (per-stream L2-normalised) features. With several streams every score fusion is
 fitted and reported; --fusion picks the one whose numbers are the top-level metrics.
 
@@ -40,7 +44,8 @@ Labels (--labels):
 Output directory:
   config.json           arguments, streams (feature files + provenance), labels, splits
   head.pt/.json         the head (or head_<stream>.pt/.json per stream); state_dict + config
-  fusion.json           fitted fusion parameters (weights, SVM coefficients)
+  fusion.json           fitted fusion parameters (weights, SVM coefficients, selected hyper-parameters)
+  fusion_<name>.pt      the weights of the logits-mlp and token-transformer fusions
   metrics.json          split, n, top1, top5, top5_k, mean_class_accuracy, per_class_accuracy,
                         confusion_matrix, head, fusion, streams, per_stream, per_fusion, val, counts
   predictions.csv       per video: label, prediction, correct, score per class

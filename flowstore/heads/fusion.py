@@ -33,13 +33,14 @@ from typing import Sequence
 
 import numpy as np
 from ..errors import InputError
-from ..registry import Registry
+from ..registry import Registry, resolve
 
 __all__ = [
     "FUSIONS",
     "build_fusion",
     "list_fusions",
     "register_fusion",
+    "fusion_class",
     "late_average",
     "late_weighted",
     "fit_late_weights",
@@ -168,7 +169,13 @@ def register_fusion(cls: type) -> type:
 def score_fusions() -> list[str]:
     """Fusions of several streams' scores, in registration order (train-head compares them all
     on the validation split)."""
-    return [name for name, cls in FUSIONS.items() if cls.level == "scores" and cls.combines]
+    return [name for name in FUSIONS if fusion_class(name).level == "scores"
+            and fusion_class(name).combines]
+
+
+def fusion_class(name: str) -> type:
+    """The class of fusion ``name`` (importing its module when it is registered by reference)."""
+    return resolve(FUSIONS[name])
 
 
 def list_fusions() -> list[str]:
@@ -346,4 +353,11 @@ class EarlyConcat(_Fusion):
 
 def build_fusion(name: str, **kw) -> _Fusion:
     """Instantiate a fusion from :data:`FUSIONS` by name."""
-    return FUSIONS[name](**kw)
+    return fusion_class(name)(**kw)
+
+
+# the learned fusions live in their own module (torch, imported when fitted); registered by
+# reference so that list_fusions() and `train-head --fusion` offer them without importing it
+for _name, _cls in (("late-perclass", "LatePerClass"), ("logits-mlp", "LogitsMLP"),
+                    ("token-transformer", "TokenTransformer")):
+    FUSIONS.register(_name, f"{__package__}.learned_fusion:{_cls}")

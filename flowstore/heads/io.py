@@ -27,7 +27,7 @@ from .models import build_head
 from ..errors import InputError, MissingFileError
 from ..io import atomic_write
 
-__all__ = ["ModelFileError", "save_head", "load_head", "read_head_config", "read_json_file", "checkpoint_paths"]
+__all__ = ["ModelFileError", "save_head", "save_tensors", "load_tensors", "load_head", "read_head_config", "read_json_file", "checkpoint_paths"]
 
 FORMAT = "flowstore-head"
 VERSION = 1
@@ -162,3 +162,19 @@ def load_head(path, *, map_location: str | torch.device = "cpu") -> torch.nn.Mod
     _check_state(model, state, weights, cfg)
     model.load_state_dict(state, strict=True)
     return model.to(map_location).eval()
+
+
+def save_tensors(state: dict, path) -> Path:
+    """Write a dict of tensors (e.g. a learned fusion's state_dict) to ``path`` atomically; read it
+    back with :func:`load_tensors`."""
+    path = Path(os.fspath(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().clone() for k, v in state.items()}
+    atomic_write(path, lambda p: torch.save(state, p))
+    return path
+
+
+def load_tensors(path, *, map_location: str | torch.device = "cpu") -> dict:
+    """A dict of tensors written by :func:`save_tensors` (weights only; a missing, damaged or
+    non-finite file is a :class:`ModelFileError` / :class:`~flowstore.errors.MissingFileError`)."""
+    return _load_state(Path(os.fspath(path)), map_location)

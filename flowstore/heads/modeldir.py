@@ -74,6 +74,10 @@ def apply_fusion(state: dict, probs: list[np.ndarray]) -> np.ndarray:
         return e / e.sum(axis=1, keepdims=True)
     if name in ("none", "early-concat"):
         return probs[0]
+    from .fusion import FUSIONS, fusion_class
+
+    if name in FUSIONS and hasattr(fusion_class(name), "from_state"):  # learned fusions (learned_fusion.py)
+        return fusion_class(name).from_state(state).predict(probs)
     raise InputError(f"unknown fusion {name!r}")
 
 
@@ -404,7 +408,7 @@ def fuse_scores(streams: list[Stream], splits: VideoSplits, fitted: FittedHeads,
                 args: TrainArgs, *, log=print) -> Fused:
     """Fit every score-level fusion on held-out scores: the out-of-fold training scores with
     ``--fusion-folds``, else the validation scores, else (with a warning) the training scores."""
-    from .fusion import build_fusion, score_fusions
+    from .fusion import build_fusion, fusion_class, score_fusions
 
     if args.fusion == "early-concat":
         return Fused({}, fitted.val_scores["head"], fitted.test_scores["head"])
@@ -425,6 +429,8 @@ def fuse_scores(streams: list[Stream], splits: VideoSplits, fitted: FittedHeads,
     states = {}
     for name in score_fusions():
         kw = {"C": args.svm_c, "seed": args.seed} if name == "svm" else {}
+        if hasattr(fusion_class(name), "from_state"):
+            kw = {"seed": args.seed}
         fu = build_fusion(name, **kw)
         try:
             fu.fit(vlist, y_fit)
@@ -471,6 +477,8 @@ def report(out: Path, streams: list[Stream], label_sets: LabelSets, splits: Vide
             per_fusion[name] = short_metrics(metrics(apply_fusion(st, tlist), splits.y_test, classes))
             if name == "late-weighted":
                 per_fusion[name]["weights"] = dict(zip([s.name for s in streams], st["weights"]))
+            if "selected" in st:  # learned fusions: the hyper-parameters chosen on the fitting scores
+                per_fusion[name]["selected"] = st["selected"]
     result = {
         "split": splits.evaluated_on,
         **m,
@@ -503,8 +511,10 @@ def report(out: Path, streams: list[Stream], label_sets: LabelSets, splits: Vide
         plot_curves(res.history, out / ("curves.png" if key == "head" else f"curves_{key[5:]}.png"),
                     best_epoch=res.best_epoch, title=title)
     if fused.states:
+        from .learned_fusion import save_fusion_tensors
+
         write_json(out / "fusion.json", {"chosen": args.fusion, "streams": [s.name for s in streams],
-                                          "fusions": fused.states})
+                                          "fusions": save_fusion_tensors(fused.states, out)})
     write_json(out / "config.json", config)
     write_json(out / "metrics.json", result)
     write_predictions_csv(out / "predictions.csv", eval_vids, s_eval, y_eval, classes)

@@ -76,6 +76,15 @@ def _check_fusions(doc: dict, cfg: dict, path: Path) -> None:
             w = st.get("weights")
             if not isinstance(w, list) or len(w) != k or not all(_is_number(x) for x in w):
                 raise ModelFileError(f"{where}: 'weights' must be {k} numbers, one per stream")
+        elif name == "late-perclass":
+            w = st.get("weights")
+            if not isinstance(w, list) or len(w) != k or not all(
+                    isinstance(r, list) and len(r) == c and all(_is_number(x) and x >= 0 for x in r) for r in w):
+                raise ModelFileError(f"{where}: 'weights' must be {k} x {c} numbers >= 0 (streams x classes)")
+        elif "tensors" in st:  # logits-mlp, token-transformer: fusion_<name>.pt, checked when loaded
+            if st.get("streams") != k or st.get("classes") != c or not isinstance(st.get("selected"), dict):
+                raise ModelFileError(f"{where} was fitted on {st.get('streams')} streams x {st.get('classes')} "
+                                     f"classes, the model has {k} x {c} (or its 'selected' is missing)")
         elif name == "svm":
             cls, coef, icpt = st.get("classes"), st.get("coef"), st.get("intercept")
             if not isinstance(cls, list) or len(cls) < 2 or not all(_is_int(x) and 0 <= x < c for x in cls) \
@@ -107,6 +116,9 @@ def read_model(model_dir) -> dict:
     if len(cfg["streams"]) > 1 and cfg["fusion"] != "early-concat":
         cfg["_fusion"] = read_json_file(fusion_path, "fusion.json (the fused model's fusion parameters)")
         _check_fusions(cfg["_fusion"], cfg, fusion_path)
+        from .learned_fusion import load_fusion_tensors
+
+        load_fusion_tensors(cfg["_fusion"]["fusions"], model_dir)
     elif fusion_path.exists():
         cfg["_fusion"] = read_json_file(fusion_path, "fusion.json")
     cfg["_dir"] = str(model_dir)
@@ -238,7 +250,7 @@ def evaluate_model(model_dir, *, features=None, label_sets: LabelSets | None = N
                 m_f = metrics(apply_fusion(st, stream_probs), y, classes)
                 all_metrics[name] = m_f
                 rows.append(_row(label, "+".join(s.name for s in streams), cfg["head"], name, m_f, n_views,
-                                 name == fusion, weights=st.get("weights")))
+                                 name == fusion, weights=st.get("weights") if name == "late-weighted" else None))
             final = apply_fusion(fstates[fusion], stream_probs)
             m = all_metrics[fusion]
             for s, p in zip(streams, stream_probs):

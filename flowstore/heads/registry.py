@@ -39,3 +39,4 @@ def head_options(name: str) -> list[str]:
 register_head("linear", f"{__package__}.models:linear_head")
 register_head("mlp", f"{__package__}.models:mlp_head")
 register_head("transformer", f"{__package__}.models:transformer_head")
+register_head("multitask", f"{__package__}.multitask:multitask_head")
