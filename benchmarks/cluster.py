@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from extract import SHARED, SIZE, prepare_inputs  # noqa: E402  (benchmarks/extract.py)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from flowstore.decode import Resize  # noqa: E402
+from flowstore.decode import FrameResize  # noqa: E402
 from flowstore.extract import ExtractConfig, plan_jobs, run_extract  # noqa: E402
 
 
@@ -45,7 +45,7 @@ def start_ray(tmp: Path) -> float:
 
 def run(folder: Path, out: Path, method: str, executor: str, size=SIZE) -> dict:
     shutil.rmtree(out, ignore_errors=True)
-    cfg = ExtractConfig(out=str(out), method=method, resize=Resize(size=size), workers=2)
+    cfg = ExtractConfig(out=str(out), method=method, resize=FrameResize(size=size), workers=2)
     cpu, start = time.process_time(), time.perf_counter()
     summary = run_extract(plan_jobs([folder]), cfg, show_progress=False, executor=executor)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu

@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from flowstore.codec import decode_gray, encode_gray, encode_rgb  # noqa: E402
-from flowstore.decode import Resize, iter_frames  # noqa: E402
+from flowstore.decode import FrameResize, iter_frames  # noqa: E402
 from flowstore.flo import read_flo, valid_mask  # noqa: E402
 from flowstore.flow import build_flow  # noqa: E402
 from flowstore.quantize import QuantSpec, dequantize, quantize  # noqa: E402
@@ -66,7 +66,7 @@ def main():
     sizes = {f"{c}{'' if q is None else f' {q}'}": [] for c, q in CODECS}
     rgb_sizes, epes = [], {k: [] for k in sizes}
     for clip in clips:
-        frames = list(iter_frames(SHARED / "videos" / clip, resize=Resize(size=(340, 256))))[: args.pairs + 1]
+        frames = list(iter_frames(SHARED / "videos" / clip, resize=FrameResize(size=(340, 256))))[: args.pairs + 1]
         prepared = [est.prepare(f) for f in frames]
         flows = est.compute(prepared[:-1], prepared[1:])
         rgb_sizes += [len(encode_rgb(f, "jpeg", 95)) for f in frames[:-1]]

@@ -27,7 +27,7 @@ from pathlib import Path
 import cv2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from flowstore.decode import Resize  # noqa: E402
+from flowstore.decode import FrameResize  # noqa: E402
 from flowstore.extract import ExtractConfig, plan_jobs, run_extract  # noqa: E402
 from flowstore.flow.opencv import FARNEBACK_DEFAULTS, TVL1_DEFAULTS  # noqa: E402
 
@@ -96,7 +96,7 @@ def bare_loop(folder: Path, method: str) -> tuple[int, float]:
 
 def flowstore_run(folder: Path, out: Path, method: str, workers: int, codec: str = "jpeg") -> tuple[int, float, int]:
     shutil.rmtree(out, ignore_errors=True)
-    cfg = ExtractConfig(out=str(out), method=method, resize=Resize(size=SIZE), workers=workers, flow_codec=codec)
+    cfg = ExtractConfig(out=str(out), method=method, resize=FrameResize(size=SIZE), workers=workers, flow_codec=codec)
     start = time.perf_counter()
     summary = run_extract(plan_jobs([folder]), cfg, show_progress=False)
     elapsed = time.perf_counter() - start

@@ -119,9 +119,9 @@ def frames_for(count: int, size) -> list[np.ndarray]:
     if data is not None and (data / "videos" / "test.mp4").exists():
         from itertools import islice
 
-        from flowstore.decode import Resize, iter_frames
+        from flowstore.decode import FrameResize, iter_frames
 
-        frames = list(islice(iter_frames(data / "videos" / "test.mp4", resize=Resize(size=size)), count))
+        frames = list(islice(iter_frames(data / "videos" / "test.mp4", resize=FrameResize(size=size)), count))
         if len(frames) >= 2:
             return frames
     return texture_frames(count, *size)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from flowstore.bench.loader import JSON_KEYS, bench_loader, format_report  # noqa: E402
-from flowstore.decode import Resize  # noqa: E402
+from flowstore.decode import FrameResize  # noqa: E402
 from flowstore.extract import ExtractConfig, plan_jobs, run_extract  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
@@ -43,7 +43,7 @@ def main() -> None:
     clips = CLIP_SETS[args.clips]
     store = Path(args.store or f"/tmp/loader_store_{args.clips}")
     if not (store / "manifest.json").exists():
-        cfg = ExtractConfig(out=str(store), method="farneback", resize=Resize(size=(340, 256)), workers=2)
+        cfg = ExtractConfig(out=str(store), method="farneback", resize=FrameResize(size=(340, 256)), workers=2)
         run_extract(plan_jobs([SHARED / c for c in clips]), cfg, show_progress=False)
     result = bench_loader(store, workers=args.workers, rounds=args.rounds, epochs=args.epochs,
                           rawframes_dir=args.rawframes, keep_rawframes=args.rawframes is not None,

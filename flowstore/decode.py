@@ -30,8 +30,10 @@ class VideoDecodeError(InputError, RuntimeError):
 
 
 @dataclass(frozen=True)
-class Resize:
-    """``size=(W, H)`` for a fixed size, or ``short_side=N`` keeping the aspect ratio, or neither."""
+class FrameResize:
+    """How decoded frames are resized before flow and storage (``extract --size/--short-side``):
+    ``size=(W, H)`` for a fixed size, or ``short_side=N`` keeping the aspect ratio, or neither.
+    (The loaders' transform is :class:`flowstore.data.transforms.ResizeClip`.)"""
 
     size: tuple[int, int] | None = None
     short_side: int | None = None
@@ -157,7 +159,7 @@ def _iter_pyav(path: str) -> Iterator[np.ndarray]:
             raise VideoDecodeError(f"decoding failed: {exc}") from None
 
 
-def iter_frames(path: str | os.PathLike, *, resize: Resize = Resize(), decoder: str = "opencv") -> Iterator[np.ndarray]:
+def iter_frames(path: str | os.PathLike, *, resize: FrameResize = FrameResize(), decoder: str = "opencv") -> Iterator[np.ndarray]:
     """Yield RGB uint8 ``(H, W, 3)`` frames of ``path``, resized; raises VideoDecodeError."""
     path = os.fspath(path)
     frames = DECODERS[decoder]
@@ -166,6 +168,6 @@ def iter_frames(path: str | os.PathLike, *, resize: Resize = Resize(), decoder: 
         yield resize.apply(rgb)
 
 
-def read_frames(path: str | os.PathLike, *, resize: Resize = Resize(), decoder: str = "opencv") -> list[np.ndarray]:
+def read_frames(path: str | os.PathLike, *, resize: FrameResize = FrameResize(), decoder: str = "opencv") -> list[np.ndarray]:
     """All frames in memory: for short clips and tests only (``iter_frames`` streams)."""
     return list(iter_frames(path, resize=resize, decoder=decoder))

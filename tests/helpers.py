@@ -38,10 +38,10 @@ def all_records(store_path) -> dict:
 
 def small_store(out, videos: dict, *, size=(64, 48), **settings):
     """A store at ``out`` extracted (farneback, one worker) from ``videos``: id -> video path."""
-    from flowstore.decode import Resize
+    from flowstore.decode import FrameResize
     from flowstore.extract import ExtractConfig, VideoJob, run_extract
 
-    cfg = ExtractConfig(out=str(out), method="farneback", resize=Resize(size=size), workers=1, **settings)
+    cfg = ExtractConfig(out=str(out), method="farneback", resize=FrameResize(size=size), workers=1, **settings)
     summary = run_extract([VideoJob(k, str(v)) for k, v in videos.items()], cfg, show_progress=False)
     assert summary.ok == len(videos) and not summary.failures, summary.failures
     return out

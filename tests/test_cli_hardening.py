@@ -181,7 +181,7 @@ def test_loader_transforms_refuse_sizes_that_are_not_positive_pixels():
     from flowstore.data import transforms as T
     from flowstore.errors import InputError
 
-    for make, size in ((T.CenterCrop, 0), (T.Resize, (224, -1)), (T.TenCrop, (0, 5)), (T.MultiScaleCrop, True),
+    for make, size in ((T.CenterCrop, 0), (T.ResizeClip, (224, -1)), (T.TenCrop, (0, 5)), (T.MultiScaleCrop, True),
                        (T.CenterCrop, 22.5)):
         with pytest.raises(InputError, match="size"):
             make(size)
@@ -207,11 +207,11 @@ class _NaNFlow:
 def test_a_flow_engine_returning_nan_fails_that_video_with_a_reason_and_stores_nothing(tmp_path, shared_videos,
                                                                                        monkeypatch):
     import flowstore
-    from flowstore.decode import Resize
+    from flowstore.decode import FrameResize
     from flowstore.extract import ExtractConfig, plan_jobs, run_extract, worker
     from flowstore.store.writer import ShardAllocator
 
-    cfg = ExtractConfig(out=str(tmp_path / "store"), method="farneback", resize=Resize(size=(64, 48)), workers=1)
+    cfg = ExtractConfig(out=str(tmp_path / "store"), method="farneback", resize=FrameResize(size=(64, 48)), workers=1)
     monkeypatch.setattr(worker, "worker_state", lambda cfg, token, dq=None: (
         _NaNFlow(), ShardAllocator(cfg.out, cfg.backend, cfg.shard_size)))
     summary = run_extract(plan_jobs(clips(shared_videos, ("part_0",))), cfg, show_progress=False, log=lambda m: None)

@@ -11,7 +11,7 @@ from torch.utils.data import default_collate
 from flowstore.data.batch_memory import SLOT_KEY, BatchSlots
 from flowstore.data.dataset import StoreClipDataset, make_loader
 from flowstore.data.transforms import train_transform
-from flowstore.decode import Resize
+from flowstore.decode import FrameResize
 from flowstore.extract import ExtractConfig, plan_jobs, run_extract
 
 SIZE = (64, 48)
@@ -20,7 +20,7 @@ SIZE = (64, 48)
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, shared_videos):
     out = tmp_path_factory.mktemp("slots") / "store"
-    cfg = ExtractConfig(out=str(out), method="farneback", resize=Resize(size=SIZE), workers=1)
+    cfg = ExtractConfig(out=str(out), method="farneback", resize=FrameResize(size=SIZE), workers=1)
     summary = run_extract(plan_jobs([shared_videos / c for c in ("part_0.mp4", "v_Basketball_g01_c01.avi")]), cfg,
                           show_progress=False, log=lambda m: None)
     assert summary.ok == 2

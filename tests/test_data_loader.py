@@ -18,7 +18,7 @@ from flowstore.data.labels import LabelError, read_mmaction_list
 from flowstore.data.rawframes import RawframesReader, export_rawframes
 from flowstore.data.sampling import sample_starts, snippet_indices
 from flowstore.data.transforms import RandomHorizontalFlip, TenCrop, eval_transform, train_transform
-from flowstore.decode import Resize
+from flowstore.decode import FrameResize
 from flowstore.extract import ExtractConfig, plan_jobs, run_extract
 
 SIZE = (64, 48)  # small frames keep Farneback and decoding fast
@@ -29,7 +29,7 @@ CLIPS = ("part_0.mp4", "v_Basketball_g01_c01.avi", "test.avi")
 def store(tmp_path_factory, shared_videos):
     """Three shared clips, one shard each (shard_size=1 rolls over after every video)."""
     out = tmp_path_factory.mktemp("loader") / "store"
-    cfg = ExtractConfig(out=str(out), method="farneback", resize=Resize(size=SIZE), workers=1, shard_size=1)
+    cfg = ExtractConfig(out=str(out), method="farneback", resize=FrameResize(size=SIZE), workers=1, shard_size=1)
     summary = run_extract(plan_jobs([shared_videos / c for c in CLIPS]), cfg, show_progress=False, log=lambda m: None)
     assert summary.ok == 3
     return out
@@ -169,7 +169,7 @@ def test_hdf5_minmax_store_through_workers(tmp_path, shared_videos):
 
     out = tmp_path / "h5"
     cfg = ExtractConfig(out=str(out), backend="hdf5", method="farneback", quant=QuantSpec("minmax"),
-                        resize=Resize(size=SIZE), workers=1)
+                        resize=FrameResize(size=SIZE), workers=1)
     run_extract(plan_jobs([shared_videos / "part_0.mp4"]), cfg, show_progress=False, log=lambda m: None)
     reader = flowstore.open_store(out)
     ds = StoreClipDataset(reader, modality="flow", sampling="stack", length=4, clips_per_video=4, seed=9)

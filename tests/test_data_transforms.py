@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from flowstore.data.transforms import (
-    TEN_CROP_ORDER, CenterCrop, Clip, MultiScaleCrop, RandomHorizontalFlip, Resize, TenCrop, finalize,
+    TEN_CROP_ORDER, CenterCrop, Clip, MultiScaleCrop, RandomHorizontalFlip, ResizeClip, TenCrop, finalize,
     eval_transform, fixed_offsets, flow_values, hflip, subtract_mean_flow, train_transform,
 )
 from flowstore.quantize import QuantSpec, dequantize, quantize
@@ -129,8 +129,8 @@ def test_train_transform_same_crop_for_both_modalities_and_snippets():
 
 def test_resize_and_center_crop():
     clip = coordinate_clip(S=1, W=40, H=30)
-    assert Resize(15)(clip).rgb.shape == (1, 3, 15, 20)  # shorter side
-    assert Resize((10, 12))(clip).flow.shape == (1, 4, 12, 10)
+    assert ResizeClip(15)(clip).rgb.shape == (1, 3, 15, 20)  # shorter side
+    assert ResizeClip((10, 12))(clip).flow.shape == (1, 4, 12, 10)
     c = CenterCrop(10)(clip)
     assert c.rgb[0, 0, 0, 0] == 15 and c.rgb[0, 1, 0, 0] == 10
 

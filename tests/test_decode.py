@@ -4,7 +4,7 @@ import csv
 import numpy as np
 import pytest
 
-from flowstore.decode import Resize, VideoDecodeError, iter_frames, parse_size, read_frames
+from flowstore.decode import FrameResize, VideoDecodeError, iter_frames, parse_size, read_frames
 
 
 def decoded_counts(shared_data):
@@ -21,10 +21,10 @@ def test_frame_counts_come_from_decoding(shared_data):
 
 
 @pytest.mark.parametrize("resize,expected", [
-    (Resize(size=(340, 256)), (256, 340)),
-    (Resize(size=(171, 129)), (129, 171)),          # odd sizes
-    (Resize(short_side=97), (97, round(320 * 97 / 240))),
-    (Resize(), (240, 320)),
+    (FrameResize(size=(340, 256)), (256, 340)),
+    (FrameResize(size=(171, 129)), (129, 171)),          # odd sizes
+    (FrameResize(short_side=97), (97, round(320 * 97 / 240))),
+    (FrameResize(), (240, 320)),
 ])
 def test_resize(shared_videos, resize, expected):
     frame = next(iter_frames(shared_videos / "test.avi", resize=resize))
@@ -60,4 +60,4 @@ def test_parse_size():
         with pytest.raises(ValueError, match="size"):
             parse_size(bad)
     with pytest.raises(ValueError, match="not both"):
-        Resize(size=(2, 2), short_side=3)
+        FrameResize(size=(2, 2), short_side=3)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import flowstore
-from flowstore.decode import Resize, read_frames
+from flowstore.decode import FrameResize, read_frames
 from flowstore.extract import ExtractConfig, PlanError, plan_jobs, run_extract
 from flowstore.flow import build_flow
 from flowstore.quantize import QuantSpec, quantize
@@ -20,10 +20,10 @@ SMALL = (128, 96)  # TV-L1 on 2 CPU cores: keep the clips small
 def test_methods_x_formats_store_exactly_the_quantized_opencv_flow(tmp_path, shared_videos, backend, method):
     clip = shared_videos / "part_0.mp4"
     cfg = ExtractConfig(out=str(tmp_path / "store"), backend=backend, method=method, flow_codec="raw",
-                        frame_codec="png", resize=Resize(size=SMALL), workers=1)
+                        frame_codec="png", resize=FrameResize(size=SMALL), workers=1)
     summary = run_extract(plan_jobs([clip]), cfg, show_progress=False)
     assert summary.ok == 1 and not summary.failures
-    frames = read_frames(clip, resize=Resize(size=SMALL))
+    frames = read_frames(clip, resize=FrameResize(size=SMALL))
     gray = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
     with flowstore.open_store(tmp_path / "store", check=True) as store:
         assert store.videos == ["part_0"]
@@ -48,9 +48,9 @@ def test_methods_x_formats_store_exactly_the_quantized_opencv_flow(tmp_path, sha
 def test_minmax_stride_and_jpeg(tmp_path, shared_videos):
     clip = shared_videos / "test.avi"
     cfg = ExtractConfig(out=str(tmp_path / "s"), method="farneback", quant=QuantSpec("minmax"), stride=2,
-                        resize=Resize(short_side=60), workers=1)
+                        resize=FrameResize(short_side=60), workers=1)
     run_extract(plan_jobs([clip]), cfg, show_progress=False)
-    frames = read_frames(clip, resize=Resize(short_side=60))
+    frames = read_frames(clip, resize=FrameResize(short_side=60))
     with flowstore.open_store(tmp_path / "s") as store:
         vid = store.videos[0]
         assert store.num_flows(vid) == len(frames) - 2 and store.frame_size(vid) == (80, 60)
@@ -126,10 +126,10 @@ def test_settings_mismatch_on_resume_is_refused(tmp_path, shared_videos):
     from flowstore.store.writer import SettingsMismatchError
 
     clip = shared_videos / "part_0.mp4"
-    run_extract(plan_jobs([clip]), ExtractConfig(out=str(tmp_path / "s"), method="farneback", resize=Resize(size=(64, 48)), workers=1), show_progress=False)
+    run_extract(plan_jobs([clip]), ExtractConfig(out=str(tmp_path / "s"), method="farneback", resize=FrameResize(size=(64, 48)), workers=1), show_progress=False)
     with pytest.raises(SettingsMismatchError, match="quantization"):
         run_extract(plan_jobs([clip]), ExtractConfig(out=str(tmp_path / "s"), method="farneback", quant=QuantSpec("bound", 10),
-                                                    resize=Resize(size=(64, 48)), workers=1), show_progress=False)
+                                                    resize=FrameResize(size=(64, 48)), workers=1), show_progress=False)
 
 
 @pytest.mark.parametrize("backend", ["lmdb", "hdf5"])
@@ -144,7 +144,7 @@ def test_every_shared_clip_every_codec_and_container(tmp_path, shared_data, back
     for name in expected:  # test.mp4 and test.avi would share an id: keep the extension in the name
         src = shared_data / "videos" / name
         (folder / f"{src.stem}_{src.suffix[1:]}{src.suffix}").symlink_to(src)
-    cfg = ExtractConfig(out=str(tmp_path / "s"), backend=backend, method="farneback", resize=Resize(size=(48, 36)), workers=2)
+    cfg = ExtractConfig(out=str(tmp_path / "s"), backend=backend, method="farneback", resize=FrameResize(size=(48, 36)), workers=2)
     summary = run_extract(plan_jobs([folder]), cfg, show_progress=False)
     assert summary.ok == len(expected) and not summary.failures
     with flowstore.open_store(tmp_path / "s") as store:

@@ -58,7 +58,7 @@ def test_check_imports_work_without_lmdb_and_ptlflow(tmp_path):
         r = cuda_checks.run_check("torch_farneback_vs_cpu", "cpu", size=(32, 24))
         assert r["status"] == "passed", r
         from pathlib import Path
-        from flowstore.decode import Resize
+        from flowstore.decode import FrameResize
         from flowstore.extract import ExtractConfig, VideoJob, run_extract
         clips = cuda_checks.clip_folder(Path({str(tmp_path)!r}) / "clips", count=1, frames=3, size=(32, 24))
         cfg = ExtractConfig(out={str(tmp_path / 'store')!r}, backend="hdf5", method="farneback", workers=1)

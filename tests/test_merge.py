@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from flowstore.cli.main import cli
-from flowstore.decode import Resize
+from flowstore.decode import FrameResize
 from flowstore.extract import ExtractConfig, plan_jobs, run_extract
 from flowstore.store.merge import MergeError, merge_stores
 from flowstore.store.verify import verify_store
@@ -18,7 +18,7 @@ CLIPS = ["demo.mp4", "part_0.mp4", "test.mp4"]
 
 
 def _extract(out, paths, **kw):
-    cfg = ExtractConfig(out=str(out), method="farneback", resize=Resize(size=(64, 48)), workers=1, **kw)
+    cfg = ExtractConfig(out=str(out), method="farneback", resize=FrameResize(size=(64, 48)), workers=1, **kw)
     return run_extract(plan_jobs([str(p) for p in paths]), cfg, show_progress=False)
 
 

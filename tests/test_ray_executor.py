@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from flowstore.decode import Resize
+from flowstore.decode import FrameResize
 from flowstore.errors import EnvironmentProblem
 from flowstore.extract import ExtractConfig, plan_jobs, run_extract
 from flowstore.store.verify import verify_store
@@ -30,7 +30,7 @@ SIZE = (96, 72)
 
 
 def _config(out, **kw) -> ExtractConfig:
-    return ExtractConfig(out=str(out), method="farneback", resize=Resize(size=kw.pop("size", SIZE)), workers=2, **kw)
+    return ExtractConfig(out=str(out), method="farneback", resize=FrameResize(size=kw.pop("size", SIZE)), workers=2, **kw)
 
 
 @pytest.fixture(scope="module")

@@ -234,7 +234,7 @@ def reference(root: Path) -> dict:
 
 @pytest.fixture(scope="module", params=sorted(CASES))
 def built(request, tmp_path_factory, inputs):
-    from flowstore.decode import Resize
+    from flowstore.decode import FrameResize
     from flowstore.extract import ExtractConfig, plan_jobs, run_extract
     from flowstore.quantize import QuantSpec
 
@@ -243,7 +243,7 @@ def built(request, tmp_path_factory, inputs):
     cfg = ExtractConfig(
         out=str(root), backend=case["backend"], method="farneback",
         quant=QuantSpec(case["scheme"], case["bound"]), flow_codec=case["flow_codec"],
-        frame_codec=case["frame_codec"], resize=Resize(size=SIZE), stride=case["stride"], workers=1,
+        frame_codec=case["frame_codec"], resize=FrameResize(size=SIZE), stride=case["stride"], workers=1,
     )
     summary = run_extract(plan_jobs([inputs]), cfg, show_progress=False)
     assert summary.ok == 2 and not summary.failures
@@ -518,11 +518,11 @@ def test_version_rule(built, tmp_path):
 
 
 def test_hdf5_nested_ids_in_any_order(tmp_path, inputs):
-    from flowstore.decode import Resize
+    from flowstore.decode import FrameResize
     from flowstore.extract import ExtractConfig, VideoJob, run_extract
 
     jobs = [VideoJob("part_0/inner", str(inputs / "part_0.mp4")), VideoJob("part_0", str(inputs / "part_0.mp4"))]
-    cfg = ExtractConfig(out=str(tmp_path / "s"), backend="hdf5", method="farneback", resize=Resize(size=(32, 24)), workers=1)
+    cfg = ExtractConfig(out=str(tmp_path / "s"), backend="hdf5", method="farneback", resize=FrameResize(size=(32, 24)), workers=1)
     assert run_extract(jobs, cfg, show_progress=False).ok == 2
     m, videos = spec_open(tmp_path / "s")
     for e in videos.values():

@@ -8,7 +8,7 @@ import pytest
 
 import flowstore
 from flowstore.extract import ExtractConfig, plan_jobs, run_extract
-from flowstore.decode import Resize
+from flowstore.decode import FrameResize
 from flowstore.store.format import COMMIT_LOG, FAILURES, MANIFEST, FormatError
 from flowstore.store.manifest import load_failures
 
@@ -16,7 +16,7 @@ from flowstore.store.manifest import load_failures
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory, shared_videos):
     out = tmp_path_factory.mktemp("untrusted") / "store"
-    cfg = ExtractConfig(out=str(out), method="farneback", resize=Resize(size=(64, 48)), workers=1)
+    cfg = ExtractConfig(out=str(out), method="farneback", resize=FrameResize(size=(64, 48)), workers=1)
     summary = run_extract(plan_jobs([shared_videos / "part_0.mp4"]), cfg, show_progress=False, log=lambda m: None)
     assert summary.ok == 1
     return out

@@ -85,7 +85,7 @@ def command(ctx, inputs, out, list_file, root, backend, method, engine, gpu, dev
             fp16, use_compile, quant, bound, flow_codec, flow_quality, frame_codec, frame_quality, size, short_side, stride, decoder,
             shard_size, workers, executor, ray_address, gpus_per_worker, cpus_per_worker, max_retries, retry_failed,
             allow_failures, no_progress, summary_json):
-    from ..decode import Resize
+    from ..decode import FrameResize
     from ..extract import ExtractConfig, PlanError, Skipped, plan_jobs, run_extract
     from ..quantize import QuantSpec
 
@@ -112,7 +112,7 @@ def command(ctx, inputs, out, list_file, root, backend, method, engine, gpu, dev
         out=out, backend=backend, method=method, engine=engine, device=devices[0] if devices else None,
         devices=tuple(devices), flow_params=parse_params(params), flow_options=options,
         quant=QuantSpec(scheme=quant, bound=bound), flow_codec=flow_codec, flow_quality=flow_quality,
-        frame_codec=frame_codec, frame_quality=frame_quality, resize=Resize(size=parse_size(size, "--size"), short_side=short_side),
+        frame_codec=frame_codec, frame_quality=frame_quality, resize=FrameResize(size=parse_size(size, "--size"), short_side=short_side),
         stride=stride, decoder=decoder, shard_size=parse_bytes(shard_size), workers=workers,
     )
     where = f"{cfg.n_workers} worker(s)" if executor == "local" else f"executor {executor}"

@@ -20,13 +20,13 @@ from .loader import StoreLoader, make_loader, prepare_fork, set_epoch, worker_in
 from .rawframes import RawframesReader, export_rawframes
 from .samplers import ClipSampler, StoreIterableDataset
 from .transforms import (
-    CenterCrop, Clip, Compose, MultiScaleCrop, RandomHorizontalFlip, Resize, TenCrop, eval_transform,
+    CenterCrop, Clip, Compose, MultiScaleCrop, RandomHorizontalFlip, ResizeClip, TenCrop, eval_transform,
     train_transform,
 )
 
 __all__ = [
     "Annotations", "CenterCrop", "Clip", "ClipSampler", "Compose", "LabelError", "MultiScaleCrop",
-    "RandomHorizontalFlip", "RawframesReader", "Resize", "StoreClipDataset", "StoreIterableDataset", "StoreLoader",
+    "RandomHorizontalFlip", "RawframesReader", "ResizeClip", "StoreClipDataset", "StoreIterableDataset", "StoreLoader",
     "TenCrop",
     "eval_transform", "export_rawframes", "make_loader", "prepare_fork", "read_class_index", "read_demo_labels",
     "read_hmdb51", "read_mmaction_list", "read_ucf101", "set_epoch", "train_transform", "worker_init",

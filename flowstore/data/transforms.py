@@ -137,8 +137,10 @@ class Compose:
         return f"Compose({self.transforms!r})"
 
 
-class Resize:
-    """``size`` int: shorter side to ``size`` keeping the aspect ratio; ``(w, h)``: exactly."""
+class ResizeClip:
+    """A loader transform resizing every image of a clip: ``size`` int: shorter side to ``size``
+    keeping the aspect ratio; ``(w, h)``: exactly. (Frames are resized at extraction by
+    :class:`flowstore.decode.FrameResize`.)"""
 
     def __init__(self, size):
         _pair(size, "resize size")  # checked now, not per clip
@@ -154,7 +156,7 @@ class Resize:
         return resize(clip, self.target(*clip.size))
 
     def __repr__(self):
-        return f"Resize({self.size!r})"
+        return f"ResizeClip({self.size!r})"
 
 
 class CenterCrop:
@@ -281,7 +283,7 @@ def train_transform(size=224, scales: Sequence[float] = TSN_SCALES, flip: bool =
 
 def eval_transform(size=224, resize_to=None, ten_crop: bool = True) -> Compose:
     """Test views: optional resize (e.g. 256 shorter side), then 10 crops (or one centre crop)."""
-    steps = [] if resize_to is None else [Resize(resize_to)]
+    steps = [] if resize_to is None else [ResizeClip(resize_to)]
     steps.append(TenCrop(size) if ten_crop else CenterCrop(size))
     return Compose(steps)
 
@@ -370,7 +372,7 @@ def finalize(clip: Clip, quant: QuantSpec, *, flow_mode: str = "pixels", mean_su
 
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "TEN_CROP_ORDER", "TSN_SCALES", "FLOW_VALUES", "MEAN_SUBTRACT",
-    "CenterCrop", "Clip", "Compose", "MultiScaleCrop", "RandomHorizontalFlip", "Resize", "TenCrop",
+    "CenterCrop", "Clip", "Compose", "MultiScaleCrop", "RandomHorizontalFlip", "ResizeClip", "TenCrop",
     "crop", "crop_views", "finalize", "fixed_offsets", "flow_values", "hflip", "normalize_rgb", "resize",
     "eval_transform", "subtract_mean_flow", "ten_crop_boxes", "train_transform",
 ]

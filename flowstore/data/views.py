@@ -24,7 +24,7 @@ Mirrored views mirror the image and negate u (flow: ``q_x -> 255 - q_x``), as ev
 from __future__ import annotations
 
 from ..errors import InputError
-from .transforms import Clip, Resize, _pair, crop_views, ten_crop_boxes
+from .transforms import Clip, ResizeClip, _pair, crop_views, ten_crop_boxes
 
 
 def spatial_crop_boxes(image_w: int, image_h: int, crop_w: int, crop_h: int,
@@ -49,12 +49,12 @@ def spatial_crop_boxes(image_w: int, image_h: int, crop_w: int, crop_h: int,
 
 class SpatialViews:
     """Transform: S clips -> ``S * num`` views (clip-major), optionally resized first
-    (``resize``: shorter side or ``(w, h)``, as :class:`~flowstore.data.transforms.Resize`)."""
+    (``resize``: shorter side or ``(w, h)``, as :class:`~flowstore.data.transforms.ResizeClip`)."""
 
     def __init__(self, num: int, size, resize=None):
         self.num = int(num)
         self.size = _pair(size)
-        self.resize = None if resize is None else Resize(resize)
+        self.resize = None if resize is None else ResizeClip(resize)
         if self.num < 1:
             raise InputError(f"number of spatial views must be >= 1, got {num}")
 

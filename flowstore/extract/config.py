@@ -6,7 +6,7 @@ import dataclasses
 import os
 
 from ..codec import check_codec, check_quality, effective_quality
-from ..decode import Resize, check_decoder
+from ..decode import FrameResize, check_decoder
 from ..errors import InputError
 from ..quantize import QuantSpec
 from ..store.backend import BACKENDS
@@ -30,7 +30,7 @@ class ExtractConfig:
     flow_quality: int | None = None  # codec default: JPEG 95, PNG level 1
     frame_codec: str = "jpeg"
     frame_quality: int | None = None  # codec default: JPEG 95
-    resize: Resize = Resize()
+    resize: FrameResize = FrameResize()
     stride: int = 1
     decoder: str = "opencv"
     shard_size: int = DEFAULT_SHARD_SIZE

@@ -29,7 +29,7 @@ from pathlib import Path
 
 
 from ..codec import decode_gray, decode_rgb
-from ..decode import Resize
+from ..decode import FrameResize
 from ..errors import InputError, StoreWriteError
 from ..quantize import QuantSpec
 from ..store.backend import BACKENDS
@@ -108,7 +108,7 @@ class ImportConfig:
         return {
             "backend": self.backend,
             "frames": {"codec": template_codec(self.rgb_tmpl), "quality": None, "color": "RGB"},
-            "resize": Resize().to_manifest(),
+            "resize": FrameResize().to_manifest(),
             "decoder": "imported",
             "stride": self.stride,
             "flow": {"method": self.method, "engine": "imported", "library": self.tool,

@@ -130,7 +130,7 @@ class FeatureConfig:
         from ..devices import check_devices
 
         if self.resize is not None:
-            T.Resize(self.resize)  # raises on a size that is not positive pixels
+            T.ResizeClip(self.resize)  # raises on a size that is not positive pixels
         if self.crop is not None:
             self.crop = T.CenterCrop(self.crop).size
         check_devices([self.device])  # a device that is not here: exit 2 before any file is made
@@ -144,7 +144,7 @@ class FeatureConfig:
         for video in reader.videos:
             w, h = reader.frame_size(video)
             if self.resize is not None:
-                w, h = T.Resize(self.resize).target(w, h)
+                w, h = T.ResizeClip(self.resize).target(w, h)
             if self.crop[0] > w or self.crop[1] > h:
                 after = f" after --resize {self.resize}" if self.resize is not None else ""
                 raise InputError(f"--crop {self.crop[0]}x{self.crop[1]} does not fit video {video!r}: its frames are "
@@ -182,7 +182,7 @@ def _spatial_clips(clip, cfg: FeatureConfig):
     from ..data import transforms as T
 
     if cfg.resize is not None:
-        clip = T.Resize(cfg.resize)(clip)
+        clip = T.ResizeClip(cfg.resize)(clip)
     if cfg.spatial_views == 10:
         w, h = cfg.crop
         out = []

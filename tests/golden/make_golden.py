@@ -69,7 +69,7 @@ def expected_of(root: Path) -> tuple[dict, dict]:
 
 
 def main() -> None:
-    from flowstore.decode import Resize, read_frames
+    from flowstore.decode import FrameResize, read_frames
     from flowstore.extract import ExtractConfig, VideoJob, run_extract
     from flowstore.quantize import QuantSpec
     from flowstore.store import hdf5_backend
@@ -94,7 +94,7 @@ def main() -> None:
                 shutil.rmtree(root)
             cfg = ExtractConfig(out=str(root), backend=case["backend"], method="farneback",
                                 quant=QuantSpec(case["scheme"], 20.0), flow_codec=case["flow_codec"],
-                                frame_codec=case["frame_codec"], resize=Resize(size=(32, 24)),
+                                frame_codec=case["frame_codec"], resize=FrameResize(size=(32, 24)),
                                 stride=case["stride"], workers=1)
             summary = run_extract([VideoJob(vid, str(src)) for vid in IDS], cfg, show_progress=False)
             assert summary.ok == len(IDS), summary.failures
