@@ -6,7 +6,7 @@ import json
 import click
 
 from .choices import RegistryChoice
-from .common import parse_devices, parse_size, user_errors
+from .common import parse_devices, parse_size, torch_device_options, user_errors
 
 HELP = """Extract frozen video-backbone features of clips (rgb (T, 3, H, W) or flow (T, 2, H, W))
 of every video in a flowstore store into a feature store that train-head and evaluate read
@@ -56,11 +56,7 @@ Examples:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random initialisation.")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Clips per forward pass.")
 @click.option("--workers", type=int, default=0, show_default=True, help="DataLoader processes decoding ahead (0: this process).")
-@click.option("--device", default=None, help="Torch device: cpu, cuda, cuda:N (default cpu).")
-@click.option("--gpu", default=None, type=int, help="GPU index; same as --device cuda:N.")
-@click.option("--threads", type=int, default=None, help="Torch CPU threads (default: torch's choice).")
-@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
-              help="Storage type of the features.")
+@torch_device_options("features")
 @click.option("--overwrite", is_flag=True, help="Replace OUT instead of resuming it.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--summary-json", type=click.Path(path_type=str), default=None, help="Also write the summary as JSON here.")

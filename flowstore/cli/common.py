@@ -54,6 +54,25 @@ def parse_devices(gpu: str | int | None, device: str | None) -> list[str]:
     return devices
 
 
+def torch_device_options(what: str):
+    """``--device``, ``--gpu``, ``--threads`` and ``--dtype`` of the commands that run a frozen
+    backbone (``what``: the word for what ``--dtype`` stores)."""
+    options = [
+        click.option("--device", default=None, help="Torch device: cpu, cuda, cuda:N, mps (default cpu)."),
+        click.option("--gpu", default=None, type=int, help="GPU index; same as --device cuda:N."),
+        click.option("--threads", type=int, default=None, help="Torch CPU threads (default: torch's choice)."),
+        click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+                     help=f"Storage type of the {what}."),
+    ]
+
+    def apply(func):
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return apply
+
+
 def parse_value(text: str):
     """A KEY=VALUE value: JSON where it parses (numbers, booleans), else the string."""
     try:

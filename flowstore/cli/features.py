@@ -5,7 +5,8 @@ import json
 
 import click
 
-from .common import parse_devices, parse_size, user_errors
+from .choices import RegistryChoice
+from .common import parse_devices, parse_size, torch_device_options, user_errors
 
 HELP = """Extract frozen-backbone features of one stream (rgb frames or stacked flow) of every
 video in a flowstore store into an HDF5 feature store.
@@ -57,12 +58,8 @@ Examples:
               help="Camera-motion compensation: subtract each flow field's (or stack's) mean vector.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random initialisation.")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Images per forward pass.")
-@click.option("--device", default=None, help="Torch device: cpu, cuda, cuda:N, mps (default cpu).")
-@click.option("--gpu", default=None, type=int, help="GPU index; same as --device cuda:N.")
-@click.option("--threads", type=int, default=None, help="Torch CPU threads (default: torch's choice).")
-@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
-              help="Storage type of the features.")
-@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+@torch_device_options("features")
+@click.option("--executor", type=RegistryChoice("flowstore.extract.executor:list_executors"), default="local", show_default=True,
               help="Compute here, or on Ray actors (one backbone each; docs/cluster.md).")
 @click.option("--workers", type=int, default=None, help="Ray: actors (default: as many as the cluster has room for).")
 @click.option("--ray-address", default=None, help="Ray cluster (default: a running one, else a local one).")

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .extract import FLOW_INPUT_VALUES, FeatureConfig, _provenance, entry_sha256
-from .store import FeatureStore, FeatureStoreError
+from .extract import FLOW_INPUT_VALUES, FeatureConfig, _provenance, entry_sha256, stored_features
+from .store import FeatureStore
 from .video_backbones import VIDEO_BACKBONES, build_video_backbone
 
 __all__ = ["ClipFeatureConfig", "ClipFeatureSummary", "extract_clip_features"]
@@ -161,12 +161,7 @@ def extract_clip_features(store, out, cfg: ClipFeatureConfig, *, overwrite: bool
     summary = ClipFeatureSummary(out=str(out), total=len(reader.videos))
     try:
         provenance["created"] = fs.provenance.get("created", provenance["created"])
-        stored = fs.entry_hashes()
-        changed = [v for v, h in stored.items() if v in reader and entry_sha256(reader.entry(v)) != h]
-        if changed:
-            raise FeatureStoreError(
-                f"{len(changed)} video(s) changed in the store since their features were computed "
-                f"(e.g. {changed[:3]}); pass --overwrite to recompute everything")
+        stored = stored_features(fs, reader)
         ds = _dataset(reader, cfg, info["mean"], info["std"])
         todo = [i for i, v in enumerate(ds.videos) if v not in stored]
         summary.skipped = len(reader.videos) - len(todo)

@@ -80,6 +80,19 @@ def entry_sha256(entry: dict) -> str:
     return _sha256(entry)
 
 
+def stored_features(fs: FeatureStore, reader) -> dict[str, str]:
+    """The videos whose features ``fs`` holds already (id -> the hash of their store entry), so a
+    rerun resumes; refused when one of them changed in the flow store since (its features would
+    no longer match it)."""
+    stored = fs.entry_hashes()
+    changed = [v for v, h in stored.items() if v in reader and entry_sha256(reader.entry(v)) != h]
+    if changed:
+        raise FeatureStoreError(
+            f"{len(changed)} video(s) changed in the store since their features were computed "
+            f"(e.g. {changed[:3]}); pass --overwrite to recompute everything")
+    return stored
+
+
 def snippet_starts(count: int, num_segments: int, length: int, temporal_views: int) -> np.ndarray:
     """``(T, K)`` snippet starts: view t of segment k (see module docstring)."""
     from ..data.sampling import evenly_spaced_starts
@@ -320,12 +333,7 @@ def extract_features(store, out, cfg: FeatureConfig, *, overwrite: bool = False,
     summary = FeatureSummary(out=str(out), total=len(reader.videos))
     try:
         provenance["created"] = fs.provenance.get("created", provenance["created"])
-        stored = fs.entry_hashes()
-        changed = [v for v, h in stored.items() if v in reader and entry_sha256(reader.entry(v)) != h]
-        if changed:
-            raise FeatureStoreError(
-                f"{len(changed)} video(s) changed in the store since their features were computed "
-                f"(e.g. {changed[:3]}); pass --overwrite to recompute everything")
+        stored = stored_features(fs, reader)
         gone = [v for v in stored if v not in reader]
         if gone:
             log(f"warning: {len(gone)} video(s) of {out} are no longer in the store (e.g. {gone[:3]}); kept")
