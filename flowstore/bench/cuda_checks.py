@@ -27,12 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import EnvironmentProblem
+
 #: flow_gt pair the engine checks share (``../shared/data/flow_gt/NAME``)
 GT_PAIR = "sintel_clean_alley_1_0002"
 
 
-class CheckSkipped(Exception):
-    """A check that cannot run here; the message says why."""
+class CheckSkipped(EnvironmentProblem):
+    """A check that cannot run here (no CUDA, a package missing); the message says why."""
 
 
 def shared_data(repo: Path | None = None) -> Path | None:
