@@ -6,7 +6,7 @@ import json
 import click
 
 from .choices import RegistryChoice
-from .common import parse_devices, parse_size, torch_device_options, user_errors
+from .common import one_torch_device, parse_size, torch_device_options, user_errors
 
 HELP = """Extract frozen video-backbone features of clips (rgb (T, 3, H, W) or flow (T, 2, H, W))
 of every video in a flowstore store into a feature store that train-head and evaluate read
@@ -64,16 +64,9 @@ Examples:
 def command(store, stream, backbone, weights, out, clip_len, frame_interval, temporal_views, spatial_views, resize,
             crop, flow_values, seed, batch_size, workers, device, gpu, threads, dtype, overwrite, no_progress,
             summary_json):
-    import torch
-
     from ..features.clip_extract import ClipFeatureConfig, extract_clip_features
 
-    devices = parse_devices(gpu, device)
-    if len(devices) > 1:
-        raise click.BadParameter("clip-features runs on one device", param_hint="--device")
-    device = devices[0] if devices else "cpu"
-    if threads:
-        torch.set_num_threads(threads)
+    device = one_torch_device(gpu, device, threads, "clip-features")
     cfg = ClipFeatureConfig(stream=stream, backbone=backbone, weights=weights, seed=seed, clip_len=clip_len,
                             frame_interval=frame_interval, temporal_views=temporal_views,
                             spatial_views=spatial_views, resize=parse_size(resize, "--resize", single=True),

@@ -54,6 +54,19 @@ def parse_devices(gpu: str | int | None, device: str | None) -> list[str]:
     return devices
 
 
+def one_torch_device(gpu, device, threads, command: str) -> str:
+    """The one device a backbone command runs on (default ``cpu``), checked, with torch's CPU
+    threads set as ``--threads`` asks."""
+    devices = parse_devices(gpu, device)
+    if len(devices) > 1:
+        raise click.BadParameter(f"{command} runs on one device", param_hint="--device")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    return devices[0] if devices else "cpu"
+
+
 def torch_device_options(what: str):
     """``--device``, ``--gpu``, ``--threads`` and ``--dtype`` of the commands that run a frozen
     backbone (``what``: the word for what ``--dtype`` stores)."""

@@ -6,7 +6,7 @@ import json
 import click
 
 from .choices import RegistryChoice
-from .common import parse_devices, parse_size, torch_device_options, user_errors
+from .common import one_torch_device, parse_size, torch_device_options, user_errors
 
 HELP = """Extract frozen-backbone features of one stream (rgb frames or stacked flow) of every
 video in a flowstore store into an HDF5 feature store.
@@ -73,16 +73,9 @@ Examples:
 def command(store, stream, backbone, weights, out, num_segments, length, temporal_views, spatial_views, resize, crop,
             flow_values, mean_subtract, seed, batch_size, device, gpu, threads, dtype, executor, workers, ray_address,
             gpus_per_worker, cpus_per_worker, max_retries, overwrite, no_progress, summary_json):
-    import torch
-
     from ..features.extract import FeatureConfig, extract_features
 
-    devices = parse_devices(gpu, device)
-    if len(devices) > 1:
-        raise click.BadParameter("features runs on one device", param_hint="--device")
-    device = devices[0] if devices else "cpu"
-    if threads:
-        torch.set_num_threads(threads)
+    device = one_torch_device(gpu, device, threads, "features")
     crop_size = parse_size(crop, "--crop", single=True)
     if isinstance(crop_size, int):
         crop_size = (crop_size, crop_size)
