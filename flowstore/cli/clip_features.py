@@ -1,12 +1,10 @@
 """``flowstore clip-features``."""
 from __future__ import annotations
 
-import json
-
 import click
 
 from .choices import RegistryChoice
-from .common import one_torch_device, parse_size, torch_device_options, user_errors
+from .common import one_torch_device, parse_size, torch_device_options, user_errors, write_summary_json
 
 HELP = """Extract frozen video-backbone features of clips (rgb (T, 3, H, W) or flow (T, 2, H, W))
 of every video in a flowstore store into a feature store that train-head and evaluate read
@@ -80,8 +78,4 @@ def command(store, stream, backbone, weights, out, clip_len, frame_interval, tem
     for line in summary.lines():
         click.echo(line)
     if summary_json:
-        with open(summary_json, "w", encoding="utf-8") as f:
-            json.dump({"out": summary.out, "total": summary.total, "computed": summary.computed,
-                       "skipped": summary.skipped, "clips": summary.clips, "forward_calls": summary.forward_calls,
-                       "forward_seconds": summary.forward_seconds, "clips_per_second": summary.clips_per_second,
-                       "seconds": summary.seconds, "shape": list(summary.shape)}, f, indent=1)
+        write_summary_json(summary_json, summary, clips_per_second=summary.clips_per_second)

@@ -54,6 +54,15 @@ def parse_devices(gpu: str | int | None, device: str | None) -> list[str]:
     return devices
 
 
+def write_summary_json(path: str, summary, **derived) -> None:
+    """``--summary-json``: a run's summary dataclass as it is, plus ``derived`` rates."""
+    import dataclasses
+
+    from ..io import atomic_write_text
+
+    atomic_write_text(path, json.dumps({**dataclasses.asdict(summary), **derived}, indent=1))
+
+
 def one_torch_device(gpu, device, threads, command: str) -> str:
     """The one device a backbone command runs on (default ``cpu``), checked, with torch's CPU
     threads set as ``--threads`` asks."""

@@ -1,14 +1,12 @@
 """``flowstore extract``."""
 from __future__ import annotations
 
-import dataclasses
-import json
 import sys
 
 import click
 
 from .choices import RegistryChoice
-from .common import EXIT_FAILURES, EXIT_USAGE, fail, parse_bytes, parse_devices, parse_params, parse_size, user_errors
+from .common import EXIT_FAILURES, EXIT_USAGE, fail, parse_bytes, parse_devices, parse_params, parse_size, user_errors, write_summary_json
 from ..flow.registry import describe_methods
 
 HELP = """Decode videos, compute dense optical flow for every frame pair, quantize it to 8 bits and
@@ -124,9 +122,8 @@ def command(ctx, inputs, out, list_file, root, backend, method, engine, gpu, dev
     for line in summary.lines():
         click.echo(line)
     if summary_json:
-        with open(summary_json, "w", encoding="utf-8") as f:
-            json.dump({**dataclasses.asdict(summary), "pairs_per_second": summary.pairs_per_second,
-                       "bytes_per_pair": summary.bytes_per_pair}, f, indent=1)
+        write_summary_json(summary_json, summary, pairs_per_second=summary.pairs_per_second,
+                           bytes_per_pair=summary.bytes_per_pair)
     if summary.failures and not allow_failures:
         click.echo(f"{len(summary.failures)} video(s) failed (listed above and in {out}/failures.jsonl); "
                    "exit code 3. Use --allow-failures to accept them.", err=True)

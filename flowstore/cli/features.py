@@ -1,12 +1,10 @@
 """``flowstore features``."""
 from __future__ import annotations
 
-import json
-
 import click
 
 from .choices import RegistryChoice
-from .common import one_torch_device, parse_size, torch_device_options, user_errors
+from .common import one_torch_device, parse_size, torch_device_options, user_errors, write_summary_json
 
 HELP = """Extract frozen-backbone features of one stream (rgb frames or stacked flow) of every
 video in a flowstore store into an HDF5 feature store.
@@ -95,7 +93,4 @@ def command(store, stream, backbone, weights, out, num_segments, length, tempora
     for line in summary.lines():
         click.echo(line)
     if summary_json:
-        with open(summary_json, "w", encoding="utf-8") as f:
-            json.dump({"out": summary.out, "total": summary.total, "computed": summary.computed,
-                       "skipped": summary.skipped, "images": summary.images, "forward_calls": summary.forward_calls,
-                       "seconds": summary.seconds, "shape": list(summary.shape)}, f, indent=1)
+        write_summary_json(summary_json, summary)
