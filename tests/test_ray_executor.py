@@ -133,8 +133,19 @@ def test_worker_killed_mid_video(cluster, jobs, reference, tmp_path):
     thread, box = _run_in_thread(jobs, _config(store), executor="ray", show_progress=False)
     import psutil
 
-    pid = _wait_for(_busy_workers)[0]  # a worker inside a video
-    shards = [f.path for f in psutil.Process(pid).open_files() if "/shards/" in f.path]
+    def worker_writing_a_shard():
+        """A worker inside a video: in a call, with a shard of this store open (an actor is in
+        its call a moment before it opens the shard)."""
+        for pid in _busy_workers():
+            try:
+                shards = [f.path for f in psutil.Process(pid).open_files() if f.path.startswith(f"{store}/shards/")]
+            except psutil.Error:  # it finished or died meanwhile
+                continue
+            if shards:
+                return pid, shards
+        return None
+
+    pid, shards = _wait_for(worker_writing_a_shard)
     os.kill(pid, signal.SIGKILL)
     written = {s: os.stat(s).st_mtime_ns for s in shards}
     thread.join(300)
