@@ -3,10 +3,10 @@
 Layout written by :func:`export_rawframes` (file numbers are 1-based, store indices 0-based:
 store frame ``i`` is ``img_{i+1:05d}.jpg``, store flow ``i`` is ``flow_x/flow_y_{i+1:05d}.jpg``)::
 
-    OUT/<video id>/img_00001.jpg ...      RGB frames
-    OUT/<video id>/flow_x_00001.jpg ...   flow u, 8-bit grayscale JPEG
-    OUT/<video id>/flow_y_00001.jpg ...   flow v
-    OUT/<video id>/flow_range.npy         (minmax stores only) float32 (num_flows, 4)
+    OUT/<video dir>/img_00001.jpg ...     RGB frames (<video dir>: the video id, see rawframes_dir)
+    OUT/<video dir>/flow_x_00001.jpg ...  flow u, 8-bit grayscale JPEG
+    OUT/<video dir>/flow_y_00001.jpg ...  flow v
+    OUT/<video dir>/flow_range.npy        (minmax stores only) float32 (num_flows, 4)
     OUT/rgb_list.txt, OUT/flow_list.txt   mmaction2 annotation lists: frame_dir total_frames label
     OUT/flowstore_rawframes.json          sizes, codecs and quantization (for RawframesReader)
 
@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +38,22 @@ IMG_TMPL = "img_{:05d}.jpg"
 FLOW_TMPL = "flow_{}_{:05d}.jpg"
 META = "flowstore_rawframes.json"
 META_FORMAT = "flowstore-rawframes/1"
+
+
+_UNLISTABLE = re.compile(r"[\s%]")
+
+
+def rawframes_dir(video: str) -> str:
+    """The frame directory of ``video`` in an exported tree: the id itself, except that
+    whitespace is percent-encoded (mmaction2 splits annotation lines on whitespace, so
+    ``frame_dir`` cannot hold any), and ``%`` too so that the name stays reversible
+    (:func:`video_of_dir`). ``"cls a/v 1"`` -> ``"cls%20a/v%201"``."""
+    return _UNLISTABLE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode("utf-8")), video)
+
+
+def video_of_dir(name: str) -> str:
+    """The video id of frame directory ``name`` (the inverse of :func:`rawframes_dir`)."""
+    return urllib.parse.unquote(name, errors="strict")
 
 
 def frame_file(index: int) -> str:
@@ -61,7 +79,7 @@ def export_rawframes(store, out_dir, *, videos=None, labels: dict | None = None,
             "frames": frames, "flows": flows, "videos": {}}
     rgb_lines, flow_lines = [], []
     for vid in videos:
-        d = out / vid
+        d = out / rawframes_dir(vid)
         d.mkdir(parents=True, exist_ok=True)
         w, h = src.frame_size(vid)
         nf, nl = src.num_frames(vid), src.num_flows(vid)
@@ -83,9 +101,10 @@ def export_rawframes(store, out_dir, *, videos=None, labels: dict | None = None,
             if src.quant.scheme == "minmax":
                 np.save(d / "flow_range.npy", np.stack([src.flow_range(vid, i) for i in range(nl)]))
         label = int(labels.get(vid, -1))
-        rgb_lines.append(f"{vid} {nf} {label}\n")
-        flow_lines.append(f"{vid} {nl} {label}\n")
-        meta["videos"][vid] = {"num_frames": nf, "num_flows": nl, "width": w, "height": h}
+        listed = rawframes_dir(vid)
+        rgb_lines.append(f"{listed} {nf} {label}\n")
+        flow_lines.append(f"{listed} {nl} {label}\n")
+        meta["videos"][vid] = {"num_frames": nf, "num_flows": nl, "width": w, "height": h, "dir": listed}
     (out / "rgb_list.txt").write_text("".join(rgb_lines))
     (out / "flow_list.txt").write_text("".join(flow_lines))
     (out / META).write_text(json.dumps(meta, indent=1) + "\n")
@@ -129,11 +148,14 @@ class RawframesReader:
         with open(path, "rb") as fh:  # what mmengine's disk backend does for every image
             return fh.read()
 
+    def _dir(self, video: str) -> Path:
+        return self.root / self._videos[video].get("dir", video)  # trees before "dir": the id
+
     def frame_bytes(self, video: str, index: int) -> bytes:
-        return self._read(self.root / video / frame_file(index))
+        return self._read(self._dir(video) / frame_file(index))
 
     def flow_bytes(self, video: str, indices) -> tuple[list[bytes], list[bytes]]:
-        d = self.root / video
+        d = self._dir(video)
         indices = list(indices)
         return ([self._read(d / flow_file("x", i)) for i in indices],
                 [self._read(d / flow_file("y", i)) for i in indices])
@@ -142,7 +164,7 @@ class RawframesReader:
         if self.quant.scheme != "minmax":
             return None
         if video not in self._ranges:
-            self._ranges[video] = np.load(self.root / video / "flow_range.npy")
+            self._ranges[video] = np.load(self._dir(video) / "flow_range.npy")
         return self._ranges[video][index]
 
     def shard_of(self, video: str) -> None:
@@ -155,4 +177,5 @@ class RawframesReader:
         pass
 
 
-__all__ = ["FLOW_TMPL", "IMG_TMPL", "RawframesReader", "export_rawframes", "flow_file", "frame_file"]
+__all__ = ["FLOW_TMPL", "IMG_TMPL", "RawframesReader", "export_rawframes", "flow_file", "frame_file",
+           "rawframes_dir", "video_of_dir"]

@@ -26,6 +26,7 @@ import numpy as np
 from mmaction.registry import TRANSFORMS
 from mmcv.transforms import BaseTransform
 
+from ..data.rawframes import video_of_dir
 from ..errors import InputError, UnknownNameError
 from ..store.reader import StoreReader
 
@@ -41,15 +42,15 @@ def _reader(store: str, check: bool) -> StoreReader:
 
 
 def video_of(reader: StoreReader, frame_dir: str, prefix: str | None) -> str:
-    """The store id of mmaction2's ``frame_dir`` (see the module docstring)."""
+    """The store id of mmaction2's ``frame_dir`` (see the module docstring); a directory name
+    written by ``export_rawframes`` (whitespace percent-encoded) names its video too."""
     if prefix is not None:
-        vid = PurePath(os.path.relpath(frame_dir, prefix)).as_posix()
-        if vid in reader:
-            return vid
+        candidates = [PurePath(os.path.relpath(frame_dir, prefix)).as_posix()]
     else:
         parts = PurePath(frame_dir).parts
-        for i in range(len(parts)):
-            vid = PurePath(*parts[i:]).as_posix()
+        candidates = [PurePath(*parts[i:]).as_posix() for i in range(len(parts))]
+    for name in candidates:
+        for vid in dict.fromkeys((name, video_of_dir(name))):
             if vid in reader:
                 return vid
     raise UnknownNameError(f"frame_dir {frame_dir!r} names no video of store {reader.root}"
