@@ -57,6 +57,7 @@ from typing import Any
 
 import numpy as np
 
+from .catalog import MIN_SIDE_REASON, min_frame_side
 from .registry import FlowEstimator
 from ..errors import EnvironmentProblem, InputError, MissingFileError
 from ..io import file_sha256, load_weights_object
@@ -393,6 +394,12 @@ class PtlflowEstimator(FlowEstimator):
             if tuple(frame.shape) != shape:
                 raise InputError(f"all frames of one compute() call must have one size; got {tuple(frame.shape)} and {shape}")
         height, width = shape[-2:]
+        min_side = min_frame_side(self.model_name)
+        if min_side is not None and min(height, width) < min_side:
+            raise InputError(
+                f"frames of {width}x{height} are too small for ptlflow model {self.model_name!r}: it needs "
+                f"both sides >= {min_side} px ({MIN_SIDE_REASON}); extract at a larger --size"
+            )
         out = np.empty((len(prev), height, width, 2), np.float32)
         autocast = (
             torch.autocast(device_type="cuda", dtype=torch.float16) if self.fp16 else contextlib.nullcontext()
@@ -433,7 +440,7 @@ class PtlflowEstimator(FlowEstimator):
 
 def build_ptlflow(*, method: str, model_name: str, params: dict | None = None, device: str | None = None,
                   ckpt: str | os.PathLike | None = None, batch_size: int = 4, fp16: bool = False) -> PtlflowEstimator:
-    """Shared body of the ``gmflow`` and ``ptlflow:*`` builders."""
+    """Shared body of the short-name and ``ptlflow:*`` builders."""
     device = _check_device(device)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer, not {batch_size!r}")
@@ -457,11 +464,11 @@ def build_ptlflow(*, method: str, model_name: str, params: dict | None = None, d
     )
 
 
-def build_gmflow(*, model_name: str = "gmflow", params: dict | None = None, device: str | None = None,
-                 ckpt: str | os.PathLike | None = None, batch_size: int = 4, fp16: bool = False) -> PtlflowEstimator:
-    """GMFlow (Xu et al., CVPR 2022) as ported by ptlflow."""
-    method = "gmflow" if model_name == "gmflow" else f"ptlflow:{model_name}"
-    return build_ptlflow(method=method, model_name=model_name, params=params, device=device,
+def build_short_name(*, model_name: str, params: dict | None = None, device: str | None = None,
+                     ckpt: str | os.PathLike | None = None, batch_size: int = 4, fp16: bool = False) -> PtlflowEstimator:
+    """A model with a short name (``gmflow``, ``neuflow2``, ... :data:`.catalog.LEARNED_MODELS`):
+    ``ptlflow:NAME`` recorded under the short name."""
+    return build_ptlflow(method=model_name, model_name=model_name, params=params, device=device,
                          ckpt=ckpt, batch_size=batch_size, fp16=fp16)
 
 
