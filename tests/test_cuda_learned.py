@@ -36,16 +36,12 @@ SIZE = (256, 192)
 
 @pytest.fixture(scope="module")
 def pair(shared_videos):
-    import cv2
+    """Frames 0 and 3 of test.mp4 at 256x192."""
+    from itertools import islice
 
-    cap = cv2.VideoCapture(str(shared_videos / "test.mp4"))
-    frames = []
-    for index in range(4):
-        ok, bgr = cap.read()
-        assert ok
-        if index in (0, 3):
-            frames.append(cv2.resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), SIZE, interpolation=cv2.INTER_AREA))
-    return frames
+    from flowstore.decode import FrameResize, iter_frames
+
+    return list(islice(iter_frames(shared_videos / "test.mp4", resize=FrameResize(size=SIZE)), 0, 4, 3))
 
 
 @pytest.fixture(scope="module")

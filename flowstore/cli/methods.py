@@ -39,7 +39,8 @@ def command(as_json):
             click.echo(f"  {r['paper']}; licence {r['licence']}")
         click.echo(f"  needs: {r.get('needs', '?')}")
         if "checkpoint" in r:
-            click.echo(f"  checkpoint: {r['checkpoint']}")
+            click.echo(f"  checkpoint: {r['checkpoint']}"
+                       + (f" (published: {r['published_checkpoint']})" if "published_checkpoint" in r else ""))
         click.echo(f"  devices: {', '.join(r.get('devices', ['?']))}")
         if r.get("min_side"):
             click.echo(f"  frames: both sides >= {r['min_side']} px")

@@ -7,8 +7,10 @@ from __future__ import annotations
 #: EPE of its "things" checkpoints on the Sintel training set (clean)
 PTLFLOW_TABLE = "ptlflow's published benchmark (RTX 3090, 500x1000, batch 1, fp16; Sintel clean EPE of the things checkpoint)"
 OURS = "docs/benchmarks.md (project machine, 2 CPU cores, 340x256; EPE: mean over ../shared/data/flow_gt)"
-#: the CPU figures of the learned models: benchmarks/learned_cpu.py, random weights (speed only)
-OURS_LEARNED = "docs/benchmarks.md 'Learned models on the CPU' (benchmarks/learned_cpu.py, 2 loaded CPU cores, 340x256, random weights)"
+#: the CPU figures of the learned models: benchmarks/learned_cpu.py, random weights (speed only),
+#: torch's 2 threads on a machine loaded by other jobs (load 4-7): good to a factor of ~2
+OURS_LEARNED = ("docs/benchmarks.md 'Learned models on the CPU' (benchmarks/learned_cpu.py, 2 CPU cores loaded by "
+                "other jobs, 340x256, random weights; good to a factor of ~2)")
 
 #: ptlflow model -> (ms per pair, Sintel clean EPE) from :data:`PTLFLOW_TABLE`
 PTLFLOW_PUBLISHED = {
@@ -25,38 +27,46 @@ RECOMMENDED_LEARNED = "neuflow2"
 #: The learned models with a short name (``neuflow2`` = ``ptlflow:neuflow2``), in the order
 #: ``flowstore methods`` lists them. Per model: the paper, the licence of ptlflow's port (its
 #: LICENSE file), what it needs beyond the ptlflow extra (checked in ptlflow 0.4.2's source),
+#: ``things_ckpt``: ptlflow's published FlyingThings checkpoint (its releases, tag weights1),
 #: ``min_side``: the smallest frame side (pixels) it computes finite flow for (None: any side
 #: down to 32 px, the smallest tried), and ``cpu_pairs_per_s``: our measurement at 340x256,
 #: batch 1 and batch 8 (:data:`OURS_LEARNED`).
 LEARNED_MODELS = {
     "neuflow2": {
+        "things_ckpt": "neuflow2-things-6ed47437.ckpt",
         "paper": "NeuFlow v2 (Zhang et al., 2024)", "licence": "Apache-2.0",
         "needs": "nothing more: pure torch",
-        "min_side": None, "cpu_pairs_per_s": (6.47, 7.19)},
+        "min_side": None, "cpu_pairs_per_s": (0.88, 1.26)},
     "neuflow": {
+        "things_ckpt": "neuflow-things-c402aa7a.ckpt",
         "paper": "NeuFlow (Zhang et al., 2024)", "licence": "Apache-2.0",
         "needs": "nothing more: uses spatial-correlation-sampler (compiled) if installed, else ptlflow's pure-torch sampler",
-        "min_side": None, "cpu_pairs_per_s": (9.53, 9.65)},
+        "min_side": None, "cpu_pairs_per_s": (1.03, 2.33)},
     "rapidflow": {
+        "things_ckpt": "rapidflow-things-0377c8fa.ckpt",
         "paper": "RAPIDFlow (Morimitsu et al., ICRA 2024)", "licence": "Apache-2.0",
         "needs": "nothing more: pure torch (its ONNX/TensorRT scripts are not used)",
-        "min_side": 33, "cpu_pairs_per_s": (2.21, 2.41)},
+        "min_side": 33, "cpu_pairs_per_s": (0.41, 1.28)},
     "sea_raft_s": {
+        "things_ckpt": "sea_raft_s-things-a15c1713.ckpt",
         "paper": "SEA-RAFT small (Wang et al., ECCV 2024)", "licence": "BSD-3-Clause",
         "needs": "nothing more: alternate_corr=True would need the compiled alt_cuda_corr (not installed)",
-        "min_side": 121, "cpu_pairs_per_s": (1.56, 1.51)},
+        "min_side": 121, "cpu_pairs_per_s": (0.21, 0.37)},
     "gmflow": {
+        "things_ckpt": "gmflow-things-5a18a9e8.ckpt",
         "paper": "GMFlow (Xu et al., CVPR 2022)", "licence": "Apache-2.0",
         "needs": "nothing more: pure torch",
-        "min_side": None, "cpu_pairs_per_s": (1.69, 1.70)},
+        "min_side": None, "cpu_pairs_per_s": (0.27, 0.27)},
     "raft": {
+        "things_ckpt": "raft-things-802bbcfd.ckpt",
         "paper": "RAFT (Teed & Deng, ECCV 2020)", "licence": "BSD-3-Clause",
         "needs": "nothing more: alternate_corr=True would need the compiled alt_cuda_corr (not installed)",
-        "min_side": 121, "cpu_pairs_per_s": (0.33, 0.32)},
+        "min_side": 121, "cpu_pairs_per_s": (0.04, 0.08)},
     "raft_small": {
+        "things_ckpt": "raft_small-things-b7d9f997.ckpt",
         "paper": "RAFT small (Teed & Deng, ECCV 2020)", "licence": "BSD-3-Clause",
         "needs": "nothing more: alternate_corr=True would need the compiled alt_cuda_corr (not installed)",
-        "min_side": 121, "cpu_pairs_per_s": (1.41, 1.39)},
+        "min_side": 121, "cpu_pairs_per_s": (0.06, 0.38)},
 }
 
 #: Why a model has a ``min_side``: below it the coarsest level of its correlation pyramid is
@@ -77,7 +87,7 @@ def _learned_facts(name: str) -> dict:
     b1, b8 = model["cpu_pairs_per_s"]
     facts = {
         "needs": f"the ptlflow extra; {model['needs']}; a checkpoint ({_CKPT.format(name=name)})",
-        "checkpoint": f"{name}-things-*.ckpt (ptlflow's release asset; any {name}[-_.]*.ckpt works)",
+        "checkpoint": f"{name}-things-*.ckpt", "published_checkpoint": model["things_ckpt"],
         "devices": list(_LEARNED_DEVICES),
         "paper": model["paper"], "licence": model["licence"],
         "cpu": f"{b1} pairs/s (batch 1), {b8} pairs/s (batch 8)",

@@ -1,10 +1,16 @@
-"""Learned optical flow through ptlflow: GMFlow and any other ptlflow model.
+"""Learned optical flow through ptlflow: the models with a short name and any other ptlflow model.
 
-Methods ``gmflow`` and ``ptlflow:NAME`` (``NAME`` from ``ptlflow.get_model_names()``) on the
-``ptlflow`` engine::
+Methods ``ptlflow:NAME`` (``NAME`` from ``ptlflow.get_model_names()``) and their short names
+``neuflow2``, ``neuflow``, ``rapidflow``, ``sea_raft_s``, ``gmflow``, ``raft``, ``raft_small``
+(:data:`.catalog.LEARNED_MODELS`, with each model's facts) on the ``ptlflow`` engine::
 
-    est = build_flow("gmflow", ckpt="gmflow-things-5a18a9e8.ckpt", batch_size=4)
+    est = build_flow("neuflow2", ckpt="neuflow2-things-6ed47437.ckpt", batch_size=8)
     est = build_flow("ptlflow:raft", device="cuda", fp16=True)   # weights from FLOWSTORE_CKPT_DIR
+
+All seven run on the CPU with the installed packages: none needs a compiled extension.
+neuflow and fastflownet use ``spatial_correlation_sampler`` when it is installed and ptlflow's
+pure-torch ``IterSpatialCorrelationSampler`` otherwise; raft, raft_small and the SEA-RAFTs need
+the compiled ``alt_cuda_corr`` only with ``--param alternate_corr=true``.
 
 Requirements
     ptlflow is an optional extra. Install it with ``pip install 'flowstore[ptlflow]'`` and then
@@ -38,8 +44,18 @@ Inference
     multiple (``model.output_stride``, 32 for GMFlow) is done by the model itself in
     ``BaseModel.preprocess_images`` (replicate padding split over both sides, cropped back in
     ``postprocess_predictions``; a few older models resize instead of padding, as their authors
-    did); flows come back at the input resolution, which is checked. All pairs of one
-    ``compute`` call must have the same size.
+    did; neuflow2 resizes to a multiple of 16); flows come back at the input resolution, which is
+    checked. All pairs of one ``compute`` call must have the same size.
+
+    Minimum frame size: raft, raft_small and sea_raft_s need both sides >= 121 px, rapidflow
+    >= 33 (``min_side`` in the catalog); smaller frames raise ``InputError`` before the model
+    runs. Below that size the coarsest level of the model's correlation pyramid (1/64 of the
+    padded frame for RAFT's 4 levels at 1/8) is 1 pixel wide, and ptlflow's ``bilinear_sampler``
+    maps pixels to grid coordinates with ``2 * x / (W - 1) - 1``: 0/0 = NaN whatever the
+    weights (SEA-RAFT's pooling raises instead). That, not the random initialisation, is why
+    raft_small and fastflownet gave NaN with random weights on small test frames. A NaN or inf
+    that still comes out (a corrupt checkpoint, an fp16 overflow) fails the video at extraction
+    (``extract.stream.check_finite`` names the video's failing flow indices); it is never quantized.
 
     ``fp16=True`` means ``torch.autocast(float16)`` on CUDA; on the CPU it is ignored with a
     ``UserWarning`` and ``describe()["fp16"]`` is ``False``. On the CPU the same weights and

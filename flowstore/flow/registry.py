@@ -98,7 +98,7 @@ def list_engines(method: str | None = None) -> list[str]:
 
 
 def describe_methods() -> str:
-    """The methods as a sentence for help texts: ``"farneback, gmflow, tvl1 or ptlflow:NAME"``."""
+    """The methods as a sentence for help texts: ``"farneback, gmflow, ..., tvl1 or ptlflow:NAME"``."""
     names = list_methods() + list_families()
     return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else "".join(names)
 
