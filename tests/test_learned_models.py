@@ -40,6 +40,8 @@ ITERS = {"raft": {"iters": 3}, "raft_small": {"iters": 3}, "rapidflow": {"iters"
 #: rounding ~1e-7 per op, grown by the iterative refinement). 0.01 px is 1/15 of the 8-bit
 #: quantization step of the default bound (40 px / 255 = 0.157 px), so such a difference can
 #: move a stored value by at most one step; a real bug (pairs mixed up, wrong crop) is pixels.
+#: Measured here: at most 1.5e-5 px (raft_small), 0 for raft and sea_raft_s; the margin is for
+#: CPUs whose kernels block differently (AVX2 vs AVX-512).
 ATOL_PX = 0.01
 
 
@@ -149,6 +151,35 @@ def test_batched_equals_one_by_one_deterministic_and_fp16_on_cpu(model, estimato
         half = build_flow(model, ckpt=checkpoints(model), batch_size=1, fp16=True, params=ITERS.get(model))
     assert half.describe()["fp16"] is False
     assert np.array_equal(half(small[0], small[1]), single[0])
+
+
+#: CPU float16 autocast (torch >= 2.3) is emulated and slow: raft_small took 8.6 s a pair at
+#: 128x128 here, so the RAFT family's fp16 is left to tests/test_cuda_learned.py
+FP16_ON_CPU = [m for m in MODELS if not min_frame_side(m) or min_frame_side(m) <= 48]
+#: fp16 vs fp32, share of the mean |flow| (plus 0.05 px): 5%, but 10% for gmflow, whose flow is a
+#: softmax over its global correlation of random features: float16's 1e-3 relative rounding of
+#: large logits moves weight between matches far apart (8% measured at 64x48 on the CPU)
+FP16_RELATIVE = {"gmflow": 0.10}
+
+
+@pytest.mark.parametrize("model", FP16_ON_CPU)
+def test_model_in_float16_autocast_on_the_cpu(model, estimators, frames):
+    """What ``--fp16`` does on CUDA (autocast to float16) run on the CPU's autocast, where torch
+    supports it: finite, and within the tolerance tests/test_cuda_learned.py uses on CUDA
+    (:data:`FP16_RELATIVE`). flowstore itself ignores --fp16 on the CPU (slower there)."""
+    est = estimators(model)
+    small = resized(frames[:2], frame_size(model))
+    images = torch.stack([torch.stack([est.prepare(f) for f in small])])
+    with torch.inference_mode():
+        f32 = est.model({"images": images})["flows"]
+        try:
+            with torch.autocast("cpu", dtype=torch.float16):
+                f16 = est.model({"images": images})["flows"].float()
+        except RuntimeError as exc:  # an op without a CPU float16 kernel in this torch
+            pytest.skip(f"CPU float16 autocast: {exc}")
+    assert torch.isfinite(f16).all()
+    scale = float(f32.abs().mean())
+    assert float((f16 - f32).abs().mean()) <= FP16_RELATIVE.get(model, 0.05) * scale + 0.05
 
 
 @pytest.mark.parametrize("model", MODELS)
