@@ -55,7 +55,8 @@ import torch
 from torch.utils.data import Dataset
 
 from .batch_memory import SLOT_KEY, batch_buffers
-from .clips import MODALITIES, ClipDatasetBase, SamplePlan, sample_rng
+from .device_flow import FRAMES_KEY
+from .clips import EPOCH_KEY, MODALITIES, ClipDatasetBase, SamplePlan, sample_rng
 from .loader import Batch, StoreLoader, collate, make_loader, prepare_fork, set_epoch, worker_init
 from .readahead import Lookahead
 from .samplers import ClipSampler, StoreIterableDataset, distributed_info
@@ -100,12 +101,15 @@ class StoreClipDataset(ClipDatasetBase, Dataset):
 
     def _direct(self, plans: list[SamplePlan]) -> bool:
         """Whether the batch is plain stacked uint8 clips of one shape (no transform to apply)."""
-        if self.transform is not None or not plans:
+        if not plans or self.decode_device is not None:  # encoded records travel as bytes
             return False
-        if self.modality != "rgb" and self.flow_values != "uint8":
-            return False
-        if self.modality != "flow" and self.rgb_values != "uint8":
-            return False
+        if not self.deferred:  # online flow: transform and values come on the device
+            if self.transform is not None:
+                return False
+            if self.modality != "rgb" and self.flow_values != "uint8":
+                return False
+            if self.modality != "flow" and self.rgb_values != "uint8":
+                return False
         return (len({len(p.starts) for p in plans}) == 1
                 and len({self.store.frame_size(p.video) for p in plans}) == 1)
 
@@ -115,7 +119,9 @@ class StoreClipDataset(ClipDatasetBase, Dataset):
         w, h = frame_size
         L = self.length
         shapes = {}
-        if self.modality in ("flow", "both"):
+        if self.modality in ("flow", "both") and self.flow == "online":
+            shapes[FRAMES_KEY] = (batch_size, snippets, 3 * (L + self.stride), h, w)
+        elif self.modality in ("flow", "both"):
             shapes["flow"] = (batch_size, snippets, 2 * L, h, w)
         if self.modality in ("rgb", "both"):
             shapes["rgb"] = (batch_size, snippets, 3 * (L if self.modality == "rgb" else 1), h, w)
@@ -133,12 +139,15 @@ class StoreClipDataset(ClipDatasetBase, Dataset):
             for j, (p, raw) in enumerate(self.fetched(plans, ahead)):
                 if "flow_range" in raw:  # minmax ranges do not travel with uint8 batches
                     raw.pop("flow_range")
+                flow = batch.get("flow", batch.get(FRAMES_KEY))
                 self.decode(p.video, raw, Clip(rgb=batch["rgb"][j].numpy() if "rgb" in batch else None,
-                                               flow=batch["flow"][j].numpy() if "flow" in batch else None))
+                                               flow=flow[j].numpy() if flow is not None else None))
         batch["label"] = torch.tensor([self.labels[p.video] for p in plans], dtype=torch.int64)
         batch["video"] = [p.video for p in plans]
         batch["index"] = torch.tensor([p.index for p in plans], dtype=torch.int64)
         batch["starts"] = torch.from_numpy(np.stack([np.asarray(p.starts, np.int64) for p in plans]))
+        if self.deferred:
+            batch[EPOCH_KEY] = torch.tensor([p.epoch for p in plans], dtype=torch.int64)
         return batch
 
 

@@ -90,20 +90,30 @@ def hflip(clip: Clip) -> Clip:
     """Mirror left-right; flow: ``q_x -> 255 - q_x`` (u negated) and minmax ranges flipped."""
     flow, rng = clip.flow, clip.flow_range
     if flow is not None:
-        flow = flow[..., ::-1].copy()
+        flow = _mirror(flow, copy=True)
         flow[:, 0::2] = LEVELS - flow[:, 0::2]
     if rng is not None:
         rng = rng.copy()
         rng[..., 0], rng[..., 1] = -clip.flow_range[..., 1], -clip.flow_range[..., 0]
-    return Clip(rgb=None if clip.rgb is None else clip.rgb[..., ::-1], flow=flow, flow_range=rng)
+    return Clip(rgb=None if clip.rgb is None else _mirror(clip.rgb), flow=flow, flow_range=rng)
+
+
+def _mirror(arr, copy: bool = False):
+    """``arr`` mirrored left-right: a numpy view (a copy with ``copy``), or for a torch tensor
+    (a clip on a device, :mod:`flowstore.data.device_clips`) ``torch.flip``, always a copy."""
+    if torch.is_tensor(arr):
+        return torch.flip(arr, dims=(-1,))
+    return arr[..., ::-1].copy() if copy else arr[..., ::-1]
 
 
 def _resize_chw(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinear resize of ``(S, C, H, W)`` uint8 to ``size = (w, h)``."""
     w, h = size
     S, C = arr.shape[:2]
-    if arr.shape[-2:] == (h, w):
+    if tuple(arr.shape[-2:]) == (h, w):
         return arr
+    if torch.is_tensor(arr):  # a clip on a device: cv2's exact result, by way of the host
+        return torch.from_numpy(_resize_chw(arr.cpu().numpy(), size)).to(arr.device)
     out = np.empty((S, C, h, w), dtype=arr.dtype)
     for s in range(S):
         for c0 in range(0, C, 4):  # cv2 resizes up to 4 channels per call in its fast paths
@@ -253,6 +263,8 @@ def crop_views(clip: Clip, boxes) -> Clip:
         parts = [get(v) for v in views]
         if parts[0] is None:
             return None
+        if torch.is_tensor(parts[0]):
+            return torch.stack(parts, dim=1).flatten(0, 1)
         stacked = np.stack([np.ascontiguousarray(p) for p in parts], axis=1)  # (S, C, ...)
         return stacked.reshape(-1, *stacked.shape[2:])
 
