@@ -118,9 +118,11 @@ def decode_jpeg_batch(tensors: list[torch.Tensor], channels: int, device: str) -
     from torchvision.io import ImageReadMode, decode_jpeg
 
     mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
-    if torch.device(device).type == "cpu":
-        return decode_jpeg(tensors, mode=mode)
-    return decode_jpeg(tensors, mode=mode, device=device)
+    with warnings.catch_warnings():  # torchvision >= 0.29 deprecates its image codecs for torchcodec's
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if torch.device(device).type == "cpu":
+            return decode_jpeg(tensors, mode=mode)
+        return decode_jpeg(tensors, mode=mode, device=device)
 
 
 def decode_cv2(tensors: list[torch.Tensor], channels: int, shape: tuple[int, int], device) -> list[torch.Tensor]:
