@@ -109,6 +109,19 @@ def test_flow_on_device_checks_its_input():
         fod(frames.float(), [[0, 1]])
 
 
+def test_host_engines_run_as_extract_runs_them(stores):
+    """An OpenCV engine: its own prepare and compute on the host, then the same quantization."""
+    r = open_store(stores["png"])
+    frames = np.stack([r.frame("clip", i) for i in range(4)])
+    fod = FlowOnDevice("farneback", engine="opencv", device="cpu", quant=r.quant)
+    q, _ = fod(torch.from_numpy(frames).permute(0, 3, 1, 2)[None], [[0, 2]])
+    est = build_flow("farneback", engine="opencv")
+    g = [est.prepare(f) for f in frames]
+    flows = est.compute([g[0], g[2]], [g[1], g[3]])
+    expected = np.concatenate([quantize(f, r.quant)[0].transpose(2, 0, 1) for f in flows])
+    np.testing.assert_array_equal(q[0].numpy(), expected)
+
+
 def test_online_needs_flow_modality(stores):
     with pytest.raises(InputError, match="modality 'flow' or 'both'"):
         StoreClipDataset(stores["png"], modality="rgb", flow="online")

@@ -44,6 +44,23 @@ Processes and randomness
   ``persistent_workers=False``, the default of :func:`~flowstore.data.loader.make_loader` for
   iterable datasets).
 
+Work on the device
+------------------
+``flow="online"`` (with ``method``, ``engine``, ``flow_params``, ``flow_device``) computes flow
+during training instead of reading it: workers read and decode the ``L + stride`` RGB frames of
+each stack, and the flow is computed on the device by the engine ``extract`` uses, quantized
+with the store's settings and transformed exactly as stored flow
+(:mod:`~flowstore.data.device_flow`). ``decode_device="cuda"`` moves JPEG decoding to the device
+(nvJPEG, :mod:`~flowstore.data.device_decode`), falling back to the CPU with a warning. Either
+way the transform and values are applied on the device, each sample with its own generator, by
+a :class:`~flowstore.data.device_clips.DeviceStep` that :func:`~flowstore.data.loader.make_loader`
+applies to every batch (with your own DataLoader: ``step = DeviceStep(ds); batch = step(batch)``)::
+
+    ds = StoreClipDataset("demo/store", labels, sampling="stack", transform=train_transform(224),
+                          flow="online", method="tvl1", engine="torch", flow_device="cuda")
+    for batch in make_loader(ds, batch_size=32, num_workers=8):
+        batch["flow"]             # (B, 1, 20, 224, 224) float32 on cuda, as stored flow would be
+
 The sampler, the iterable dataset and the loader live in their own modules
 (:mod:`~flowstore.data.samplers`, :mod:`~flowstore.data.loader`); their names are importable from
 here as well.
@@ -73,7 +90,9 @@ class StoreClipDataset(ClipDatasetBase, Dataset):
     for tsn, 10 for stack), ``train`` (random offsets) or test (centres / ``test_views`` evenly
     spaced snippets), ``transform`` (see :mod:`flowstore.data.transforms`), ``flow_values``
     pixels|q128|uint8, ``mean_subtract`` None|field|stack, ``rgb_values`` float|uint8,
-    ``clips_per_video``, ``seed``.
+    ``clips_per_video``, ``seed``; ``flow`` stored|online (``method``, ``engine``,
+    ``flow_params``, ``flow_device``: the online flow's engine, by default the store's method and
+    parameters) and ``decode_device`` (see "Work on the device" above).
     """
 
     def __getitem__(self, key) -> dict:

@@ -121,15 +121,21 @@ class FlowOnDevice:
 
     # -- the steps --------------------------------------------------------------------------
     def flow(self, gray0: torch.Tensor, gray1: torch.Tensor) -> torch.Tensor:
-        """Float32 ``(P, 2, H, W)`` flow of grayscale uint8 ``(P, H, W)`` pairs, on :attr:`device`."""
+        """Float32 ``(P, 2, H, W)`` flow of grayscale uint8 ``(P, H, W)`` pairs on :attr:`device`
+        with a ``torch`` engine: its own batched step (``batch_size`` pairs a call), no host copy."""
         est = self.estimator
-        if self.engine == "torch":  # stays on the device: the engine's own batched step
-            step = est.batch_size
-            parts = [est._run(gray0[i:i + step].to(est._device), gray1[i:i + step].to(est._device))
-                     for i in range(0, len(gray0), step)]
-            return torch.cat(parts).to(self.device)
-        flows = est.compute([f.numpy() for f in gray0.cpu()], [f.numpy() for f in gray1.cpu()])  # (P, H, W, 2)
-        return torch.from_numpy(flows).permute(0, 3, 1, 2).to(self.device)
+        step = est.batch_size
+        parts = [est._run(gray0[i:i + step].to(est._device), gray1[i:i + step].to(est._device))
+                 for i in range(0, len(gray0), step)]
+        return torch.cat(parts).to(self.device)
+
+    def host_flow(self, rgb: torch.Tensor, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        """Any other engine (OpenCV, learned models): its ``prepare`` of each RGB frame
+        ``(F, 3, H, W)`` once, then ``compute`` of the pairs, on the host as ``extract`` runs it."""
+        est = self.estimator
+        prepared = [est.prepare(np.ascontiguousarray(f.permute(1, 2, 0).numpy())) for f in rgb.cpu()]
+        flows = est.compute([prepared[i] for i in first.tolist()], [prepared[i] for i in second.tolist()])
+        return torch.from_numpy(np.ascontiguousarray(flows)).permute(0, 3, 1, 2).to(self.device)
 
     def __call__(self, frames: torch.Tensor, pairs) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``frames`` uint8 ``(N, F, 3, H, W)`` (or ``(N, 3F, H, W)``), ``pairs`` ``(N, L)``
@@ -145,9 +151,13 @@ class FlowOnDevice:
         L = pairs.shape[1]
         if pairs.shape[0] != N or int(pairs.min()) < 0 or int(pairs.max()) + self.stride >= F:
             raise InputError(f"pairs {tuple(pairs.shape)} do not fit {N} stacks of {F} frames at stride {self.stride}")
-        gray = rgb_to_gray(frames).flatten(0, 1)  # (N*F, H, W): each frame once
         first = (pairs + torch.arange(N, device=self.device)[:, None] * F).flatten()
-        q, ranges = quantize_on_device(self.flow(gray[first], gray[first + self.stride]), self.quant)
+        if self.engine == "torch":  # the engine's prepare (cv2's RGB2GRAY) on the device, each frame once
+            gray = rgb_to_gray(frames).flatten(0, 1)
+            flow = self.flow(gray[first], gray[first + self.stride])
+        else:
+            flow = self.host_flow(frames.flatten(0, 1), first, first + self.stride)
+        q, ranges = quantize_on_device(flow, self.quant)
         q = q.reshape(N, 2 * L, *q.shape[-2:])  # (N*L, 2, H, W) -> x0, y0, x1, y1, ...
         return q, (None if ranges is None else ranges.reshape(N, L, 4))
 
