@@ -191,6 +191,9 @@ def check_within_codec_error(store, tolerance, L=4):
     # ... so it differs from stored flow by no more than the two codecs' measured errors
     assert np.abs(diff).mean() <= flow_codec_error.mean() + frame_codec_error.mean()
     assert np.abs(diff).max() <= flow_codec_error.max() + frame_codec_error.max()
+    print(f"mean |online - stored| {np.abs(diff).mean():.3f} levels (max {np.abs(diff).max()}); measured codec errors: "
+          f"flow JPEG {flow_codec_error.mean():.3f} (max {flow_codec_error.max()}), frame JPEG "
+          f"{frame_codec_error.mean():.3f} (max {frame_codec_error.max()})")
     return np.abs(diff).mean(), flow_codec_error.mean(), frame_codec_error.mean()
 
 
