@@ -107,3 +107,14 @@ def test_falls_back_once_where_it_cannot_decode_on_the_device(jpeg_store, shared
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # once only
         batches(ds)
+
+
+def test_online_flow_from_device_decoded_frames(jpeg_store, torch_one_thread):
+    """decode_device and flow="online" together: the frames decoded by decode_jpeg feed the same flow."""
+    kw = dict(modality="both", sampling="stack", length=2, seed=2, clips_per_video=2, transform=train_transform(32),
+              flow="online", engine="torch", flow_device="cpu")
+    ref = batches(StoreClipDataset(jpeg_store, **kw), batch_size=2)
+    ours = batches(StoreClipDataset(jpeg_store, decode_device="cpu", **kw), batch_size=2)
+    assert record_tolerance(jpeg_store)["rgb"] == 0  # else the flows of differing frames differ
+    for key in ("flow", "rgb"):
+        np.testing.assert_array_equal(ours[key].numpy(), ref[key].numpy())
