@@ -48,8 +48,13 @@ def moving_video(tmp_path_factory):
 def stores(tmp_path_factory, moving_video, torch_one_thread):
     """The same video and engine (torch Farneback) into a lossless (png) and a JPEG store."""
     root = tmp_path_factory.mktemp("stores")
-    return {codec: extract(root / codec, moving_video, method="farneback", engine="torch", flow_codec=codec,
-                           frame_codec=codec) for codec in ("png", "jpeg")}
+    out = {codec: extract(root / codec, moving_video, method="farneback", engine="torch", flow_codec=codec,
+                          frame_codec=codec) for codec in ("png", "jpeg")}
+    out["png_minmax"] = extract(root / "png_minmax", moving_video, method="farneback", engine="torch",
+                                flow_codec="png", frame_codec="png", quant=QuantSpec(scheme="minmax"))
+    out["png_stride2"] = extract(root / "png_stride2", moving_video, method="farneback", engine="torch",
+                                 flow_codec="png", frame_codec="png", stride=2)
+    return out
 
 
 def first_batch(ds, batch_size=4):
@@ -90,6 +95,10 @@ def test_values_on_device_are_finalize_values():
             ours = subtract_mean_on_device(torch.from_numpy(ref), mean).numpy()
             # means summed in another order than numpy's: float32 rounding of values <= 15 px
             np.testing.assert_allclose(ours, subtract_mean_flow(ref, mean), atol=1e-5, rtol=0)
+    ranges = np.sort(rng.standard_normal((2, 3, 4)).astype(np.float32) * 5, axis=-1)[..., [0, 3, 1, 2]]
+    minmax = QuantSpec(scheme="minmax")
+    np.testing.assert_array_equal(flow_values_on_device(torch.from_numpy(q), minmax, "pixels", ranges).numpy(),
+                                  flow_values(q, minmax, "pixels", ranges))
     rgb = rng.integers(0, 256, (2, 3, 5, 7), dtype=np.uint8)
     np.testing.assert_allclose(normalize_rgb_on_device(torch.from_numpy(rgb), (0.4, 0.5, 0.6), (0.2, 0.3, 0.25)).numpy(),
                                normalize_rgb(rgb, (0.4, 0.5, 0.6), (0.2, 0.3, 0.25)), atol=1e-6, rtol=0)
@@ -130,22 +139,25 @@ def test_online_needs_flow_modality(stores):
 
 
 # -- online = stored ----------------------------------------------------------------------------
-@pytest.mark.parametrize("modality,sampling,transform,values,mean", [
-    ("flow", "stack", None, "uint8", None),
-    ("flow", "stack", "train", "pixels", "field"),
-    ("both", "tsn", "train", "q128", "stack"),
+@pytest.mark.parametrize("store,modality,sampling,transform,values,mean", [
+    ("png", "flow", "stack", None, "uint8", None),
+    ("png", "flow", "stack", "train", "pixels", "field"),
+    ("png", "both", "tsn", "train", "q128", "stack"),
+    ("png_minmax", "flow", "stack", "train", "pixels", None),
+    ("png_stride2", "both", "stack", "train", "uint8", None),  # flow i: frames i -> i + 2, L + 2 frames read
 ])
-def test_online_equals_stored_with_lossless_codecs(stores, torch_one_thread, modality, sampling, transform, values, mean):
+def test_online_equals_stored_with_lossless_codecs(stores, torch_one_thread, store, modality, sampling, transform,
+                                                   values, mean):
     """png frames and flow: the frames online flow reads are the ones extraction flowed, so every
     value of the clip is the same, through crops, flips (u negated) and resizes."""
     kw = dict(modality=modality, sampling=sampling, length=3, num_segments=2, flow_values=values,
               mean_subtract=mean, seed=5, transform=None if transform is None else train_transform(32),
-              clips_per_video=4)
-    stored = first_batch(StoreClipDataset(stores["png"], **kw))
-    online = first_batch(StoreClipDataset(stores["png"], flow="online", engine="torch", flow_device="cpu", **kw))
+              clips_per_video=4, rgb_values="uint8" if values == "uint8" else "float")
+    stored = first_batch(StoreClipDataset(stores[store], **kw))
+    online = first_batch(StoreClipDataset(stores[store], flow="online", engine="torch", flow_device="cpu", **kw))
     assert set(stored) == set(online)
     # mean subtraction sums in another order than numpy: a few float32 ulps of the largest value
-    atol = 0 if mean is None else 8 * np.finfo(np.float32).eps * open_store(stores["png"]).quant.bound
+    atol = 0 if mean is None else 8 * np.finfo(np.float32).eps * open_store(stores[store]).quant.bound
     for key in ("flow", "rgb"):
         if key in stored:
             assert stored[key].shape == online[key].shape
@@ -224,3 +236,12 @@ def test_online_through_a_worker_and_the_direct_batch_path(stores, torch_one_thr
     in_main = first_batch(StoreClipDataset(stores["jpeg"], **kw), batch_size=3)
     np.testing.assert_array_equal(in_worker["flow"].numpy(), in_main["flow"].numpy())
     assert "flow_frames" not in in_worker and "epoch" not in in_worker
+
+
+@pytest.mark.parametrize("store", ["png", "png_stride2"])
+def test_online_clamps_short_videos_as_the_store_does(stores, torch_one_thread, store):
+    """A stack longer than the video repeats its last flow (indices clamped): the same online."""
+    kw = dict(sampling="stack", length=12, flow_values="uint8", train=False)
+    stored = first_batch(StoreClipDataset(stores[store], **kw))
+    online = first_batch(StoreClipDataset(stores[store], flow="online", engine="torch", flow_device="cpu", **kw))
+    np.testing.assert_array_equal(online["flow"].numpy(), stored["flow"].numpy())

@@ -29,7 +29,7 @@ from ..errors import InputError
 from ..quantize import LEVELS, QuantSpec
 from .clips import EPOCH_KEY, _tile
 from .device_flow import FRAMES_KEY
-from .transforms import MEAN_SUBTRACT, Clip
+from .transforms import MEAN_SUBTRACT, Clip, minmax_channels
 
 
 def _f32(value, like: torch.Tensor) -> torch.Tensor:
@@ -49,14 +49,7 @@ def flow_values_on_device(flow: torch.Tensor, quant: QuantSpec, mode: str = "pix
         raise InputError(f"unknown flow values {mode!r}; choose from {list(FLOW_VALUES)}")
     if quant.scheme == "bound":
         return flow.to(torch.float32) * _f32(2 * quant.bound / LEVELS, flow) - _f32(quant.bound, flow)
-    if flow_range is None:
-        raise InputError("minmax flow needs its per-flow ranges to dequantize")
-    S, C = flow.shape[:2]
-    lo = np.empty((S, C), np.float32)
-    hi = np.empty((S, C), np.float32)
-    lo[:, 0::2], hi[:, 0::2] = flow_range[..., 0], flow_range[..., 1]
-    lo[:, 1::2], hi[:, 1::2] = flow_range[..., 2], flow_range[..., 3]
-    scale = (hi - lo) / np.float32(LEVELS)
+    lo, scale = minmax_channels(flow_range, tuple(flow.shape[:2]))
     return _f32(lo, flow)[..., None, None] + flow.to(torch.float32) * _f32(scale, flow)[..., None, None]
 
 

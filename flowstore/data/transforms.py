@@ -315,15 +315,20 @@ def flow_values(flow: np.ndarray, quant: QuantSpec, mode: str = "pixels",
         raise InputError(f"unknown flow values {mode!r}; choose from {list(FLOW_VALUES)}")
     if quant.scheme == "bound":
         return flow.astype(np.float32) * np.float32(2 * quant.bound / LEVELS) - np.float32(quant.bound)
+    lo, scale = minmax_channels(flow_range, flow.shape[:2])
+    return lo[..., None, None] + flow.astype(np.float32) * scale[..., None, None]
+
+
+def minmax_channels(flow_range: np.ndarray | None, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel float32 ``(lo, (hi - lo) / 255)`` of ``(S, 2L)`` minmax flow from its
+    ``(S, L, 4)`` ranges: the dequantization is ``lo + q * scale``."""
     if flow_range is None:
         raise InputError("minmax flow needs its per-flow ranges to dequantize")
-    S, C = flow.shape[:2]
-    lo = np.empty((S, C), np.float32)
-    hi = np.empty((S, C), np.float32)
+    lo = np.empty(shape, np.float32)
+    hi = np.empty(shape, np.float32)
     lo[:, 0::2], hi[:, 0::2] = flow_range[..., 0], flow_range[..., 1]
     lo[:, 1::2], hi[:, 1::2] = flow_range[..., 2], flow_range[..., 3]
-    scale = (hi - lo) / np.float32(LEVELS)
-    return lo[..., None, None] + flow.astype(np.float32) * scale[..., None, None]
+    return lo, (hi - lo) / np.float32(LEVELS)
 
 
 def subtract_mean_flow(flow: np.ndarray, mode: str | None) -> np.ndarray:
