@@ -125,6 +125,7 @@ class FlowOnDevice:
         with a ``torch`` engine: its own batched step (``batch_size`` pairs a call), no host copy."""
         est = self.estimator
         step = est.batch_size
+        # the engine's per-chunk step: its public compute() would copy every flow to the host
         parts = [est._run(gray0[i:i + step].to(est._device), gray1[i:i + step].to(est._device))
                  for i in range(0, len(gray0), step)]
         return torch.cat(parts).to(self.device)
