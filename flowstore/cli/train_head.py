@@ -142,7 +142,8 @@ def command(features, names, labels, test_labels, classes, split, out, head, fus
                      val_fraction=val_fraction, fusion_folds=fusion_folds, group_pattern=group_pattern, svm_c=svm_c, device=device,
                      allow_overlap=allow_overlap)
     label_sets = load_label_sets(labels, test_labels=test_labels, classes=classes, split=split)
-    streams = open_streams(features, list(names) or None)
+    streams = open_streams(features, list(names) or None, kind="maps" if fusion == "mid-conv" else "vectors",
+                           needed_by=f"train-head --fusion {fusion}")
     try:
         result = train_model(streams, label_sets, out, args, log=lambda m: click.echo(m, err=True))
     finally:

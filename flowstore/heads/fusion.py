@@ -361,3 +361,6 @@ def build_fusion(name: str, **kw) -> _Fusion:
 for _name, _cls in (("late-perclass", "LatePerClass"), ("logits-mlp", "LogitsMLP"),
                     ("token-transformer", "TokenTransformer")):
     FUSIONS.register(_name, f"{__package__}.learned_fusion:{_cls}")
+# mid-level fusion of spatial feature maps (map stores, `features --pool none`); it trains on the
+# maps instead of per-stream heads
+FUSIONS.register("mid-conv", f"{__package__}.midconv:MidConvFusion")

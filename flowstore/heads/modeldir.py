@@ -338,6 +338,7 @@ class FittedHeads:
     test_scores: dict = field(default_factory=dict)
     oof_scores: dict = field(default_factory=dict)
     per_stream: dict = field(default_factory=dict)
+    midconv: object = None  # the fitted MidConvFusion (--fusion mid-conv: no per-stream heads)
 
 
 def _uses_fusion_folds(streams: list[Stream], splits: VideoSplits, args: TrainArgs) -> bool:
@@ -365,6 +366,8 @@ def fit_heads(streams: list[Stream], splits: VideoSplits, trainer: _HeadTrainer,
     use_folds = _uses_fusion_folds(streams, splits, args)
     fitted = FittedHeads()
     videos = (splits.train, splits.val, splits.test)
+    if args.fusion == "mid-conv":
+        return _fit_midconv(streams, splits, trainer, args, videos)
     if args.fusion == "early-concat":
         fusion = build_fusion("early-concat")
         parts = [tuple(stream_features(s, v) for v in videos) for s in streams]
@@ -394,6 +397,26 @@ def fit_heads(streams: list[Stream], splits: VideoSplits, trainer: _HeadTrainer,
     return fitted
 
 
+def _fit_midconv(streams: list[Stream], splits: VideoSplits, trainer: _HeadTrainer, args: TrainArgs,
+                 videos) -> FittedHeads:
+    """The mid-conv network on the streams' maps (train: fit, val: best epoch and hyper-parameters)."""
+    from .midconv import MidConvFusion
+
+    if args.fusion_folds:
+        raise InputError("--fusion-folds fits score fusions on out-of-fold scores; mid-conv trains on the maps "
+                         "and selects on the validation split (drop --fusion-folds)")
+    maps = [[stream_features(s, v) for s in streams] for v in videos]  # per split: one array per stream
+    fu = MidConvFusion(seed=args.seed, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
+                       batch_size=args.batch_size, normalize=args.l2_normalize, device=args.device,
+                       num_classes=len(splits.classes))
+    fu.fit(maps[0], splits.y_train, maps[1] if splits.has_val else None, splits.y_val)
+    trainer.log(f"train-head: [mid-conv] maps {fu.shapes} -> common (depth, h, w) {fu.state()['common']}; "
+                f"selected {fu.hp} by {fu.selected_by}; best epoch {fu.best_epoch}/{args.epochs}")
+    fitted = FittedHeads(midconv=fu)
+    fitted.val_scores["mid-conv"], fitted.test_scores["mid-conv"] = fu.predict(maps[1]), fu.predict(maps[2])
+    return fitted
+
+
 @dataclass
 class Fused:
     """Every fitted score-level fusion's state (by name; empty with one stream or early-concat)
@@ -412,6 +435,10 @@ def fuse_scores(streams: list[Stream], splits: VideoSplits, fitted: FittedHeads,
 
     if args.fusion == "early-concat":
         return Fused({}, fitted.val_scores["head"], fitted.test_scores["head"])
+    if args.fusion == "mid-conv":
+        return Fused({"mid-conv": fitted.midconv.state() | {"fitted_on": "train (weights), val (best epoch, "
+                                                                        "hyper-parameters)"}},
+                     fitted.val_scores["mid-conv"], fitted.test_scores["mid-conv"])
     if len(streams) == 1:
         return Fused({}, fitted.val_scores[streams[0].name], fitted.test_scores[streams[0].name])
     vlist = [fitted.val_scores[s.name] for s in streams]
@@ -471,7 +498,11 @@ def report(out: Path, streams: list[Stream], label_sets: LabelSets, splits: Vide
     eval_vids, y_eval, s_eval = _evaluated(streams, splits, fitted, fused, trainer)
     m = metrics(s_eval, y_eval, classes)
     per_fusion = {}
-    if fused.states and splits.has_test:
+    if args.fusion == "mid-conv" and splits.has_test:
+        st = fused.states["mid-conv"]
+        per_fusion["mid-conv"] = short_metrics(metrics(fused.test, splits.y_test, classes)) | {
+            "selected": st["selected"]}
+    elif fused.states and splits.has_test:
         tlist = [fitted.test_scores[s.name] for s in streams]
         for name, st in fused.states.items():
             per_fusion[name] = short_metrics(metrics(apply_fusion(st, tlist), splits.y_test, classes))
@@ -495,13 +526,17 @@ def report(out: Path, streams: list[Stream], label_sets: LabelSets, splits: Vide
     heads = fitted.heads
     stream_info = [{"name": s.name, "features": s.path, "settings": s.digest(),
                     "store_manifest_sha256": (s.provenance.get("store") or {}).get("manifest_sha256"),
-                    "head": (f"head_{s.name}" if len(heads) > 1 else "head")} for s in streams]
+                    "head": ("fusion_mid-conv" if args.fusion == "mid-conv" else
+                             f"head_{s.name}" if len(heads) > 1 else "head")} for s in streams]
     config = {
         "format": "flowstore-train-head", "version": 1,
         "head": args.head, "fusion": args.fusion, "classes": classes, "streams": stream_info,
         "labels": label_sets.source, "train_args": {k: v for k, v in vars(args).items()},
         "training": {k: r.config | {"best_epoch": r.best_epoch, "stopped_early": r.stopped_early,
-                                    "class_weights": r.class_weights} for k, r in heads.items()},
+                                    "class_weights": r.class_weights} for k, r in heads.items()}
+                    | ({"mid-conv": {"epochs": args.epochs, "lr": args.lr, "weight_decay": args.weight_decay,
+                                     "batch_size": args.batch_size, "seed": args.seed,
+                                     "best_epoch": fitted.midconv.best_epoch}} if fitted.midconv else {}),
         "splits": {"train": splits.train, "val": splits.val, "test": splits.test},
     }
     for key, res in heads.items():
@@ -518,7 +553,7 @@ def report(out: Path, streams: list[Stream], label_sets: LabelSets, splits: Vide
     write_json(out / "config.json", config)
     write_json(out / "metrics.json", result)
     write_predictions_csv(out / "predictions.csv", eval_vids, s_eval, y_eval, classes)
-    if len(streams) > 1 and args.fusion != "early-concat" and splits.has_test:
+    if len(streams) > 1 and args.fusion not in ("early-concat", "mid-conv") and splits.has_test:
         for s in streams:
             write_predictions_csv(out / f"predictions_{s.name}.csv", splits.test, fitted.test_scores[s.name],
                                   splits.y_test, classes)

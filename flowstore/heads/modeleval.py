@@ -48,7 +48,7 @@ def _check_config(cfg: dict, path: Path) -> None:
                 or not isinstance(st.get("settings"), dict):
             raise bad(f"streams[{i}] must have a name, features, head and settings")
         h = st["head"]
-        if not (h == "head" or h.startswith("head_")) or "/" in h or "\\" in h or ".." in h:
+        if not (h == "head" or h.startswith("head_") or h == "fusion_mid-conv") or "/" in h or "\\" in h or ".." in h:
             raise bad(f"streams[{i}].head {h!r} is not a head file name of the directory")
     if not isinstance(cfg.get("labels"), dict):
         raise bad("'labels' must be an object")
@@ -177,7 +177,9 @@ def evaluate_model(model_dir, *, features=None, label_sets: LabelSets | None = N
     paths = list(features) if features else [s["features"] for s in recorded]
     if len(paths) != len(recorded):
         raise InputError(f"{model_dir} was trained on {len(recorded)} stream(s); got {len(paths)} --features")
-    streams = open_streams(paths, names=[s["name"] for s in recorded])
+    fusion = cfg["fusion"]
+    streams = open_streams(paths, names=[s["name"] for s in recorded], kind="maps" if fusion == "mid-conv" else "vectors",
+                           needed_by=f"evaluating {model_dir} (fusion {fusion})")
     try:
         for s, rec in zip(streams, recorded):
             if s.digest() != rec["settings"] and not allow_mismatch:
@@ -216,8 +218,13 @@ def evaluate_model(model_dir, *, features=None, label_sets: LabelSets | None = N
                 raise InputError(f"{msg}; evaluate other videos or pass --allow-overlap")
             if msg:
                 log(f"evaluate: warning: {msg} (--allow-overlap)")
-        fusion = cfg["fusion"]
-        if fusion == "early-concat":
+        if fusion == "mid-conv":
+            from .midconv import MidConvFusion
+
+            net = MidConvFusion.from_state(cfg["_fusion"]["fusions"]["mid-conv"], device=device)
+            probs = {"head": net.predict([stream_features(s, names, views) for s in streams])}
+            stream_probs = []
+        elif fusion == "early-concat":
             from .fusion import early_concat
 
             head = _load_checked_head(model_dir / "head", classes, streams, f"the early-concat head of {model_dir}")
@@ -234,11 +241,11 @@ def evaluate_model(model_dir, *, features=None, label_sets: LabelSets | None = N
         n_views = stream_features(streams[0], names[:1], views).shape[1] if names else 0
         rows, all_metrics = [], {}
         label = Path(model_dir).name
-        if fusion == "early-concat":
+        if fusion in ("early-concat", "mid-conv"):
             final = probs["head"]
             m = metrics(final, y, classes)
-            all_metrics["early-concat"] = m
-            rows.append(_row(label, "+".join(s.name for s in streams), cfg["head"], "early-concat", m, n_views, True))
+            all_metrics[fusion] = m
+            rows.append(_row(label, "+".join(s.name for s in streams), cfg["head"], fusion, m, n_views, True))
         elif len(streams) == 1:
             final = stream_probs[0]
             m = metrics(final, y, classes)

@@ -95,7 +95,7 @@ def views_grid(model_dir, *, features=None, label_sets=None, subset: str = "test
     cfg = read_model(model_dir)
     recorded = cfg["streams"]
     paths = list(features) if features else [s["features"] for s in recorded]
-    streams = open_streams(paths, names=[s["name"] for s in recorded])
+    streams = open_streams(paths, names=[s["name"] for s in recorded], needed_by="the views grid (pooled features per view)")
     try:
         grids = {s.name: view_grid(s.provenance) for s in streams}
         if len(set(grids.values())) != 1:
