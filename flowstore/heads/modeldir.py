@@ -111,6 +111,7 @@ class TrainArgs:
     svm_c: float = 1.0
     device: str = "cpu"
     allow_overlap: bool = False
+    init_from: str | None = None   # fine-tuning: a model directory whose head to start from
 
 
 def write_json(path: Path, obj) -> None:
@@ -572,6 +573,28 @@ def train_model(streams: list[Stream], label_sets: LabelSets, out, args: TrainAr
     out.mkdir(parents=True, exist_ok=True)
     splits = split_videos(streams, label_sets, args, log=log)
     trainer = _HeadTrainer(splits, args, log)
+    init = _init_from(streams, splits, trainer, args, log) if args.init_from else None
     fitted = fit_heads(streams, splits, trainer, args)
     fused = fuse_scores(streams, splits, fitted, trainer, args, log=log)
-    return report(out, streams, label_sets, splits, fitted, fused, trainer, args)
+    result = report(out, streams, label_sets, splits, fitted, fused, trainer, args)
+    if init is not None:  # recorded beside the metrics and the config
+        result["init_from"] = init
+        for name in ("metrics.json", "config.json"):
+            doc = json.loads((out / name).read_text())
+            write_json(out / name, doc | {"init_from": init})
+    return result
+
+
+def _init_from(streams: list[Stream], splits: VideoSplits, trainer: _HeadTrainer, args: TrainArgs, log) -> dict:
+    """Start the head from ``args.init_from``'s (fine-tuning); returns what is recorded about it."""
+    from .finetune import plan_init, read_init
+
+    if len(streams) != 1:
+        raise InputError(f"--init-from fine-tunes one head: give one --features file, not {len(streams)}")
+    init = read_init(args.init_from)
+    state, kwargs, note = plan_init(init, args.head, trainer.train_kw["head_kwargs"], in_dim=streams[0].store.shape[3],
+                                    features=streams[0].path, classes=splits.classes)
+    trainer.train_kw.update(head_kwargs=kwargs, init_state=state)
+    log(f"train-head: --init-from: {note}")
+    return {"model": str(Path(init.model_dir).resolve()), "note": note, "classes_there": len(init.classes),
+            "output_layer": "kept" if len(state) == len(init.state) else "re-created"}
