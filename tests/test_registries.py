@@ -30,7 +30,7 @@ BUILT_IN = {
     "decoder": (list_decoders, ["opencv", "pyav"]),
     "quantization": (list_quant_schemes, ["bound", "minmax"]),
     "head": (list_heads, ["linear", "mlp", "multitask", "transformer"]),
-    "fusion": (list_fusions, ["early-concat", "late-avg", "late-perclass", "late-weighted", "logits-mlp", "none", "svm", "token-transformer"]),
+    "fusion": (list_fusions, ["early-concat", "late-avg", "late-perclass", "late-weighted", "logits-mlp", "mid-conv", "none", "svm", "token-transformer"]),
 }
 
 
@@ -68,7 +68,7 @@ def test_engines_of_each_method_default_first():
     (lambda: QuantSpec("log"), "unknown quantization 'log'; choose from ['bound', 'minmax']"),
     (lambda: head_builder("resnet"), "unknown head 'resnet'; choose from ['linear', 'mlp', 'multitask', 'transformer']"),
     (lambda: build_fusion("mid"),
-     "unknown fusion 'mid'; choose from ['early-concat', 'late-avg', 'late-perclass', 'late-weighted', 'logits-mlp', 'none', 'svm', 'token-transformer']"),
+     "unknown fusion 'mid'; choose from ['early-concat', 'late-avg', 'late-perclass', 'late-weighted', 'logits-mlp', 'mid-conv', 'none', 'svm', 'token-transformer']"),
 ])
 def test_unknown_name_names_the_choices(lookup, message):
     with pytest.raises(UnknownNameError) as err:

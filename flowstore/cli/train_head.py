@@ -19,6 +19,11 @@ ones fitted on the same held-out scores, their hyper-parameters chosen there by 
 cross-validation and reported; or early-concat trains one head on the
 concatenated (per-stream L2-normalised) features. With several streams every score fusion is
 fitted and reported; --fusion picks the one whose numbers are the top-level metrics.
+mid-conv fuses spatial feature maps (map stores from `flowstore features --pool none`): the
+maps resized to the smallest h x w (a 1x1 conv down to the smallest depth where needed),
+concatenated along depth, a 1x1 conv, a 3x3 conv and a small FC, trained on the training
+videos, its hyper-parameters selected on the validation split and reported (fusion_mid-conv.pt).
+Every other fusion and head needs pooled feature stores; the other kind is refused.
 
 Heads: linear and mlp average the segment features (TSN consensus); transformer attends over
 the segment tokens. Features are L2-normalised per segment inside the head (a random frozen

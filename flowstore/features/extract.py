@@ -218,7 +218,7 @@ class FeatureSummary:
         rate = f", {self.images / self.seconds:.0f} images/s" if self.seconds > 0 and self.images else ""
         axes = "(N, V, S, C, h, w)" if self.kind == "maps" else "(N, V, S, D)"
         n = self.shape[0] if self.shape else 0
-        on_disk = f", {_size(self.file_bytes / n)} per video on disk" if n else ""
+        on_disk = f", {_size(self.file_bytes / n)} per video on disk incl. the HDF5 overhead" if n else ""
         return [f"features: {self.computed} video(s) computed, {self.skipped} already stored, "
                 f"{self.total} in the store; {self.images} images in {self.seconds:.1f} s{rate}",
                 f"features: {self.out} holds {self.kind} {axes} = {tuple(self.shape)}: "

@@ -15,7 +15,9 @@ Feature-level fusion: :func:`early_concat` concatenates the streams' features al
 feature axis; a single head is then trained on the result.
 
 :data:`FUSIONS` maps the names ``none``, ``late-avg``, ``late-weighted``, ``svm`` and
-``early-concat`` to classes with one interface (each registered by :func:`register_fusion`
+``early-concat`` (and, registered by reference, the learned score fusions of
+:mod:`.learned_fusion` and ``mid-conv`` of :mod:`.midconv`, ``level = "maps"``: it trains on
+spatial feature maps) to classes with one interface (each registered by :func:`register_fusion`
 under its ``name``); :func:`build_fusion` builds one by name::
 
     fusion = build_fusion(name)

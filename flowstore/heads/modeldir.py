@@ -9,6 +9,7 @@ A **model directory** (written by :func:`train_model`) holds::
     head.pt / head.json    the head (one stream, or early-concat fusion), or
     head_<stream>.pt/.json one head per stream (score-level fusion)
     fusion.json            fitted parameters of every score-level fusion (>= 2 streams)
+    fusion_<name>.pt       weights of a learned fusion (logits-mlp, token-transformer, mid-conv)
     metrics.json           see :data:`METRICS_KEYS`
     predictions.csv        per test video: label, prediction, scores (the chosen fusion)
     predictions_<stream>.csv  per stream, when there are several
@@ -18,6 +19,10 @@ A **model directory** (written by :func:`train_model`) holds::
 Score-level fusions (late-avg, late-weighted, svm) are all fitted on the validation scores
 whenever there are two or more streams, so one model directory reports all of them; ``--fusion``
 picks the one whose numbers are the top-level metrics.
+``--fusion mid-conv`` (map stores) trains one network on the streams' maps instead of
+per-stream heads (:mod:`.midconv`); ``--head multitask`` with several datasets is
+:mod:`.multitask_model`; ``init_from`` (``--init-from``) starts the head from another model's
+(:mod:`.finetune`) and is recorded in config.json and metrics.json.
 
 Training runs in four steps, each a function: :func:`split_videos` (train / val / test),
 :func:`fit_heads` (a head per stream, or one on early-concatenated features),
