@@ -111,6 +111,14 @@ def test_map_store_resumes_and_readers_refuse_the_other_kind(tiny_store, tmp_pat
     with open_features(out) as fs, open_features(full) as ref:
         np.testing.assert_array_equal(fs.features()[:2], first)
         np.testing.assert_array_equal(fs.features(), ref.features())
+    # a pooled store's settings digest is what it was before --pool existed (old files resume)
+    from flowstore.features.store import settings_of
+
+    with open_features(full) as fs:
+        prov = fs.provenance
+    assert settings_of(prov)["pool"] == "none"
+    assert settings_of({**prov, "pool": "avg"}) == settings_of({k: v for k, v in prov.items() if k != "pool"})
+    assert "pool" not in settings_of({**prov, "pool": "avg"})
     # pooled settings on a map store: refused, naming the difference
     with pytest.raises(FeatureStoreError, match="pool"):
         E.extract_features(tiny_store, out, _cfg(weights, pool="avg"), show_progress=False)
@@ -236,6 +244,10 @@ def test_midconv_solves_what_pooled_vectors_cannot(tmp_path):
     assert doc["selected"] == sel and doc["common"] == [4, 2, 2] and len(doc["val_top1"]) == 2
     assert doc["selected_by"].startswith("the validation split")
     assert (out / "fusion_mid-conv.pt").is_file()
+    res = CliRunner().invoke(cli, ["train-head", "--features", tmp_path / "a.h5", "--features", tmp_path / "b.h5",
+                                   "--labels", tmp_path / "labels.csv", "--fusion", "mid-conv", "--head", "mlp", "--hidden", "8",
+                                   "--out", tmp_path / "bad"])
+    assert res.exit_code == 2 and "do not apply to mid-conv" in res.output
     # evaluate re-applies it from the model directory: the same test accuracy
     ev = CliRunner().invoke(cli, ["evaluate", "--model", out, "--out", tmp_path / "ev"])
     assert ev.exit_code == 0, ev.output + repr(ev.exception)

@@ -411,6 +411,11 @@ def _fit_midconv(streams: list[Stream], splits: VideoSplits, trainer: _HeadTrain
     if args.fusion_folds:
         raise InputError("--fusion-folds fits score fusions on out-of-fold scores; mid-conv trains on the maps "
                          "and selects on the validation split (drop --fusion-folds)")
+    if args.early_stopping:
+        raise InputError("mid-conv keeps its best validation epoch of --epochs; drop --early-stopping")
+    if args.head_kwargs:
+        raise InputError(f"{', '.join('--' + k for k in args.head_kwargs)}: head options do not apply to mid-conv, "
+                         "which selects its own (conv width, FC size, dropout) on the validation split")
     maps = [[stream_features(s, v) for s in streams] for v in videos]  # per split: one array per stream
     fu = MidConvFusion(seed=args.seed, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
                        batch_size=args.batch_size, normalize=args.l2_normalize, device=args.device,
