@@ -135,6 +135,16 @@ def test_fine_tuning_with_init_from(data, tmp_path):
     assert "every weight starts from" in res.output
     torch.testing.assert_close(load_head(tmp_path / "same" / "head").state_dict()["fc.weight"], before["fc.weight"],
                                rtol=0, atol=1e-6)
+    # a multi-task model into a new multi-task run with the datasets in another order: the shared
+    # body starts from it, every dataset's output layer is new
+    mt = tmp_path / "mt"
+    _run(["train-head", "--features", uf, "--labels", ul, "--also", hf, hl, "--head", "multitask", "--hidden", "32",
+          "--epochs", "5", "--out", mt])
+    res = _run(["train-head", "--features", hf, "--labels", hl, "--also", uf, ul, "--head", "multitask",
+                "--init-from", mt, "--epochs", "1", "--lr", "1e-12", "--out", tmp_path / "mt2"])
+    assert "the output layer is new" in res.output
+    torch.testing.assert_close(load_head(tmp_path / "mt2" / "head").state_dict()["body.0.weight"],
+                               load_head(mt / "head").state_dict()["body.0.weight"], rtol=0, atol=1e-6)
     # another feature dimension: refused, naming both feature files
     res = _run(["train-head", "--features", nf, "--labels", nl, "--head", "mlp", "--init-from", src,
                 "--out", tmp_path / "bad"], ok=False)

@@ -97,7 +97,7 @@ def plan_init(init: InitFrom, head: str, head_kwargs: dict, *, in_dim: int, feat
                              f"({init.model_dir}); drop it to fine-tune that head")
     kwargs = {**head_kwargs, **options}
     state = dict(init.state)
-    if list(init.classes) == list(classes) and "task_classes" not in init.config:
+    if list(init.classes) == list(classes):
         note = f"every weight starts from {init.model_dir} (the same {len(classes)} classes: the output layer too)"
     else:
         for key in output_keys(init.config):

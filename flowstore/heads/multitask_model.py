@@ -81,6 +81,8 @@ def train_multitask_model(tasks: list[Task], out, args: TrainArgs, *, log=print)
     from .plots import plot_confusion, plot_curves
 
     _check(tasks, args)
+    if args.device != "cpu":
+        log(f"train-head: warning: multi-task training runs on the CPU (--device {args.device} is not used)")
     out = Path(os.fspath(out))
     out.mkdir(parents=True, exist_ok=True)
     splits: list[VideoSplits] = []
