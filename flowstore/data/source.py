@@ -147,7 +147,7 @@ class ShardOpener:
         if shard not in self._opened:
             with _OPEN_LOCK:
                 if shard not in self._opened:
-                    source.flow_bytes(video, [])  # opens the shard handle, reads nothing
+                    source.flow_bytes(video, [], source.directions[0])  # opens the shard handle, reads nothing
                     self._opened.add(shard)
 
     def __getstate__(self):
