@@ -6,7 +6,7 @@ import dataclasses
 import os
 
 from ..codec import check_codec, check_quality, effective_quality
-from ..decode import FrameResize, check_decoder
+from ..decode import FrameResize, check_decoder, check_fps
 from ..errors import InputError
 from ..quantize import QuantSpec
 from ..store.backend import BACKENDS
@@ -35,6 +35,7 @@ class ExtractConfig:
     stride: int = 1
     directions: tuple = (FORWARD,)  # a value of format.DIRECTION_OPTIONS; backward: the engine on swapped pairs
     decoder: str = "opencv"
+    fps: float | None = None  # keep the decoded frames nearest to an N fps grid (decode.select_fps)
     shard_size: int = DEFAULT_SHARD_SIZE
     workers: int = 0  # 0: all cores
 
@@ -45,6 +46,7 @@ class ExtractConfig:
         check_quality(self.flow_codec, self.flow_quality)  # fail now, not once per video
         check_quality(self.frame_codec, self.frame_quality)
         check_decoder(self.decoder)  # also: is PyAV installed for --decoder pyav
+        check_fps(self.fps)
         if tuple(self.directions) not in DIRECTION_OPTIONS.values():
             raise InputError(f"flow directions {self.directions!r}: choose from {list(DIRECTION_OPTIONS)} "
                              f"({', '.join(f'{k} = {list(v)}' for k, v in DIRECTION_OPTIONS.items())})")
@@ -74,4 +76,5 @@ class ExtractConfig:
                      + " the decoded, resized RGB frames, before they are encoded"},
             "quantization": self.quant.to_manifest(),
             "directions": list(self.directions),
+            "fps": self.fps,
         }

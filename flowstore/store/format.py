@@ -112,16 +112,24 @@ class VideoEntry(TypedDict):
     shard_size: NotRequired[int]
     records_crc32: NotRequired[int]
     committed_at: NotRequired[str]  # set by the writer when it commits the video
+    # since 1.2, only in stores extracted with --fps: which decoded source frames were kept
+    # (0-based, run-length: [first, step, count] runs, see encode_runs) and their decoded
+    # timestamps in seconds (rounded to microseconds), one per stored frame
+    source_frames: NotRequired[list]
+    source_times: NotRequired[list]
 
 
 #: entry keys added in format 1.1, written by the extraction: optional (absent in 1.0 stores)
 ENTRY_KEYS_1_1 = ("shard_size", "records_crc32")
+#: entry keys added in format 1.2, written by an extraction with --fps only
+ENTRY_KEYS_1_2 = ("source_frames", "source_times")
 #: keys of a manifest video entry (format 1.0)
-VIDEO_ENTRY_KEYS = tuple(k for k in VideoEntry.__annotations__ if k not in ENTRY_KEYS_1_1)
+VIDEO_ENTRY_KEYS = tuple(k for k in VideoEntry.__annotations__ if k not in ENTRY_KEYS_1_1 + ENTRY_KEYS_1_2)
 #: header keys whose values must match when a store is extended by another run
-SETTINGS_KEYS = ("backend", "frames", "resize", "decoder", "stride", "flow", "quantization", "directions")
-#: the value a settings key added after 1.0 has in a store whose header lacks it
-SETTING_DEFAULTS = {"directions": [FORWARD]}
+SETTINGS_KEYS = ("backend", "frames", "resize", "decoder", "stride", "flow", "quantization", "directions", "fps")
+#: the value a settings key added after 1.0 has in a store whose header lacks it (fps: null, every
+#: decoded frame kept)
+SETTING_DEFAULTS = {"directions": [FORWARD], "fps": None}
 
 
 def store_setting(header: dict, key: str):
@@ -209,6 +217,29 @@ def check_video_id(video_id: str) -> None:
             f"video id {video_id[:60]!r}... is {len(video_id.encode())} bytes; at most "
             f"{MAX_VIDEO_ID_BYTES} fit in an LMDB key. Use a shorter path or a --list with a closer --root"
         )
+
+
+def encode_runs(indices) -> list[list[int]]:
+    """Increasing indices as ``[first, step, count]`` runs (``step`` >= 1): ``0, 3, 6, 8`` ->
+    ``[[0, 3, 3], [8, 1, 1]]``; a video entry's ``source_frames``."""
+    runs: list[list[int]] = []
+    for i in map(int, indices):
+        if runs:
+            first, step, count = runs[-1]
+            last = first + step * (count - 1)
+            if count == 1 and i > first:
+                runs[-1] = [first, i - first, 2]
+                continue
+            if i - last == step:
+                runs[-1][2] += 1
+                continue
+        runs.append([i, 1, 1])
+    return runs
+
+
+def decode_runs(runs) -> list[int]:
+    """The indices of :func:`encode_runs`'s runs."""
+    return [first + step * k for first, step, count in runs for k in range(count)]
 
 
 def dumps_line(obj: dict) -> str:
@@ -308,7 +339,24 @@ def check_entry(entry, *, backend: str, stride: int, where: str) -> VideoEntry:
         _count(entry, "records_crc32", 0, 0xFFFFFFFF, where)
     if "committed_at" in entry:
         _field(entry, "committed_at", str, where)
+    if "source_frames" in entry or "source_times" in entry:
+        _check_source_frames(entry, num_frames, where)
     return entry
+
+
+def _check_source_frames(entry: dict, num_frames: int, where: str) -> None:
+    runs = _field(entry, "source_frames", list, where)
+    times = _field(entry, "source_times", list, where)
+    if not all(isinstance(r, list) and len(r) == 3 and all(isinstance(v, int) and not isinstance(v, bool) for v in r)
+               and r[0] >= 0 and r[1] >= 1 and r[2] >= 1 for r in runs):
+        raise FormatError(f"{where}: key 'source_frames' must be [first, step, count] runs of whole numbers "
+                          f"(first >= 0, step >= 1, count >= 1)")
+    indices = decode_runs(runs) if sum(r[2] for r in runs) == num_frames else None
+    if indices is None or any(b <= a for a, b in zip(indices, indices[1:])):
+        raise FormatError(f"{where}: key 'source_frames' must list {num_frames} increasing frame indices (num_frames)")
+    if (len(times) != num_frames or not all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in times)
+            or any(b < a for a, b in zip(times, times[1:]))):
+        raise FormatError(f"{where}: key 'source_times' must be {num_frames} non-decreasing numbers (seconds)")
 
 
 def check_failure(failure, where: str) -> dict:
