@@ -30,8 +30,11 @@ W, H, T, SHIFT = 64, 48, 5, 2  # frames shift the texture left by SHIFT px: forw
 
 @pytest.fixture(scope="module")
 def video(tmp_path_factory) -> Path:
+    return write_shift_video(tmp_path_factory.mktemp("video") / "shift.avi")
+
+
+def write_shift_video(path: Path) -> Path:
     """A tiny video of a constant translation: frame t shows texture[:, SHIFT*t : SHIFT*t + W]."""
-    path = tmp_path_factory.mktemp("video") / "shift.avi"
     rng = np.random.default_rng(1)
     texture = cv2.GaussianBlur(rng.integers(0, 256, (H, W + SHIFT * T, 3), dtype=np.uint8), (5, 5), 1.5)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25, (W, H))

@@ -10,7 +10,7 @@ import numpy as np
 from ..quantize import QuantSpec, dequantize
 from .backend import ShardReader
 from .shards import open_shard
-from .format import FORWARD, RGB, store_directions
+from .format import FORWARD, RGB, store_directions, store_setting
 from .records import decode_flow_q, decode_frame, flow_components, range_kind, unpack_range
 from .manifest import load_failures, load_manifest
 from ..errors import DamagedStoreError, InputError, OutOfRangeError, UnknownNameError
@@ -203,6 +203,7 @@ class StoreReader:
             "resize": m.get("resize"),
             "stride": self.stride,
             "directions": list(self.directions),
+            "fps": store_setting(m, "fps"),
             "videos": [
                 {"id": v["id"], "num_frames": v["num_frames"], "num_flows": v["num_flows"],
                  "width": v["width"], "height": v["height"], "shard": v["shard"], "bytes": v.get("bytes")}
