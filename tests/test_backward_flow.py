@@ -46,19 +46,24 @@ def write_shift_video(path: Path) -> Path:
 
 def extract(out, video, **settings):
     settings.setdefault("method", "farneback")
-    cfg = ExtractConfig(out=str(out), workers=1, flow_codec="raw", frame_codec="png", **settings)
+    settings = {"flow_codec": "raw", "frame_codec": "png", **settings}
+    cfg = ExtractConfig(out=str(out), workers=1, **settings)
     summary = run_extract([VideoJob("v", str(video))], cfg, show_progress=False)
     assert not summary.failures, summary.failures
     return summary
 
 
-@pytest.mark.parametrize("method,engine,options", [("farneback", "opencv", {}),
-                                                   ("tvl1", "torch", {"batch_size": 8})])
-def test_backward_records_are_the_engine_on_the_swapped_pair(tmp_path, video, method, engine, options):
-    extract(tmp_path / "s", video, method=method, engine=engine, device="cpu" if engine == "torch" else None,
+FAST_TVL1 = {"nscales": 3, "warps": 3, "outerIterations": 4, "innnerIterations": 10}  # a loaded CPU
+
+
+@pytest.mark.parametrize("method,engine,params,options", [("farneback", "opencv", {}, {}),
+                                                          ("tvl1", "torch", FAST_TVL1, {"batch_size": 8})])
+def test_backward_records_are_the_engine_on_the_swapped_pair(tmp_path, video, method, engine, params, options):
+    device = "cpu" if engine == "torch" else None
+    extract(tmp_path / "s", video, method=method, engine=engine, device=device, flow_params=params,
             flow_options=options, directions=fmt.DIRECTIONS)
     frames = read_frames(video)
-    estimator = build_flow(method, engine=engine, device="cpu" if engine == "torch" else None, **options)
+    estimator = build_flow(method, engine=engine, device=device, params=dict(params), **options)
     prepared = [estimator.prepare(f) for f in frames]
     # the same batch as the extraction (all 4 pairs in one batch), first and second frames exchanged
     forward = estimator.compute(prepared[:-1], prepared[1:])
@@ -187,3 +192,22 @@ def test_key_limit_derives_from_the_longest_kind():
     vid = "a" * fmt.MAX_VIDEO_ID_BYTES
     for kind in fmt.KINDS:
         assert len(fmt.record_key(vid, kind, 999999)) <= fmt.MAX_LMDB_KEY_BYTES
+
+
+def test_sources_without_backward_flow_say_so(tmp_path, video):
+    from flowstore.bench.loader import InMemorySource
+    from flowstore.data import StoreClipDataset
+    from flowstore.data.rawframes import RawframesReader, export_rawframes
+
+    extract(tmp_path / "s", video, directions=fmt.DIRECTIONS, frame_codec="jpeg", flow_codec="jpeg")
+    tree = export_rawframes(tmp_path / "s", tmp_path / "tree")
+    rawframes = RawframesReader(tree)
+    assert rawframes.directions == ("forward",)
+    with pytest.raises(InputError, match=f"rawframes tree {tree} has no backward flow"):
+        rawframes.flow_bytes("v", [0], "backward")
+    with pytest.raises(InputError, match="bidirectional stacking needs backward flow.*--direction both"):
+        StoreClipDataset(rawframes, None, modality="flow", sampling="stack", stacking="bidirectional", length=4)
+    memory = InMemorySource(tmp_path / "s", {"v": (set(), {0, 1})})
+    assert memory.directions == ("forward",)
+    with pytest.raises(InputError, match="in-memory copy of .* has no backward flow"):
+        memory.flow_range("v", 0, "backward")
