@@ -18,6 +18,7 @@ from flowstore.flow.registry import (
 from flowstore.heads.fusion import FUSIONS, build_fusion, list_fusions, register_fusion
 from flowstore.heads.registry import HEADS, head_builder, head_options, list_heads
 from flowstore.quantize import SCHEMES, QuantSpec, list_quant_schemes
+from flowstore.data.sampling import list_stackings
 from flowstore.registry import Registry
 from flowstore.store.backend import BACKENDS, list_backends, reader_class, writer_class
 from flowstore.store.format import SHARD_SUFFIX, shard_name
@@ -29,6 +30,7 @@ BUILT_IN = {
     "codec": (list_codecs, ["jpeg", "png", "raw"]),
     "decoder": (list_decoders, ["opencv", "pyav"]),
     "quantization": (list_quant_schemes, ["bound", "minmax"]),
+    "stacking": (list_stackings, ["bidirectional", "stack", "trajectory"]),
     "head": (list_heads, ["linear", "mlp", "multitask", "transformer"]),
     "fusion": (list_fusions, ["early-concat", "late-avg", "late-perclass", "late-weighted", "logits-mlp", "mid-conv", "none", "svm", "token-transformer"]),
 }
