@@ -29,7 +29,7 @@ from ..errors import InputError
 from ..quantize import LEVELS, QuantSpec
 from .clips import EPOCH_KEY, _tile
 from .device_flow import FRAMES_KEY
-from .transforms import MEAN_SUBTRACT, Clip, minmax_channels
+from .transforms import MEAN_SUBTRACT, Clip, minmax_channels, trajectory_snippets
 
 
 def _f32(value, like: torch.Tensor) -> torch.Tensor:
@@ -53,9 +53,10 @@ def flow_values_on_device(flow: torch.Tensor, quant: QuantSpec, mode: str = "pix
     return _f32(lo, flow)[..., None, None] + flow.to(torch.float32) * _f32(scale, flow)[..., None, None]
 
 
-def subtract_mean_on_device(flow: torch.Tensor, mode: str | None) -> torch.Tensor:
+def subtract_mean_on_device(flow: torch.Tensor, mode: str | None, groups: int = 1) -> torch.Tensor:
     """:func:`~flowstore.data.transforms.subtract_mean_flow` for a tensor (the means are summed
-    in another order than numpy's: equal within float32 rounding)."""
+    in another order than numpy's: equal within float32 rounding); ``groups`` runs of channels
+    have their own stack mean."""
     if mode is None:
         return flow
     if mode not in MEAN_SUBTRACT:
@@ -66,8 +67,11 @@ def subtract_mean_on_device(flow: torch.Tensor, mode: str | None) -> torch.Tenso
     if mode == "field":
         return flow - mu
     out = flow.clone()
-    out[:, 0::2] -= mu[:, 0::2].mean(dim=1, keepdim=True)
-    out[:, 1::2] -= mu[:, 1::2].mean(dim=1, keepdim=True)
+    step = flow.shape[1] // groups
+    for g in range(groups):
+        part, m = out[:, g * step:(g + 1) * step], mu[:, g * step:(g + 1) * step]
+        part[:, 0::2] -= m[:, 0::2].mean(dim=1, keepdim=True)
+        part[:, 1::2] -= m[:, 1::2].mean(dim=1, keepdim=True)
     return out
 
 
@@ -93,7 +97,7 @@ def finalize_on_device(clip: Clip, ds) -> dict:
             raise InputError(f"unknown rgb values {ds.rgb_values!r}; choose 'float' or 'uint8'")
     if clip.flow is not None:
         values = flow_values_on_device(clip.flow, ds.store.quant, ds.flow_values, clip.flow_range)
-        out["flow"] = subtract_mean_on_device(values, ds.mean_subtract).contiguous()
+        out["flow"] = subtract_mean_on_device(values, ds.mean_subtract, ds._stacking.mean_groups).contiguous()
     return out
 
 
@@ -124,9 +128,15 @@ class DeviceStep:
             frames = batch.pop(FRAMES_KEY)  # (B, S, 3F, H, W)
             B, S = frames.shape[:2]
             pairs = self.dataset.flow_pairs(batch["video"], batch["starts"].cpu().numpy())
-            q, r = self.flow_on_device(frames.flatten(0, 1), pairs.reshape(B * S, -1))
+            stacking = self.dataset._stacking
+            backward = [d == "backward" for d in stacking.directions_of(self.dataset.length)]
+            q, r = self.flow_on_device(frames.flatten(0, 1), pairs.reshape(B * S, -1), backward)
+            ranges = None if r is None else r.cpu().numpy()
+            if stacking.trajectory:  # resampled along the flow on the host, as the workers do for stored flow
+                q, ranges = trajectory_snippets(q.cpu().numpy(), self.dataset.store.quant, ranges)
+                q = torch.from_numpy(q).to(self.device)
             batch["flow"] = q.unflatten(0, (B, S))
-            ranges = None if r is None else r.unflatten(0, (B, S)).cpu().numpy()
+            ranges = None if ranges is None else ranges.reshape(B, S, *ranges.shape[1:])
         return self.finish(batch, ranges)
 
     def finish(self, batch: dict, ranges: np.ndarray | None) -> dict:

@@ -80,17 +80,17 @@ def pack_sample(ds, video: str, raw: dict) -> dict:
     """A worker's sample for device decoding: the JPEG kinds' records packed, the other kinds
     decoded as usual (uint8 tensors)."""
     packed, sizes, out = [], [], {}
-    rest = {"starts": raw["starts"]}
+    rest = {"starts": raw["starts"], "stacking": raw.get("stacking", ds.stacking)}
     for kind in PACKED_KINDS:
         if kind not in raw:
             continue
-        if kind_codec(ds.store, kind) == "jpeg":
+        if packs(ds, kind):
             records = _records_of(raw, kind)
             packed += records
             sizes += [len(r) for r in records]
         else:
             rest[kind] = raw[kind]
-    if len(rest) > 1:
+    if any(kind in rest for kind in PACKED_KINDS):
         clip = ds.decode(video, rest)
         if clip.rgb is not None:
             out["rgb"] = torch.from_numpy(clip.rgb)
@@ -101,6 +101,12 @@ def pack_sample(ds, video: str, raw: dict) -> dict:
     out[RECORDS_KEY] = b"".join(packed)
     out[SIZES_KEY] = torch.tensor(sizes, dtype=torch.int64)
     return out
+
+
+def packs(ds, kind: str) -> bool:
+    """Whether a kind's records travel encoded: JPEG, and not flow that the workers resample
+    along trajectories after decoding (trajectory stacking)."""
+    return kind_codec(ds.store, kind) == "jpeg" and not (kind == "flow" and ds._stacking.trajectory)
 
 
 def _channels(ds, kind: str) -> tuple[int, int]:
@@ -144,7 +150,7 @@ class DeviceDecoder:
 
     def __init__(self, ds, device: str):
         self.ds, self.device = ds, str(device)
-        self.kinds = [k for k in PACKED_KINDS if self._has(k) and kind_codec(ds.store, k) == "jpeg"]
+        self.kinds = [k for k in PACKED_KINDS if self._has(k) and packs(ds, k)]
 
     def _has(self, kind: str) -> bool:
         if kind == "rgb":

@@ -138,10 +138,12 @@ class FlowOnDevice:
         flows = est.compute([prepared[i] for i in first.tolist()], [prepared[i] for i in second.tolist()])
         return torch.from_numpy(np.ascontiguousarray(flows)).permute(0, 3, 1, 2).to(self.device)
 
-    def __call__(self, frames: torch.Tensor, pairs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def __call__(self, frames: torch.Tensor, pairs, backward=None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``frames`` uint8 ``(N, F, 3, H, W)`` (or ``(N, 3F, H, W)``), ``pairs`` ``(N, L)``
         first-frame positions -> uint8 ``(N, 2L, H, W)`` (x/y interleaved) and, for minmax,
-        float32 ``(N, L, 4)`` ranges."""
+        float32 ``(N, L, 4)`` ranges. ``backward`` (L booleans): the flows of those columns are
+        backward, frame ``p + stride`` to frame ``p`` (the engine on the swapped pair, as
+        ``extract --direction backward`` stores them)."""
         if frames.dim() == 4:
             frames = frames.unflatten(1, (-1, 3))
         if frames.dim() != 5 or frames.shape[2] != 3 or frames.dtype != torch.uint8:
@@ -152,15 +154,33 @@ class FlowOnDevice:
         L = pairs.shape[1]
         if pairs.shape[0] != N or int(pairs.min()) < 0 or int(pairs.max()) + self.stride >= F:
             raise InputError(f"pairs {tuple(pairs.shape)} do not fit {N} stacks of {F} frames at stride {self.stride}")
-        first = (pairs + torch.arange(N, device=self.device)[:, None] * F).flatten()
+        first = pairs + torch.arange(N, device=self.device)[:, None] * F
+        second = first + self.stride
+        if backward is not None and any(backward):
+            swap = torch.as_tensor(list(backward), dtype=torch.bool, device=self.device)[None, :]
+            first, second = torch.where(swap, second, first), torch.where(swap, first, second)
+        first, second = first.flatten(), second.flatten()
         if self.engine == "torch":  # the engine's prepare (cv2's RGB2GRAY) on the device, each frame once
             gray = rgb_to_gray(frames).flatten(0, 1)
-            flow = self.flow(gray[first], gray[first + self.stride])
+            flow = self.flow(gray[first], gray[second])
         else:
-            flow = self.host_flow(frames.flatten(0, 1), first, first + self.stride)
+            flow = self.host_flow(frames.flatten(0, 1), first, second)
         q, ranges = quantize_on_device(flow, self.quant)
         q = q.reshape(N, 2 * L, *q.shape[-2:])  # (N*L, 2, H, W) -> x0, y0, x1, y1, ...
         return q, (None if ranges is None else ranges.reshape(N, L, 4))
+
+
+def check_online_stacking(store, stacking: str, length: int):
+    """The :class:`~flowstore.data.sampling.Stacking` ``stacking`` for online flow: backward
+    flows are computed (the store need not hold them); trajectory stacking needs stride 1."""
+    from .sampling import STACKINGS
+
+    spec = STACKINGS[stacking]
+    spec.directions_of(length)  # bidirectional: L even
+    if spec.trajectory and int(getattr(store, "stride", 1)) != 1:
+        raise InputError(f"trajectory stacking follows flow i into flow i+1, so it needs a stride-1 store; "
+                         f"store {store.root} has stride {store.stride}")
+    return spec
 
 
 def stack_pairs(starts, length: int, num_flows: int) -> np.ndarray:
@@ -180,5 +200,5 @@ def stack_frame_indices(starts, length: int, stride: int, num_frames: int) -> np
     return snippet_indices(starts, length + stride, num_frames)
 
 
-__all__ = ["FRAMES_KEY", "FlowOnDevice", "default_device", "quantize_on_device", "rgb_to_gray", "stack_frame_indices",
+__all__ = ["FRAMES_KEY", "FlowOnDevice", "check_online_stacking", "default_device", "quantize_on_device", "rgb_to_gray", "stack_frame_indices",
            "stack_pairs"]
