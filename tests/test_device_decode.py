@@ -53,13 +53,14 @@ def batches(ds, batch_size=3, workers=0):
     return next(iter(make_loader(ds, batch_size=batch_size, num_workers=workers, shuffle=False)))
 
 
-@pytest.mark.parametrize("modality,sampling,transform,workers", [
-    ("flow", "stack", None, 0), ("rgb", "tsn", "train", 0), ("both", "tsn", "train", 1),
+@pytest.mark.parametrize("modality,sampling,transform,workers,stacking", [
+    ("flow", "stack", None, 0, "stack"), ("rgb", "tsn", "train", 0, "stack"), ("both", "tsn", "train", 1, "stack"),
+    ("both", "stack", "train", 0, "trajectory"),  # trajectory flow: resampled and decoded in the workers
 ])
-def test_decode_device_cpu_is_cv2(jpeg_store, torch_one_thread, modality, sampling, transform, workers):
+def test_decode_device_cpu_is_cv2(jpeg_store, torch_one_thread, modality, sampling, transform, workers, stacking):
     tol = record_tolerance(jpeg_store)
     print("measured |torchvision - cv2| per record kind:", tol)
-    kw = dict(modality=modality, sampling=sampling, length=3, num_segments=2, seed=7, clips_per_video=3,
+    kw = dict(modality=modality, sampling=sampling, length=3, num_segments=2, seed=7, clips_per_video=3, stacking=stacking,
               transform=None if transform is None else train_transform(32), flow_values="uint8", rgb_values="uint8")
     ref = batches(StoreClipDataset(jpeg_store, **kw), workers=workers)
     ds = StoreClipDataset(jpeg_store, decode_device="cpu", **kw)

@@ -52,6 +52,8 @@ def stores(tmp_path_factory, moving_video, torch_one_thread):
                           frame_codec=codec) for codec in ("png", "jpeg")}
     out["png_minmax"] = extract(root / "png_minmax", moving_video, method="farneback", engine="torch",
                                 flow_codec="png", frame_codec="png", quant=QuantSpec(scheme="minmax"))
+    out["png_both"] = extract(root / "png_both", moving_video, method="farneback", engine="torch",
+                              flow_codec="png", frame_codec="png", directions=("forward", "backward"))
     out["png_stride2"] = extract(root / "png_stride2", moving_video, method="farneback", engine="torch",
                                  flow_codec="png", frame_codec="png", stride=2)
     return out
@@ -146,15 +148,24 @@ def test_online_needs_flow_modality(stores):
     ("png_minmax", "flow", "stack", "train", "pixels", None),
     ("png_stride2", "both", "stack", "train", "uint8", None),  # flow i: frames i -> i + 2, L + 2 frames read
 ])
+@pytest.mark.parametrize("stacking", ["stack", "bidirectional", "trajectory"])
 def test_online_equals_stored_with_lossless_codecs(stores, torch_one_thread, store, modality, sampling, transform,
-                                                   values, mean):
+                                                   values, mean, stacking):
     """png frames and flow: the frames online flow reads are the ones extraction flowed, so every
     value of the clip is the same, through crops, flips (u negated) and resizes."""
-    kw = dict(modality=modality, sampling=sampling, length=3, num_segments=2, flow_values=values,
+    if stacking == "bidirectional":
+        if store != "png":
+            pytest.skip("one bidirectional store")
+        store = "png_both"  # bidirectional (stored) needs the backward flows; online computes them
+    if stacking == "trajectory" and store == "png_stride2":
+        pytest.skip("trajectory stacking needs stride 1")
+    kw = dict(modality=modality, sampling=sampling, length=4 if stacking == "bidirectional" else 3, num_segments=2,
+              stacking=stacking, flow_values=values,
               mean_subtract=mean, seed=5, transform=None if transform is None else train_transform(32),
               clips_per_video=4, rgb_values="uint8" if values == "uint8" else "float")
     stored = first_batch(StoreClipDataset(stores[store], **kw))
-    online = first_batch(StoreClipDataset(stores[store], flow="online", engine="torch", flow_device="cpu", **kw))
+    online_store = stores["png"] if stacking == "bidirectional" else stores[store]  # a forward-only store will do
+    online = first_batch(StoreClipDataset(online_store, flow="online", engine="torch", flow_device="cpu", **kw))
     assert set(stored) == set(online)
     # mean subtraction sums in another order than numpy: a few float32 ulps of the largest value
     atol = 0 if mean is None else 8 * np.finfo(np.float32).eps * open_store(stores[store]).quant.bound
