@@ -50,7 +50,8 @@ Work on the device
 during training instead of reading it: workers read and decode the ``L + stride`` RGB frames of
 each stack, and the flow is computed on the device by the engine ``extract`` uses, quantized
 with the store's settings and transformed exactly as stored flow
-(:mod:`~flowstore.data.device_flow`). ``decode_device="cuda"`` moves JPEG decoding to the device
+(:mod:`~flowstore.data.device_flow`); every stacking works (bidirectional computes its backward
+flows on swapped pairs, so the store needs none; trajectory resamples on the host). ``decode_device="cuda"`` moves JPEG decoding to the device
 (nvJPEG, :mod:`~flowstore.data.device_decode`), falling back to the CPU with a warning. Either
 way the transform and values are applied on the device, each sample with its own generator, by
 a :class:`~flowstore.data.device_clips.DeviceStep` that :func:`~flowstore.data.loader.make_loader`
