@@ -119,3 +119,13 @@ def test_online_flow_from_device_decoded_frames(jpeg_store, torch_one_thread):
     assert record_tolerance(jpeg_store)["rgb"] == 0  # else the flows of differing frames differ
     for key in ("flow", "rgb"):
         np.testing.assert_array_equal(ours[key].numpy(), ref[key].numpy())
+
+
+def test_make_loader_decode_device_option(jpeg_store, torch_one_thread):
+    """``make_loader(..., decode_device=...)`` sets the dataset's and applies the device step."""
+    kw = dict(sampling="stack", length=2, flow_values="uint8", transform=train_transform(32), seed=3)
+    ref = batches(StoreClipDataset(jpeg_store, **kw))
+    ds = StoreClipDataset(jpeg_store, **kw)
+    loader = make_loader(ds, batch_size=3, num_workers=0, shuffle=False, decode_device="cpu")
+    assert ds.decode_device == "cpu" and loader.device_step is not None
+    np.testing.assert_array_equal(next(iter(loader))["flow"].numpy(), ref["flow"].numpy())
