@@ -150,3 +150,91 @@ def test_cuda_graphs_need_the_fused_path_on_cuda():
     i0, i1 = _batch(1)
     with pytest.raises(InputError, match="cuda_graphs"):
         tvl1_flow(i0, i1, cuda_graphs=True)
+
+
+class PeakBytes:
+    """Peak bytes of the tensor storages alive during ``with PeakBytes() as p:`` that the ops
+    inside created (a TorchDispatchMode; a storage counts until its last tensor or view is gone)."""
+
+    def __init__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_leaves
+
+        owner = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                for t in tree_leaves(out):
+                    if isinstance(t, torch.Tensor):
+                        owner._add(t.untyped_storage())
+                return out
+
+        self._mode, self._live, self.now, self.peak = _Mode(), set(), 0, 0
+
+    def _add(self, storage) -> None:
+        import weakref
+
+        key, size = storage.data_ptr(), storage.nbytes()
+        if size == 0 or key in self._live:
+            return
+        self._live.add(key)
+        self.now += size
+        self.peak = max(self.peak, self.now)
+        weakref.finalize(storage, self._free, key, size)
+
+    def _free(self, key, size) -> None:
+        self._live.discard(key)
+        self.now -= size
+
+    def __enter__(self):
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._mode.__exit__(*exc)
+
+
+@pytest.mark.parametrize("method", ["tvl1", "farneback"])
+def test_planes_per_pair_bound_the_measured_peak(method):
+    """The per-pair memory the automatic batch size assumes covers the measured peak: the slope of
+    the peak between batch 1 and 4 (TV-L1: without the 2.8x of one CUDA graph pool per level)."""
+    from flowstore.flow.torch_engines import TorchFarneback, TorchTVL1
+    from flowstore.flow.torch_farneback import farneback_flow
+
+    h, w = 48, 64
+    run = {"tvl1": lambda a, b: tvl1_flow(a, b, fused=True),
+           "farneback": lambda a, b: farneback_flow(a, b)}[method]
+    peaks = {}
+    for batch in (1, 4):
+        a = torch.from_numpy(np.stack([_batch(1)[0][0].numpy()] * batch))
+        b = torch.roll(a, 2, -1)
+        with PeakBytes() as p:
+            run(a, b)
+        peaks[batch] = p.peak
+    planes = (peaks[4] - peaks[1]) / 3 / (4 * h * w)
+    bound = TorchTVL1.PLANES_PER_PAIR / 2.8 if method == "tvl1" else TorchFarneback.PLANES_PER_PAIR
+    assert 8 < planes <= bound, (planes, bound)
+
+
+def test_automatic_batch_size(monkeypatch):
+    import flowstore.flow.torch_engines as engines
+
+    est = build_flow("tvl1", engine="torch", device="cpu")
+    assert est.batch_size == engines.DEFAULT_BATCH_SIZE and est.describe()["batch_size"] == 8  # the CPU: unchanged
+    assert build_flow("tvl1", engine="torch", device="cpu", batch_size=3).batch_size == 3  # the override
+    with pytest.raises(InputError, match="batch_size"):
+        build_flow("tvl1", engine="torch", batch_size=0)
+    # on CUDA: share of free memory / bytes per pair, capped; mem_get_info faked here
+    free = 10 * 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, 2 * free))
+    cuda = torch.device("cuda")
+    per_pair = engines.TorchTVL1.BYTES_PER_PIXEL * 256 * 340
+    assert engines.auto_batch_size(cuda, 256, 340, engines.TorchTVL1.BYTES_PER_PIXEL) == \
+        int(free * engines.AUTO_BATCH_MEMORY_SHARE) // per_pair
+    assert engines.auto_batch_size(cuda, 8, 8, 4) == engines.MAX_AUTO_BATCH_SIZE
+    assert engines.auto_batch_size(cuda, 10**5, 10**5, 4) == 1
+    est._device = cuda  # the property resolves per frame size, from what prepare() saw
+    est.prepare(np.zeros((256, 340, 3), np.uint8))
+    assert est.batch_size == engines.auto_batch_size(cuda, 256, 340, engines.TorchTVL1.BYTES_PER_PIXEL)
+    assert est.describe()["batch_size"] == "auto"
