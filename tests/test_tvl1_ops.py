@@ -238,3 +238,17 @@ def test_automatic_batch_size(monkeypatch):
     est.prepare(np.zeros((256, 340, 3), np.uint8))
     assert est.batch_size == engines.auto_batch_size(cuda, 256, 340, engines.TorchTVL1.BYTES_PER_PIXEL)
     assert est.describe()["batch_size"] == "auto"
+
+
+def test_farneback_has_no_sync_and_few_ops():
+    """torch Farneback needs no fusing: no sync at all, and its ops do not grow with the batch
+    (per level a fixed number of filter passes and ``iterations`` displacement updates)."""
+    from flowstore.flow.torch_farneback import farneback_flow
+
+    counts = {}
+    for batch in (1, 3):
+        i0, i1 = (t.expand(batch, -1, -1).contiguous() for t in (t[:1] for t in _batch(1)))
+        with OpCounter() as c:
+            farneback_flow(i0, i1)
+        counts[batch] = (c.ops, c.syncs)
+    assert counts[1] == counts[3] and counts[1][1] == 0, counts
