@@ -21,6 +21,7 @@ the mask and the check; per level: the resize, the gradient, the dual variables)
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -90,6 +91,16 @@ def test_fused_compiled_matches_eager():
     compiled = tvl1_flow(i0, i1, fused=True, compile="aot_eager")
     d = (compiled - eager).abs()
     assert float(d.max()) <= 1e-2 and float(d.mean()) <= 1e-3, (float(d.max()), float(d.mean()))
+
+
+@pytest.mark.skipif(not os.environ.get("FLOWSTORE_TEST_COMPILE"),
+                    reason="inductor compiles for ~1 min on this CPU; set FLOWSTORE_TEST_COMPILE=1")
+def test_fused_inductor_matches_eager():
+    """Inductor (what CUDA runs, here with its C++ backend): mean |d| <= 0.05 px, the device
+    checks' tolerance (a stopping decision may move; max |d| is not bounded)."""
+    i0, i1 = _batch()
+    d = (tvl1_flow(i0, i1, fused=True, compile=True) - tvl1_flow(i0, i1)).abs()
+    assert float(d.mean()) <= 0.05, float(d.mean())
 
 
 def test_outer_iteration_has_no_sync():
