@@ -188,17 +188,25 @@ def time_engines(run: Run) -> tuple[list, str]:
             if run.short(60):
                 run.skip(f"torch TV-L1 {label} batch {batch}", "time budget spent")
                 continue
-            est = build_flow("tvl1", engine="torch", device=dev, batch_size=batch, fused=fused,
-                             compile=plan.fused_compile if fused else None)
-            rate = pairs_per_second(est, frames, max(batch, plan.min_pairs))
+            try:
+                est = build_flow("tvl1", engine="torch", device=dev, batch_size=batch, fused=fused,
+                                 compile=plan.fused_compile if fused else None)
+                rate = pairs_per_second(est, frames, max(batch, plan.min_pairs))
+            except Exception as exc:  # noqa: BLE001 - e.g. out of memory at batch 256: the other rows still run
+                run.skip(f"torch TV-L1 {label} batch {batch}", f"{type(exc).__name__}: {str(exc)[:200]}")
+                continue
             run.row("tvl1", f"torch {label} b{batch} {size}", dev, rate, cpu_tvl1_name, cpu_tvl1)
     if dev.startswith("cuda") and not run.short(60):  # the automatic batch size (CUDA only)
-        est = build_flow("tvl1", engine="torch", device=dev, fused=True)
-        est.prepare(frames[0])
-        batch = est.batch_size
-        rate = pairs_per_second(est, frames_for(batch + 2, plan.size) if batch + 2 > len(frames) else frames,
-                                max(batch, plan.min_pairs))
-        run.row("tvl1", f"torch fused auto b{batch} {size}", dev, rate, cpu_tvl1_name, cpu_tvl1, auto_batch_size=batch)
+        try:
+            est = build_flow("tvl1", engine="torch", device=dev, fused=True)
+            est.prepare(frames[0])
+            batch = est.batch_size
+            rate = pairs_per_second(est, frames_for(batch + 2, plan.size) if batch + 2 > len(frames) else frames,
+                                    max(batch, plan.min_pairs))
+            run.row("tvl1", f"torch fused auto b{batch} {size}", dev, rate, cpu_tvl1_name, cpu_tvl1,
+                    auto_batch_size=batch)
+        except Exception as exc:  # noqa: BLE001
+            run.skip("torch TV-L1 automatic batch size", f"{type(exc).__name__}: {str(exc)[:200]}")
     elif dev.startswith("cuda"):
         run.skip("torch TV-L1 automatic batch size", "time budget spent")
     batch = plan.tvl1_batches[-1] if plan.smoke else 32
