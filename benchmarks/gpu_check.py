@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -189,12 +190,17 @@ def time_engines(run: Run) -> tuple[list, str]:
                 run.skip(f"torch TV-L1 {label} batch {batch}", "time budget spent")
                 continue
             try:
-                est = build_flow("tvl1", engine="torch", device=dev, batch_size=batch, fused=fused,
-                                 compile=plan.fused_compile if fused else None)
-                rate = pairs_per_second(est, frames, max(batch, plan.min_pairs))
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", RuntimeWarning)
+                    est = build_flow("tvl1", engine="torch", device=dev, batch_size=batch, fused=fused,
+                                     compile=plan.fused_compile if fused else None)
+                    rate = pairs_per_second(est, frames, max(batch, plan.min_pairs))
             except Exception as exc:  # noqa: BLE001 - e.g. out of memory at batch 256: the other rows still run
                 run.skip(f"torch TV-L1 {label} batch {batch}", f"{type(exc).__name__}: {str(exc)[:200]}")
                 continue
+            for w in caught:  # the fused path fell back (no compiler, a CUDA graph that did not capture)
+                if issubclass(w.category, RuntimeWarning) and "running" in str(w.message):
+                    run.skip(f"part of torch TV-L1 {label} batch {batch}", str(w.message)[:300])
             run.row("tvl1", f"torch {label} b{batch} {size}", dev, rate, cpu_tvl1_name, cpu_tvl1)
     if dev.startswith("cuda") and not run.short(60):  # the automatic batch size (CUDA only)
         try:
@@ -217,8 +223,6 @@ def time_engines(run: Run) -> tuple[list, str]:
 
 
 def time_learned(run: Run, frames, size: str) -> None:
-    import warnings
-
     from flowstore.bench.cuda_checks import ptlflow_available
     from flowstore.flow import build_flow
 
