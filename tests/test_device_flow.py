@@ -52,6 +52,8 @@ def stores(tmp_path_factory, moving_video, torch_one_thread):
                           frame_codec=codec) for codec in ("png", "jpeg")}
     out["png_minmax"] = extract(root / "png_minmax", moving_video, method="farneback", engine="torch",
                                 flow_codec="png", frame_codec="png", quant=QuantSpec(scheme="minmax"))
+    out["png_truncate"] = extract(root / "png_truncate", moving_video, method="farneback", engine="torch",
+                                  flow_codec="png", frame_codec="png", quant=QuantSpec(rounding="truncate"))
     out["png_both"] = extract(root / "png_both", moving_video, method="farneback", engine="torch",
                               flow_codec="png", frame_codec="png", directions=("forward", "backward"))
     out["png_stride2"] = extract(root / "png_stride2", moving_video, method="farneback", engine="torch",
@@ -146,6 +148,7 @@ def test_online_needs_flow_modality(stores):
     ("png", "flow", "stack", "train", "pixels", "field"),
     ("png", "both", "tsn", "train", "q128", "stack"),
     ("png_minmax", "flow", "stack", "train", "pixels", None),
+    ("png_truncate", "flow", "stack", "train", "uint8", None),  # a flip maps q_x to 254 - q_x
     ("png_stride2", "both", "stack", "train", "uint8", None),  # flow i: frames i -> i + 2, L + 2 frames read
 ])
 @pytest.mark.parametrize("stacking", ["stack", "bidirectional", "trajectory"])

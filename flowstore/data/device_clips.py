@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..quantize import LEVELS, QuantSpec
+from ..quantize import LEVELS, QuantSpec, mirror_level
 from .clips import EPOCH_KEY, _tile
 from .device_flow import FRAMES_KEY
 from .transforms import MEAN_SUBTRACT, Clip, minmax_channels, trajectory_snippets
@@ -144,11 +144,12 @@ class DeviceStep:
         ds = self.dataset
         epochs = batch.pop(EPOCH_KEY).tolist()
         indices = batch["index"].tolist()
+        mirror = mirror_level(ds.store.quant)  # what a flip maps q_x to: mirror - q_x
         outs = []
         for j, (index, epoch) in enumerate(zip(indices, epochs)):
             clip = Clip(rgb=batch["rgb"][j] if "rgb" in batch else None,
                         flow=batch["flow"][j] if "flow" in batch else None,
-                        flow_range=None if ranges is None else ranges[j])
+                        flow_range=None if ranges is None else ranges[j], flow_mirror=mirror)
             if ds.transform is not None:
                 clip = ds.transform(clip, ds.plan(index, epoch).rng)
             outs.append(finalize_on_device(clip, ds))

@@ -42,7 +42,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..quantize import LEVELS, QuantSpec, dequantize, quantize
+from ..quantize import LEVELS, QuantSpec, dequantize, mirror_levels, quantize
 
 TSN_SCALES = (1.0, 0.875, 0.75, 0.66)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -58,6 +58,8 @@ class Clip:
     rgb: np.ndarray | None = None
     flow: np.ndarray | None = None
     flow_range: np.ndarray | None = None
+    #: flipping u maps q -> flow_mirror - q (quantize.mirror_level of the store: 254 if it truncates)
+    flow_mirror: int = LEVELS
 
     def arrays(self) -> list[np.ndarray]:
         return [a for a in (self.rgb, self.flow) if a is not None]
@@ -101,15 +103,16 @@ def crop(clip: Clip, x: int, y: int, w: int, h: int) -> Clip:
 
 
 def hflip(clip: Clip) -> Clip:
-    """Mirror left-right; flow: ``q_x -> 255 - q_x`` (u negated) and minmax ranges flipped."""
+    """Mirror left-right; flow: ``q_x -> 255 - q_x`` (u negated; ``clip.flow_mirror - q_x`` in
+    general) and minmax ranges flipped."""
     flow, rng = clip.flow, clip.flow_range
     if flow is not None:
         flow = _mirror(flow, copy=True)
-        flow[:, 0::2] = LEVELS - flow[:, 0::2]
+        flow[:, 0::2] = _mirror_levels(flow[:, 0::2], clip.flow_mirror)
     if rng is not None:
         rng = rng.copy()
         rng[..., 0], rng[..., 1] = -clip.flow_range[..., 1], -clip.flow_range[..., 0]
-    return Clip(rgb=None if clip.rgb is None else _mirror(clip.rgb), flow=flow, flow_range=rng)
+    return dataclasses.replace(clip, rgb=None if clip.rgb is None else _mirror(clip.rgb), flow=flow, flow_range=rng)
 
 
 def _mirror(arr, copy: bool = False):
@@ -118,6 +121,13 @@ def _mirror(arr, copy: bool = False):
     if torch.is_tensor(arr):
         return torch.flip(arr, dims=(-1,))
     return arr[..., ::-1].copy() if copy else arr[..., ::-1]
+
+
+def _mirror_levels(q, mirror: int):
+    """:func:`~flowstore.quantize.mirror_levels` of numpy levels or of a uint8 tensor."""
+    if not torch.is_tensor(q):
+        return mirror_levels(q, mirror)
+    return LEVELS - q if mirror == LEVELS else (mirror - q.to(torch.int16)).clamp(0, LEVELS).to(torch.uint8)
 
 
 def _resize_chw(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -283,7 +293,7 @@ def crop_views(clip: Clip, boxes) -> Clip:
         return stacked.reshape(-1, *stacked.shape[2:])
 
     return Clip(rgb=interleave(lambda v: v.rgb), flow=interleave(lambda v: v.flow),
-                flow_range=interleave(lambda v: v.flow_range))
+                flow_range=interleave(lambda v: v.flow_range), flow_mirror=views[0].flow_mirror)
 
 
 class TenCrop:
