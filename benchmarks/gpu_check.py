@@ -13,6 +13,8 @@ Writes DIR/gpu_check.json and DIR/gpu_check.md (DIR: --out, else $OUT, else ./gp
    lacks the method, the torch engine) on the CPU in the same run;
 3. ``flowstore extract --gpu 0`` on the shared clips (cut short) with its "flow engine busy"
    share, and the same extraction on the CPU;
+4. the loader's clips/s to the device on that store: cv2 decoding in the workers against nvJPEG
+   (``decode_device``), and stored flow against flow computed online (torch TV-L1);
 and every figure as a ratio to its CPU counterpart. Parts that cannot run (no ptlflow, no
 ``cv2.optflow``, no lmdb: HDF5 is used instead, the time budget spent) are listed one line each.
 
@@ -338,6 +340,8 @@ def time_extract(run: Run) -> dict:
                 out[key] = extract_run(clips, tmp / f"store-{key}", args, plan.size, backend)
             except Exception as exc:  # noqa: BLE001
                 run.skip(f"extract on {key}", str(exc)[:300])
+        if "device" in out:
+            out["loader"] = time_loader(run, tmp / "store-device")
     cpu = out.get("cpu", {}).get("pairs_per_s")
     if "device" in out:
         d = out["device"]
@@ -346,6 +350,32 @@ def time_extract(run: Run) -> dict:
         print(f"extract: flow engine busy {100 * (d['flow_engine_busy'] or 0):.0f}% of worker time", flush=True)
     if cpu:
         run.row("extract", "tvl1 cpu (all cores)", "cpu", cpu, flow_engine_busy=out["cpu"]["flow_engine_busy"])
+    return out
+
+
+def time_loader(run: Run, store: Path) -> dict:
+    """Part 4: the loader's clips/s to the device with cv2 decoding in the workers and with
+    nvJPEG (``decode_device``), and stored against online flow (torch TV-L1 on the device), on
+    the store the extract run wrote."""
+    from flowstore.bench.device_loader import bench_device_decode, bench_online_flow
+
+    dev, smoke = run.plan.device, run.plan.smoke
+    workers = 1 if smoke else min(4, os.cpu_count() or 1)
+    out: dict = {}
+    for name, bench, kwargs in (
+            ("decode", bench_device_decode, dict(modality="flow", sampling="stack", length=2 if smoke else 10,
+                                                  batches=2 if smoke else 20, rounds=1 if smoke else 3)),
+            ("online_flow", bench_online_flow, dict(method="tvl1", engine="torch", length=2 if smoke else 10,
+                                                    batches=1 if smoke else 5, rounds=1))):
+        if run.short(40):
+            run.skip(f"loader {name}", "time budget spent")
+            continue
+        try:
+            out[name] = bench(store, device=dev, workers=workers, batch_size=2 if smoke else 8, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - one part failing must not end the check
+            run.skip(f"loader {name}", f"{type(exc).__name__}: {str(exc)[:300]}")
+            continue
+        print(f"loader {name}: {json.dumps(out[name]['clips_per_s'])} clips/s", flush=True)
     return out
 
 
@@ -395,6 +425,13 @@ def markdown(report: dict) -> str:
         lines.append(f"`{checks['pytest']['command']}`: {checks['pytest']['result']}")
     for name, r in checks.get("direct", {}).items():
         lines.append(f"- {name}: {r['status']} {r.get('reason', '')}".rstrip())
+    loader = report.get("extract", {}).get("loader", {})
+    if loader:
+        lines += ["", "## Loader to the device (clips/s, on the extract run's store)", ""]
+        for name, r in loader.items():
+            rates = ", ".join(f"{k} {v:.1f}" for k, v in r["clips_per_s"].items())
+            ratio = next((f"{v:.2f}x" for k, v in r.items() if k.endswith("_vs_cpu") or k.endswith("_vs_stored")), "")
+            lines.append(f"- {name}: {rates} ({ratio})")
     lines += ["", "## Skipped", ""] + [f"- {s}" for s in report["skipped"]]
     return "\n".join(lines) + "\n"
 
