@@ -1,5 +1,6 @@
 """``flowstore verify``: every committed record is present, its CRC-32 matches, and (optionally)
-it decodes to an image of the recorded size."""
+it decodes to an image of the recorded size. The records are those of every flow direction the
+store holds (``record_counts`` with the header's ``directions``)."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,10 +10,10 @@ from pathlib import Path
 
 from ..errors import FlowstoreError
 from .shards import open_shard
-from .format import FLOW_RANGE, RGB, SHARD_DIR
+from .format import RGB, SHARD_DIR, store_directions
 from .manifest import load_manifest
 from .reader import shard_min_sizes
-from .records import decode_flow_component, decode_frame, record_counts, records_crc32
+from .records import RANGE_KINDS, decode_flow_component, decode_frame, record_counts, records_crc32
 
 
 @dataclasses.dataclass
@@ -32,6 +33,7 @@ def verify_store(root: str | Path, *, decode: bool = False, progress: Callable[[
     manifest = load_manifest(root)
     backend = manifest["backend"]
     scheme = manifest["quantization"]["scheme"]
+    directions = store_directions(manifest)
     report = VerifyReport()
     readers = {}
     min_sizes = shard_min_sizes(manifest["videos"])
@@ -46,7 +48,7 @@ def verify_store(root: str | Path, *, decode: bool = False, progress: Callable[[
                 shape = (entry["height"], entry["width"])
                 crcs: dict[str, list[int]] = {}
                 problems_before = len(report.problems)
-                for kind, count in record_counts(entry, scheme):
+                for kind, count in record_counts(entry, scheme, directions):
                     kind_crcs = crcs[kind] = []
                     for index, payload, crc_ok in reader.iter_records(vid, kind, count):
                         report.records += 1
@@ -54,7 +56,7 @@ def verify_store(root: str | Path, *, decode: bool = False, progress: Callable[[
                         where = f"{vid}/{kind}/{index} in {SHARD_DIR}/{shard}"
                         if not crc_ok:
                             report.problems.append(f"checksum mismatch: {where}")
-                        elif decode and kind != FLOW_RANGE:
+                        elif decode and kind not in RANGE_KINDS:
                             try:
                                 if kind == RGB:
                                     img = decode_frame(payload, manifest["frames"]["codec"], shape)

@@ -27,7 +27,7 @@ from pathlib import Path
 from .. import __version__
 from ..errors import InputError, StoreLockedError, StoreWriteError  # noqa: F401 (the lock and write errors are re-exported)
 from .format import (
-    COMMIT_LOG, FAILURES, FORMAT_NAME, FORMAT_VERSION, LOCK_FILE, MANIFEST, SETTINGS_KEYS,
+    COMMIT_LOG, FAILURES, FORMAT_NAME, FORMAT_VERSION, LOCK_FILE, MANIFEST, SETTINGS_KEYS, store_setting,
     SHARD_DIR, SHARD_SUFFIX, VideoEntry, dumps_line, shard_name, shard_path,
 )
 from ..io import atomic_write_text, fsync_path
@@ -118,10 +118,11 @@ class StoreLock:
 def settings_diff(old: dict, new: dict, old_is: str = "store has", new_is: str = "this command asks for") -> list[str]:
     """One line per settings key (:data:`~.format.SETTINGS_KEYS`) on which ``old`` and ``new`` differ."""
     return [
-        f"{key}: {old_is} {json.dumps(old.get(key), sort_keys=True)}, "
-        f"{new_is} {json.dumps(new.get(key), sort_keys=True)}"
+        f"{key}: {old_is} {json.dumps(store_setting(old, key), sort_keys=True)}, "
+        f"{new_is} {json.dumps(store_setting(new, key), sort_keys=True)}"
         for key in SETTINGS_KEYS
-        if json.loads(json.dumps(old.get(key), sort_keys=True)) != json.loads(json.dumps(new.get(key), sort_keys=True))
+        if json.loads(json.dumps(store_setting(old, key), sort_keys=True))
+        != json.loads(json.dumps(store_setting(new, key), sort_keys=True))
     ]
 
 
