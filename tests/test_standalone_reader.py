@@ -84,6 +84,46 @@ def spec_open(root: Path) -> tuple[dict, dict[str, dict]]:
     return m, videos
 
 
+def spec_open_catalog(root: Path) -> tuple[dict, dict[str, dict]] | None:
+    """Section 13, the fast path: (header, committed entries by id) from catalog/catalog.json, its
+    segments (oldest -> newest, a newer one wins) and the log lines past ``log.offset``; None
+    when there is no catalog or it is stale (then section 9's full read applies)."""
+    path = root / "catalog" / "catalog.json"
+    if not path.exists():
+        return None
+    c = json.loads(path.read_text(encoding="utf-8"))
+    if c.get("format") != "flowstore-catalog" or c.get("catalog_version") != 1:
+        return None
+    st = os.stat(root / "manifest.json")
+    if (st.st_ino, st.st_size, st.st_mtime_ns) != (c["manifest"]["inode"], c["manifest"]["size"], c["manifest"]["mtime_ns"]):
+        return None
+    log, off = c["log"], c["log"]["offset"]
+    with open(root / "commits.jsonl", "rb") as f:
+        if os.fstat(f.fileno()).st_ino != log["inode"]:
+            return None
+        f.seek(log["last_line_start"])
+        covered_last = f.read(off - log["last_line_start"])
+        tail = f.read()
+    if off and (not covered_last.endswith(b"\n") or zlib.crc32(covered_last) != log["last_line_crc32"]):
+        return None
+    spec_check_version(c["header"])
+    videos: dict[str, dict] = {}
+    for seg in c["segments"]:
+        env = lmdb.open(str(root / "catalog" / seg["name"]), subdir=False, readonly=True, lock=False)
+        with env.begin() as txn:
+            for key, value in txn.cursor():
+                videos[bytes(key).decode("utf-8")] = json.loads(bytes(value).decode("utf-8"))
+        env.close()
+    for line in tail.split(b"\n")[:-1]:  # section 9's rules for the lines past the catalog
+        try:
+            e = json.loads(line.decode("utf-8"))
+        except ValueError:
+            continue
+        if isinstance(e, dict) and "id" in e:
+            videos[e["id"]] = e
+    return c["header"], videos
+
+
 def spec_kinds(m: dict) -> tuple[str, ...]:
     return KINDS_MINMAX if m["quantization"]["scheme"] == "minmax" else KINDS_BOUND
 
@@ -259,7 +299,7 @@ def test_header_and_entries(built):
     m, videos = spec_open(root)
     for key, typ in HEADER_KEYS.items():
         assert isinstance(m[key], typ), key
-    assert m["format"] == "flowstore" and m["format_version"] == "1.1"
+    assert m["format"] == "flowstore" and m["format_version"] == "1.2"
     assert m["backend"] == case["backend"] and m["stride"] == case["stride"]
     expected_quality = {"jpeg": 95, "png": 1, "raw": None}[case["frame_codec"]]  # the codec defaults used
     assert m["frames"] == {"codec": case["frame_codec"], "quality": expected_quality, "color": "RGB"}
@@ -273,7 +313,9 @@ def test_header_and_entries(built):
         assert quant["bound"] == case["bound"]
 
     assert sorted(videos) == IDS == sorted(ref)
-    assert [e["id"] for e in m["videos"]] == IDS  # checkpointed at the end of the run, sorted
+    assert m["videos"] == []  # format 1.2: every entry stays in the append-only log
+    header, by_catalog = spec_open_catalog(root)  # section 13: the same videos through the catalog
+    assert by_catalog == videos and header == {k: v for k, v in m.items() if k != "videos"}
     for vid, e in videos.items():
         assert set(e) == set(ENTRY_KEYS), set(e) ^ set(ENTRY_KEYS)
         for key, typ in ENTRY_KEYS.items():
@@ -446,10 +488,10 @@ def test_commit_log_union_later_wins_torn_tail(built, tmp_path):
 
     name, case, root, ref = built
     store = _copy_store(root, tmp_path / "store")
-    manifest = json.loads((store / "manifest.json").read_text(encoding="utf-8"))
-    moved = next(e for e in manifest["videos"] if e["id"] == "part_0")
-    # a crash after the commit but before the checkpoint: part_0 is only in the log
-    manifest["videos"] = [e for e in manifest["videos"] if e["id"] != "part_0"]
+    manifest, entries = spec_open(store)
+    moved = entries["part_0"]
+    # a store checkpointed the 1.1 way, then part_0 committed again (only in the log)
+    manifest["videos"] = [e for vid, e in sorted(entries.items()) if vid != "part_0"]
     (store / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     newer = {**moved, "committed_at": "2099-01-01T00:00:00+00:00"}
     other = next(e for e in manifest["videos"] if e["id"] == "cls a/clip é")
