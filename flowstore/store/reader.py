@@ -6,7 +6,7 @@ import itertools
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -29,6 +29,27 @@ def shard_min_sizes(entries) -> dict[str, int]:
     for e in entries:
         sizes[e["shard"]] = max(sizes.get(e["shard"], 0), int(e.get("shard_size", 0)))
     return sizes
+
+
+class LazyManifest(Mapping):
+    """A store's header with a ``videos`` key whose list of entries is built on first access."""
+
+    def __init__(self, header: dict, entries):
+        self._header, self._entries, self._videos = header, entries, None
+
+    def __getitem__(self, key):
+        if key == "videos":
+            if self._videos is None:
+                self._videos = list(self._entries())
+            return self._videos
+        return self._header[key]
+
+    def __iter__(self):
+        yield from (k for k in self._header if k != "videos")
+        yield "videos"
+
+    def __len__(self) -> int:
+        return len([k for k in self._header if k != "videos"]) + 1
 
 
 class VideoIds(Sequence):
@@ -137,11 +158,12 @@ class StoreReader:
         self._manifest = None
 
     @property
-    def manifest(self) -> dict:
-        """The header with ``videos`` = every committed entry, sorted by id, as
-        :func:`~flowstore.store.manifest.load_manifest` gives it. Built on first use: O(n)."""
+    def manifest(self) -> Mapping:
+        """The header plus ``videos`` = every committed entry sorted by id, as
+        :func:`~flowstore.store.manifest.load_manifest` gives it (a read-only mapping). The
+        header keys cost nothing; ``manifest["videos"]`` is built on first use: O(n)."""
         if self._manifest is None:
-            self._manifest = {**self.header, "videos": list(self.iter_entries())}
+            self._manifest = LazyManifest(self.header, self.iter_entries)
         return self._manifest
 
     def iter_entries(self) -> Iterator[dict]:
@@ -181,6 +203,8 @@ class StoreReader:
         state = self.__dict__.copy()
         state["_handles"] = OrderedDict()
         state["_entry_cache"] = OrderedDict()
+        if state["_catalog"] is not None:
+            state["_manifest"] = None  # rebuilt lazily; workers need not carry every entry
         del state["_lock"]
         return state
 
