@@ -224,7 +224,7 @@ def run_extract(jobs: Sequence[VideoJob], cfg: ExtractConfig, *, retry_failed: b
                     with signals.deferred():
                         store.checkpoint()
                 except OSError as exc:  # the commit log still holds every committed video
-                    log(f"warning: could not rewrite the manifest ({exc}); commits.jsonl keeps the commits")
+                    log(f"warning: could not checkpoint the store's catalog ({exc}); commits.jsonl keeps the commits")
             wanted = {j.id for j in jobs}
             summary.failures = [f for f in store.failures() if f["id"] in wanted]
     except StopRequested as exc:  # workers stopped, commits kept, manifest checkpointed

@@ -15,6 +15,7 @@ the reader takes the 1.1 path (``manifest.json["videos"]`` + the whole log).
 """
 from __future__ import annotations
 
+import errno
 import heapq
 import json
 import os
@@ -131,7 +132,11 @@ def write_segment(path: Path, items: Iterable[tuple[bytes, bytes]]) -> int:
         finally:
             env.close()
 
-    atomic_write(path, write)
+    try:
+        atomic_write(path, write)
+    except lmdb.Error as exc:  # an OSError to callers, as any other failed store write
+        code = errno.ENOSPC if isinstance(exc, lmdb.DiskError) else errno.EIO
+        raise OSError(code, f"{os.strerror(code)}: catalog segment {path.name} ({exc.__class__.__name__}: {exc})") from exc
     return count
 
 
