@@ -159,6 +159,7 @@ def main() -> None:
         try:
             root = work / "store"
             built = build(root, size)
+            os.sync()  # the base store's dirty pages must not be flushed during the timed commits
             open_s, open_mb, n = time_open(root)
             assert n == size, (n, size)
             commit_ms = time_commits(root, size, args.commits)
@@ -171,6 +172,7 @@ def main() -> None:
             if size <= args.old_up_to:
                 old = work / "old"
                 as_1_1(root, old)
+                os.sync()
                 row["old_open_s"], row["old_open_mb"], _ = time_open(old)
                 row["old_commit_ms"] = time_commits(old, 10**8, args.commits, Writer11)
             rows.append(row)

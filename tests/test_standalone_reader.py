@@ -61,10 +61,12 @@ def spec_check_version(m: dict, major_supported: int = 1) -> None:
 
 def spec_read_lines(path: Path) -> list[dict]:
     """Section 9: split on newlines, drop the piece after the last one, skip unparseable lines."""
-    if not path.exists():
-        return []
+    return spec_parse_lines(path.read_bytes()) if path.exists() else []
+
+
+def spec_parse_lines(raw: bytes) -> list[dict]:
     out = []
-    for line in path.read_bytes().split(b"\n")[:-1]:
+    for line in raw.split(b"\n")[:-1]:
         try:
             obj = json.loads(line.decode("utf-8"))  # UTF-8 only: json.loads(bytes) would guess UTF-16/32
         except ValueError:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
@@ -114,13 +116,8 @@ def spec_open_catalog(root: Path) -> tuple[dict, dict[str, dict]] | None:
             for key, value in txn.cursor():
                 videos[bytes(key).decode("utf-8")] = json.loads(bytes(value).decode("utf-8"))
         env.close()
-    for line in tail.split(b"\n")[:-1]:  # section 9's rules for the lines past the catalog
-        try:
-            e = json.loads(line.decode("utf-8"))
-        except ValueError:
-            continue
-        if isinstance(e, dict) and "id" in e:
-            videos[e["id"]] = e
+    for e in spec_parse_lines(tail):  # section 9's rules for the lines past the catalog
+        videos[e["id"]] = e
     return c["header"], videos
 
 

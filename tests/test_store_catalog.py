@@ -30,6 +30,7 @@ from flowstore.store.records import records_crc32
 from flowstore.store.verify import catalog_problems, verify_store
 from flowstore.store.writer import StoreWriter
 from helpers import REPO
+from test_standalone_reader import spec_open, spec_open_catalog
 
 W, H, FRAMES = 8, 6, 3
 SETTINGS = {"backend": "lmdb", "frames": {"codec": "raw", "quality": None, "color": "RGB"}, "resize": None,
@@ -59,17 +60,9 @@ def write_video(root, vid: str, shard: str, value: int) -> dict:
 
 
 def spec_union(root) -> dict[str, dict]:
-    """The 1.1 rule, as a 1.1 reader applies it: manifest videos, then every complete log line."""
-    m = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
-    videos = {e["id"]: e for e in m["videos"]}
-    for line in (root / COMMIT_LOG).read_bytes().split(b"\n")[:-1]:
-        try:
-            e = json.loads(line.decode("utf-8"))
-        except ValueError:
-            continue
-        if isinstance(e, dict) and "id" in e:
-            videos[e["id"]] = e
-    return videos
+    """The 1.1 rule, as a reader of the 1.1 spec applies it: manifest videos, then every complete
+    log line (tests/test_standalone_reader.py's spec-only reader)."""
+    return spec_open(root)[1]
 
 
 def reader_view(root) -> dict[str, dict]:
@@ -107,6 +100,7 @@ def test_the_catalog_is_the_log_union_after_many_checkpoints_compactions_and_rec
     assert max(levels) >= 2 and len(catalog_doc(root)["segments"]) <= 3 * (max(levels) + 1)
     want = spec_union(root)
     assert reader_view(root) == want and len(writer) == len(want)
+    assert spec_open_catalog(root)[1] == want  # section 13 read without flowstore: several segments
     assert all(writer.entry(v) == e for v, e in want.items())
     assert json.loads((root / MANIFEST).read_text())["videos"] == []  # 1.2: never rewritten with videos
     with StoreReader(root) as r:
@@ -193,7 +187,7 @@ def test_an_older_store_reads_and_is_migrated_by_the_next_writer(base, version):
     writer.checkpoint()
     want = spec_union(base)  # what a reader of the 1.1 spec sees
     assert len(want) == 13 and want["v001"]["bytes"] == 77
-    assert reader_view(base) == want
+    assert reader_view(base) == want == spec_open_catalog(base)[1]
     assert verify_store(base).ok
 
 
