@@ -330,3 +330,17 @@ def test_a_loader_reads_a_store_of_300_shards_under_ulimit_256(tmp_path):
                           env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == ["300", "300"]
+
+
+def test_a_pickled_reader_reopens_the_current_catalog_when_its_segments_were_compacted_away(base):
+    import pickle
+
+    with StoreReader(base) as r:
+        want = {v: r.entry(v) for v in r.videos}
+        sent = pickle.dumps(r)  # as to a spawned loader worker
+    shutil.rmtree(base / CATALOG_DIR)
+    StoreWriter(base, SETTINGS).close()  # every segment replaced under new names
+    worker = pickle.loads(sent)
+    assert {v: worker.entry(v) for v in worker.videos} == want
+    assert worker.frame("v005", 0)[0, 0, 0] == 5
+    worker.close()

@@ -163,10 +163,23 @@ class Catalog:
         it), DamagedStoreError when one is not a sound LMDB file."""
         if self._envs is not None and self._pid == os.getpid():
             return self
+        unpickled = self._pid is None
         self._envs, self._pid = {}, os.getpid()
         try:
             for seg in self.segments:
                 self._open_one(seg["name"])
+        except FileNotFoundError:
+            self.close()
+            if not unpickled:
+                raise
+            # a process this catalog was sent to, after a writer's compaction removed segments:
+            # the current catalog holds every id the old one did (ids are never removed)
+            fresh = open_catalog(self.root)
+            if fresh is None:
+                raise DamagedStoreError(f"{self.root}/{CATALOG_DIR}: the catalog this reader was opened with is "
+                                        "gone and no fresh one is there; open the store again") from None
+            self.doc, self._envs, self._pid = fresh[0].doc, fresh[0]._envs, os.getpid()
+            fresh[0]._envs = None
         except BaseException:
             self.close()
             raise
@@ -295,15 +308,22 @@ def tail_entries(lines: list[tuple[int, dict]], header: dict, log: Path) -> dict
     return out
 
 
+_REBUILD_HINT = (f"; the catalog is derived from {COMMIT_LOG}: delete the store's {CATALOG_DIR}/ folder and "
+                 "readers read the log instead (the next writer rebuilds the catalog)")
+
+
 def decode_value(value: bytes, key: str, header: dict, where: str) -> dict:
     """The entry a segment holds for ``key``, checked against the spec."""
     try:
         entry = json.loads(value.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise FormatError(f"{where}: entry {key!r} is not UTF-8 JSON ({exc})") from None
-    entry = check_entry(entry, backend=header["backend"], stride=header["stride"], where=f"{where}: {key!r}")
+        raise FormatError(f"{where}: entry {key!r} is not UTF-8 JSON ({exc}){_REBUILD_HINT}") from None
+    try:
+        entry = check_entry(entry, backend=header["backend"], stride=header["stride"], where=f"{where}: {key!r}")
+    except FormatError as exc:
+        raise FormatError(exc.message + _REBUILD_HINT) from None
     if entry["id"] != key:
-        raise FormatError(f"{where}: key {key!r} holds the entry of {entry['id']!r}")
+        raise FormatError(f"{where}: key {key!r} holds the entry of {entry['id']!r}{_REBUILD_HINT}")
     return entry
 
 

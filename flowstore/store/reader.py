@@ -190,13 +190,15 @@ class StoreReader:
     def _has(self, video: str) -> bool:
         if video in self._entries:
             return True
-        if self._catalog is None:
-            return False
+        return self._catalog is not None and self._has_key(video) and self._catalog.get(segment_key(video)) is not None
+
+    @staticmethod
+    def _has_key(video) -> bool:
+        """Whether ``video`` can be a catalog key at all (a string that encodes to UTF-8)."""
         try:
-            key = segment_key(video)
+            return isinstance(video, str) and bool(segment_key(video))
         except UnicodeEncodeError:
             return False
-        return self._catalog.get(key) is not None
 
     # -- bookkeeping -----------------------------------------------------------------------
     def __getstate__(self):
@@ -243,7 +245,7 @@ class StoreReader:
                 if e is not None:
                     self._entry_cache.move_to_end(video)
                     return e
-            hit = self._catalog.get(segment_key(video)) if isinstance(video, str) else None
+            hit = self._catalog.get(segment_key(video)) if self._has_key(video) else None
             if hit is not None:
                 e = decode_value(hit[0], video, self.header, f"{self.root}/{CATALOG_DIR}/{hit[1]}")
                 with self._lock:
