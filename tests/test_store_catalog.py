@@ -17,7 +17,6 @@ import zlib
 import numpy as np
 import pytest
 
-import flowstore
 from flowstore.quantize import QuantSpec
 from flowstore.store import catalog as catalog_mod
 from flowstore.store.format import (
