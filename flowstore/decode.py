@@ -5,19 +5,30 @@ of the video. The frame count is what decoding yields, never the container's hea
 ``opencv`` (default: cv2.VideoCapture, FFmpeg inside the pip wheel) and ``pyav`` (optional, if
 the ``av`` package is installed; it raises on corrupt packets instead of stopping silently),
 both in :data:`DECODERS`, filled by :func:`register_decoder`.
+
+Frame-rate reduction (``extract --fps N``, :func:`select_fps`): of the decoded frames, keep the
+one nearest to each point of a regular grid ``t_0 + j / N`` (``j = 0, 1, ...``, ``t_0`` the
+first decoded frame's timestamp, grid points up to the last frame's timestamp), judged by the
+**decoded** timestamps (OpenCV's ``CAP_PROP_POS_MSEC`` after each read, PyAV's ``frame.time``),
+never by the container's nominal rate. A tie (a grid point exactly halfway between two frames)
+keeps the earlier frame. A frame nearest to several grid points is kept once: frames are never
+duplicated, so a clip whose frames are never closer together than ``1 / N`` s (a clip slower
+than N fps) keeps every frame.
 """
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import cv2
 import numpy as np
 from .errors import EnvironmentProblem, InputError
 from .registry import Registry
 
-#: decoder name -> ``frames(path) -> iterator of RGB uint8 frames`` (unresized)
+#: decoder name -> ``frames(path) -> iterator of RGB uint8 frames`` (unresized), or of
+#: ``(rgb, seconds)`` pairs: the frame and its decoded timestamp (needed by ``--fps``)
 DECODERS: Registry[Callable[[str], Iterator[np.ndarray]]] = Registry("decoder")
 #: what counts as a video file when a directory is searched (extraction inputs, label lists)
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".flv", ".wmv", ".gif", ".3gp", ".ogv")
@@ -94,7 +105,9 @@ def _check_file(path: str) -> None:
 
 
 def register_decoder(name: str):
-    """Decorator registering ``frames(path)`` as decoder ``name``; it raises VideoDecodeError."""
+    """Decorator registering ``frames(path)`` as decoder ``name``; it raises VideoDecodeError.
+    It yields RGB frames, or ``(rgb, seconds)`` pairs with each frame's decoded timestamp
+    (a decoder without timestamps cannot serve ``--fps``)."""
     return lambda frames: DECODERS.register(name, frames)
 
 
@@ -132,7 +145,8 @@ def _iter_opencv(path: str) -> Iterator[np.ndarray]:
             ok, bgr = cap.read()
             if not ok:
                 break
-            yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            # after a read, POS_MSEC is the timestamp (PTS) of the frame just decoded
+            yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
     finally:
         cap.release()
 
@@ -154,20 +168,76 @@ def _iter_pyav(path: str) -> Iterator[np.ndarray]:
         stream.thread_type = "AUTO"
         try:
             for frame in container.decode(stream):
-                yield frame.to_ndarray(format="rgb24")
+                yield frame.to_ndarray(format="rgb24"), frame.time
         except av.error.FFmpegError as exc:
             raise VideoDecodeError(f"decoding failed: {exc}") from None
 
 
-def iter_frames(path: str | os.PathLike, *, resize: FrameResize = FrameResize(), decoder: str = "opencv") -> Iterator[np.ndarray]:
-    """Yield RGB uint8 ``(H, W, 3)`` frames of ``path``, resized; raises VideoDecodeError."""
+class DecodedFrame(NamedTuple):
+    """A decoded frame: its 0-based index among all decoded frames, its decoded timestamp in
+    seconds (None from a decoder that gives none) and the RGB uint8 image."""
+
+    index: int
+    time: float | None
+    rgb: np.ndarray
+
+
+def iter_decoded(path: str | os.PathLike, *, decoder: str = "opencv") -> Iterator[DecodedFrame]:
+    """Every decoded frame of ``path`` with its index and timestamp (unresized)."""
     path = os.fspath(path)
     frames = DECODERS[decoder]
     _check_file(path)
-    for rgb in frames(path):
-        yield resize.apply(rgb)
+    for index, item in enumerate(frames(path)):
+        rgb, time = item if isinstance(item, tuple) else (item, None)
+        yield DecodedFrame(index, None if time is None else float(time), rgb)
 
 
-def read_frames(path: str | os.PathLike, *, resize: FrameResize = FrameResize(), decoder: str = "opencv") -> list[np.ndarray]:
+def check_fps(fps: float | None) -> float | None:
+    if fps is not None and not (isinstance(fps, (int, float)) and not isinstance(fps, bool) and 0 < fps < float("inf")):
+        raise InputError(f"--fps must be a positive number of frames per second, got {fps!r}")
+    return fps
+
+
+def select_fps(frames: Iterable[DecodedFrame], fps: float, *, what: str = "the video") -> Iterator[DecodedFrame]:
+    """The frames nearest to the grid ``t_0 + j / fps`` (module docstring), streamed: each frame
+    is decided with one frame of look-behind. Timestamps must not decrease."""
+    period = 1.0 / check_fps(fps)
+    t0 = prev = None
+    j = 0
+    last_kept = -1
+    for frame in frames:
+        if frame.time is None:
+            raise VideoDecodeError(f"the decoder gives no frame timestamps for {what}; --fps needs them")
+        if prev is not None and frame.time < prev.time:
+            raise VideoDecodeError(f"decoded timestamps go back in time at frame {frame.index} "
+                                   f"({prev.time:.6f} s -> {frame.time:.6f} s); --fps cannot place it")
+        if t0 is None:
+            t0 = frame.time
+        # every grid point in (prev.time, frame.time] is decided now: frame or prev, whichever is nearer
+        while (grid := t0 + j * period) <= frame.time:
+            nearest = prev if prev is not None and grid - prev.time <= frame.time - grid else frame  # tie: earlier
+            if nearest.index > last_kept:
+                last_kept = nearest.index
+                yield nearest
+            j += 1
+        prev = frame
+
+
+def iter_frames(path: str | os.PathLike, *, resize: FrameResize = FrameResize(), decoder: str = "opencv",
+                fps: float | None = None) -> Iterator[np.ndarray]:
+    """Yield RGB uint8 ``(H, W, 3)`` frames of ``path``, resized (and with ``fps``, only those
+    :func:`select_fps` keeps); raises VideoDecodeError."""
+    for frame in iter_kept(path, decoder=decoder, fps=fps):
+        yield resize.apply(frame.rgb)
+
+
+def iter_kept(path: str | os.PathLike, *, decoder: str = "opencv", fps: float | None = None) -> Iterator[DecodedFrame]:
+    """The decoded frames extraction keeps (all of them, or with ``fps`` :func:`select_fps`'s)."""
+    frames = iter_decoded(path, decoder=decoder)
+    return frames if fps is None else select_fps(frames, fps, what=os.fspath(path))
+
+
+def read_frames(path: str | os.PathLike, *, resize: FrameResize = FrameResize(), decoder: str = "opencv",
+                fps: float | None = None) -> list[np.ndarray]:
     """All frames in memory: for short clips and tests only (``iter_frames`` streams)."""
-    return list(iter_frames(path, resize=resize, decoder=decoder))
+    return list(iter_frames(path, resize=resize, decoder=decoder, fps=fps))

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import flowstore
-from flowstore.store.format import FLOW_RANGE, FLOW_X, FLOW_Y, RGB
+from flowstore.store.records import record_counts
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,12 +25,9 @@ def all_records(store_path) -> dict:
     """Every committed record's payload, keyed by (video, kind, index): the store's content."""
     out = {}
     with flowstore.open_store(store_path, check=True) as reader:
-        minmax = reader.quant.scheme == "minmax"
         for vid in reader.videos:
             shard = reader._shard(vid)
-            for kind, n in [(RGB, reader.num_frames(vid)), (FLOW_X, reader.num_flows(vid)), (FLOW_Y, reader.num_flows(vid))] + (
-                [(FLOW_RANGE, reader.num_flows(vid))] if minmax else []
-            ):
+            for kind, n in record_counts(reader.entry(vid), reader.quant.scheme, reader.directions):
                 for i in range(n):
                     out[(vid, kind, i)] = shard.get(vid, kind, i, check=True)
     return out

@@ -295,7 +295,7 @@ def test_unknown_names_give_documented_errors():
     with pytest.raises(ValueError) as e:
         build_fusion("mid")
     assert str(e.value) == f"unknown fusion 'mid'; choose from {sorted(FUSIONS)}"
-    assert sorted(FUSIONS) == ["early-concat", "late-avg", "late-perclass", "late-weighted", "logits-mlp", "none", "svm", "token-transformer"]
+    assert sorted(FUSIONS) == ["early-concat", "late-avg", "late-perclass", "late-weighted", "logits-mlp", "mid-conv", "none", "svm", "token-transformer"]
     with pytest.raises(ValueError, match="unknown head 'x'"):
         train_head(np.zeros((4, 3, 2), np.float32), [0, 1, 0, 1], head="x", epochs=1)
 

@@ -18,6 +18,7 @@ from flowstore.flow.registry import (
 from flowstore.heads.fusion import FUSIONS, build_fusion, list_fusions, register_fusion
 from flowstore.heads.registry import HEADS, head_builder, head_options, list_heads
 from flowstore.quantize import SCHEMES, QuantSpec, list_quant_schemes
+from flowstore.data.sampling import list_stackings
 from flowstore.registry import Registry
 from flowstore.store.backend import BACKENDS, list_backends, reader_class, writer_class
 from flowstore.store.format import SHARD_SUFFIX, shard_name
@@ -29,8 +30,9 @@ BUILT_IN = {
     "codec": (list_codecs, ["jpeg", "png", "raw"]),
     "decoder": (list_decoders, ["opencv", "pyav"]),
     "quantization": (list_quant_schemes, ["bound", "minmax"]),
+    "stacking": (list_stackings, ["bidirectional", "stack", "trajectory"]),
     "head": (list_heads, ["linear", "mlp", "multitask", "transformer"]),
-    "fusion": (list_fusions, ["early-concat", "late-avg", "late-perclass", "late-weighted", "logits-mlp", "none", "svm", "token-transformer"]),
+    "fusion": (list_fusions, ["early-concat", "late-avg", "late-perclass", "late-weighted", "logits-mlp", "mid-conv", "none", "svm", "token-transformer"]),
 }
 
 
@@ -68,7 +70,7 @@ def test_engines_of_each_method_default_first():
     (lambda: QuantSpec("log"), "unknown quantization 'log'; choose from ['bound', 'minmax']"),
     (lambda: head_builder("resnet"), "unknown head 'resnet'; choose from ['linear', 'mlp', 'multitask', 'transformer']"),
     (lambda: build_fusion("mid"),
-     "unknown fusion 'mid'; choose from ['early-concat', 'late-avg', 'late-perclass', 'late-weighted', 'logits-mlp', 'none', 'svm', 'token-transformer']"),
+     "unknown fusion 'mid'; choose from ['early-concat', 'late-avg', 'late-perclass', 'late-weighted', 'logits-mlp', 'mid-conv', 'none', 'svm', 'token-transformer']"),
 ])
 def test_unknown_name_names_the_choices(lookup, message):
     with pytest.raises(UnknownNameError) as err:

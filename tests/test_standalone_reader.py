@@ -566,3 +566,63 @@ def test_hdf5_nested_ids_in_any_order(tmp_path, inputs):
     m, videos = spec_open(tmp_path / "s")
     for e in videos.values():
         spec_read_video(tmp_path / "s", m, e)
+
+
+# =======================================================================================
+# format 1.2: a store holding backward flow, read by the 1.0/1.1 reader above
+# =======================================================================================
+BACKWARD_KINDS = {"flow_x": "flow_bx", "flow_y": "flow_by", "flow_range": "flow_brng"}  # section 4, since 1.2
+
+
+def spec_read_backward(root: Path, m: dict, entry: dict) -> list[np.ndarray]:
+    """Section 4 (1.2): the dequantized backward flows, stored like the forward ones under the
+    kinds flow_bx / flow_by (/ flow_brng), present when ``directions`` lists "backward"."""
+    assert "backward" in m.get("directions", ["forward"])
+    flows = []
+    with SpecShard(m["backend"], root / "shards" / entry["shard"]) as shard:
+        for i in range(entry["num_flows"]):
+            q = np.dstack([spec_decode_plane(shard.get(entry["id"], BACKWARD_KINDS[k], i), m["flow"]["codec"], entry)
+                           for k in ("flow_x", "flow_y")])
+            rng = (spec_range(shard.get(entry["id"], BACKWARD_KINDS["flow_range"], i))
+                   if m["quantization"]["scheme"] == "minmax" else None)
+            flows.append(spec_dequantize(q, m["quantization"], rng))
+    return flows
+
+
+@pytest.mark.parametrize("case_name", ["lmdb-bound-jpeg", "hdf5-minmax-png"])
+def test_a_1_1_reader_reads_the_forward_records_of_a_store_with_backward_flow(tmp_path, inputs, case_name):
+    """Minor versions only add: the 1.1 reader (which knows nothing of ``directions`` or the
+    backward kinds) reads exactly the forward flow flowstore reads; the doc examples too."""
+    import flowstore
+    from flowstore.decode import FrameResize
+    from flowstore.extract import ExtractConfig, VideoJob, run_extract
+    from flowstore.quantize import QuantSpec
+
+    case = CASES[case_name]
+    root = tmp_path / "store"
+    cfg = ExtractConfig(out=str(root), backend=case["backend"], method="farneback",
+                        quant=QuantSpec(case["scheme"], case["bound"]), flow_codec=case["flow_codec"],
+                        frame_codec=case["frame_codec"], resize=FrameResize(size=(48, 36)), stride=case["stride"],
+                        directions=("forward", "backward"), workers=1)
+    assert run_extract([VideoJob("part_0", str(inputs / "part_0.mp4"))], cfg, show_progress=False).ok == 1
+    m, videos = spec_open(root)  # the 1.1 reader's version rule accepts 1.2
+    assert m["format_version"] == "1.2" and m["directions"] == ["forward", "backward"]
+    got = spec_read_video(root, m, videos["part_0"])  # forward kinds only, as a 1.1 reader knows them
+    backward = spec_read_backward(root, m, videos["part_0"])
+    with flowstore.open_store(root, check=True) as store:
+        for i in range(store.num_flows("part_0")):
+            np.testing.assert_array_equal(got["q"][i], store.flow_q("part_0", i))
+            np.testing.assert_array_equal(got["flows"][i], store.flow("part_0", i))
+        for i, flow in enumerate(backward):
+            np.testing.assert_array_equal(flow, store.flow("part_0", i, direction="backward"))
+        for i in range(store.num_frames("part_0")):
+            np.testing.assert_array_equal(got["frames"][i], store.frame("part_0", i))
+    # its bytes: the forward records are a part of the entry's bytes, the backward ones the rest
+    assert got["bytes"] < videos["part_0"]["bytes"]
+    if case_name == "lmdb-bound-jpeg":
+        ns: dict = {}
+        blocks = doc_examples()
+        exec(blocks["videos"].replace('root = "STORE"', f"root = {str(root)!r}"), ns)
+        exec(blocks["lmdb"], ns)
+        ns["env"].close()
+        np.testing.assert_array_equal(ns["flow"], got["flows"][0])

@@ -48,6 +48,7 @@ from ..data.sampling import default_length, non_overlapping_starts, tsn_starts
 from ..data.source import open_source, record_indices
 from ..errors import InputError
 from .pagecache import evict, prime, resident_bytes, store_files
+from ..store.source import FORWARD_ONLY, check_forward_only
 
 JSON_KEYS = ("decode_limit", "flowstore", "rawframes", "flowstore_cold", "rawframes_cold", "workers")
 GOALS = {"warm_vs_decode_limit": 0.9, "warm_vs_rawframes": 1.0, "cold_vs_rawframes": 1.5}
@@ -59,7 +60,10 @@ PING = -1
 # ---------------------------------------------------------------------------------------
 class InMemorySource:
     """The encoded records a list of clips needs, held in RAM (the decode limit's source; a
-    :class:`~flowstore.store.source.RecordSource` named after the store it copies)."""
+    :class:`~flowstore.store.source.RecordSource` named after the store it copies). It copies
+    forward flow only: asking it for backward flow is an InputError."""
+
+    directions = FORWARD_ONLY
 
     def __init__(self, store, needs: dict[str, tuple[set, set]]):
         src = open_source(store)
@@ -94,11 +98,13 @@ class InMemorySource:
     def frame_bytes(self, v, i):
         return self._frames[v, int(i)]
 
-    def flow_bytes(self, v, indices):
+    def flow_bytes(self, v, indices, direction="forward"):
+        check_forward_only(direction, f"the in-memory copy of {self.root}")
         pairs = [self._flows[v, int(i)] for i in indices]
         return [p[0] for p in pairs], [p[1] for p in pairs]
 
-    def flow_range(self, v, i):
+    def flow_range(self, v, i, direction="forward"):
+        check_forward_only(direction, f"the in-memory copy of {self.root}")
         return self._ranges.get((v, int(i)))
 
     def shard_of(self, v):

@@ -15,7 +15,11 @@ testing, and print an accuracy table.
 Every video's score is the softmax averaged over its test views (temporal positions x
 crops stored by `flowstore features`); the segments of a view are combined by the head
 (average consensus, or the transformer). A fused model reports every fusion it has fitted
-(late-avg, late-weighted, svm); the one it was trained with is marked *.
+(late-avg, late-weighted, svm); the one it was trained with is marked *. A mid-conv model
+reads its two map stores (`features --pool none`). A multi-task model (`train-head --head
+multitask`) is evaluated per dataset, each on its own feature store, recorded labels and
+classes: one row per dataset, per_dataset in metrics.json, predictions_<dataset>.csv and
+confusion_<dataset>.png (--features: one per dataset, in order; --labels does not apply).
 
 By default each model reads the feature files and labels recorded when it was trained;
 --features (one per stream, single --model only) and --labels override them. The feature

@@ -8,6 +8,7 @@ import click
 from .choices import RegistryChoice
 from .common import EXIT_FAILURES, EXIT_USAGE, fail, parse_bytes, parse_devices, parse_params, parse_size, user_errors, write_summary_json
 from ..flow.registry import describe_methods
+from ..store.format import DIRECTION_OPTIONS
 
 HELP = """Decode videos, compute dense optical flow for every frame pair, quantize it to 8 bits and
 write RGB frames and flow into a sharded LMDB (default) or HDF5 store.
@@ -55,7 +56,7 @@ Exit codes:
 @click.option("--batch-size", type=int, default=None, help="Pairs per batch for torch/ptlflow engines.")
 @click.option("--ckpt", type=click.Path(path_type=str), default=None, help="Checkpoint file for learned models (ptlflow).")
 @click.option("--fp16", is_flag=True, help="Half precision for learned models on CUDA.")
-@click.option("--compile", "use_compile", is_flag=True, help="torch.compile the torch TV-L1 inner step (20-40 s to compile; pays off on long runs).")
+@click.option("--compile", "use_compile", is_flag=True, help="torch.compile the torch TV-L1 inner step on the CPU too (20-60 s to compile; pays off on long runs). On CUDA the fused path is compiled already.")
 @click.option("--quant", type=RegistryChoice("flowstore.quantize:list_quant_schemes"), default="bound", show_default=True, help="bound: clip to ±BOUND px (TSN); minmax: per-flow min/max, stored beside it.")
 @click.option("--bound", type=float, default=20.0, show_default=True, help="Clipping bound in pixels for --quant bound.")
 @click.option("--flow-codec", type=RegistryChoice("flowstore.codec:list_codecs"), default="jpeg", show_default=True, help="Codec of each flow component (see docs/benchmarks.md for size vs. error).")
@@ -65,6 +66,13 @@ Exit codes:
 @click.option("--size", default=None, help="Resize frames to WIDTHxHEIGHT before flow, e.g. 340x256 (TSN).")
 @click.option("--short-side", type=int, default=None, help="Resize so the shorter side is N pixels, keeping the aspect ratio.")
 @click.option("--stride", type=int, default=1, show_default=True, help="Frame gap of a flow pair: flow i goes from frame i to frame i+STRIDE.")
+@click.option("--direction", type=click.Choice(list(DIRECTION_OPTIONS)), default="forward", show_default=True,
+              help="Flow directions to store: backward flow i goes from frame i+STRIDE to frame i (the engine on the "
+                   "swapped pair); both: forward and backward (needed by bidirectional stacking).")
+@click.option("--fps", type=float, default=None,
+              help="Frame-rate reduction: keep the decoded frames nearest to a regular N fps grid (from the first "
+                   "frame's decoded timestamp; ties keep the earlier frame; never duplicates, so a slower clip keeps "
+                   "every frame). The kept source frame indices and timestamps go into each video's entry.")
 @click.option("--decoder", type=RegistryChoice("flowstore.decode:list_decoders"), default="opencv", show_default=True, help="Video decoding backend.")
 @click.option("--shard-size", default="1GB", show_default=True, help="Start a new shard file after this many bytes (shards hold whole videos).")
 @click.option("--workers", "-j", type=int, default=0, help="Worker processes (default: all cores; with --executor ray: as many as the cluster has room for).")
@@ -80,7 +88,7 @@ Exit codes:
 @click.pass_context
 @user_errors
 def command(ctx, inputs, out, list_file, root, backend, method, engine, gpu, device, params, batch_size, ckpt,
-            fp16, use_compile, quant, bound, flow_codec, flow_quality, frame_codec, frame_quality, size, short_side, stride, decoder,
+            fp16, use_compile, quant, bound, flow_codec, flow_quality, frame_codec, frame_quality, size, short_side, stride, direction, fps, decoder,
             shard_size, workers, executor, ray_address, gpus_per_worker, cpus_per_worker, max_retries, retry_failed,
             allow_failures, no_progress, summary_json):
     from ..decode import FrameResize
@@ -111,7 +119,7 @@ def command(ctx, inputs, out, list_file, root, backend, method, engine, gpu, dev
         devices=tuple(devices), flow_params=parse_params(params), flow_options=options,
         quant=QuantSpec(scheme=quant, bound=bound), flow_codec=flow_codec, flow_quality=flow_quality,
         frame_codec=frame_codec, frame_quality=frame_quality, resize=FrameResize(size=parse_size(size, "--size"), short_side=short_side),
-        stride=stride, decoder=decoder, shard_size=parse_bytes(shard_size), workers=workers,
+        stride=stride, directions=DIRECTION_OPTIONS[direction], fps=fps, decoder=decoder, shard_size=parse_bytes(shard_size), workers=workers,
     )
     where = f"{cfg.n_workers} worker(s)" if executor == "local" else f"executor {executor}"
     click.echo(f"extract: {len(jobs)} video(s) -> {out} [{backend}, {method}, {where}]", err=True)

@@ -20,7 +20,11 @@ channels and replicated over the 2L channels).
 Sampling is TSN's: --segments K snippets per video, each of --length items (1 frame for rgb,
 L flows for flow), each segment taken at --temporal-views T positions; every snippet gives
 --spatial-views C crops (1: centre or whole frame, 2: plus its mirror, 10: TSN's ten crops).
-Each video is stored as (V = T*C views, K segments, D features).
+Each video is stored as (V = T*C views, K segments, D features). --pool none keeps the
+backbone's last conv map instead (timm forward_features, before global pooling): (V, K, C, h, w)
+per video in float16, one HDF5 chunk per video, for `train-head --fusion mid-conv`; all videos
+must then give one input size (--crop, or --resize WxH). The summary reports the bytes per
+video (as stored and on disk).
 
 The feature store records its provenance (backbone, weights SHA-256, sampling, views, input
 values, the flow store's path and manifest hash). Reruns are resumable: videos already in
@@ -33,6 +37,7 @@ Examples:
   flowstore features --store demo_out/store --stream flow --backbone resnet18 --weights random --out flow.h5
   flowstore features --store store --stream rgb --backbone resnet50 --weights resnet50_a1.pth \\
       --resize 256 --crop 224 --spatial-views 10 --out rgb_r50.h5 --gpu 0
+  flowstore features --store store --stream flow --pool none --crop 112 --out flow_maps.h5
 """
 
 
@@ -54,6 +59,9 @@ Examples:
               help="Flow input: (q-128)/128 as TSN, dequantized pixels, or raw 8-bit values.")
 @click.option("--mean-subtract", type=click.Choice(["none", "field", "stack"]), default="none", show_default=True,
               help="Camera-motion compensation: subtract each flow field's (or stack's) mean vector.")
+@click.option("--pool", type=click.Choice(["avg", "none"]), default="avg", show_default=True,
+              help="avg: the pooled feature vector; none: keep the last conv map (V, S, C, h, w) in float16 "
+                   "(for train-head --fusion mid-conv; needs one input size: --crop or --resize WxH).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random initialisation.")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Images per forward pass.")
 @torch_device_options("features")
@@ -69,11 +77,14 @@ Examples:
 @click.option("--summary-json", type=click.Path(path_type=str), default=None, help="Also write the summary as JSON here.")
 @user_errors
 def command(store, stream, backbone, weights, out, num_segments, length, temporal_views, spatial_views, resize, crop,
-            flow_values, mean_subtract, seed, batch_size, device, gpu, threads, dtype, executor, workers, ray_address,
+            flow_values, mean_subtract, pool, seed, batch_size, device, gpu, threads, dtype, executor, workers, ray_address,
             gpus_per_worker, cpus_per_worker, max_retries, overwrite, no_progress, summary_json):
     from ..features.extract import FeatureConfig, extract_features
 
     device = one_torch_device(gpu, device, threads, "features")
+    if pool == "none" and dtype == "float32" and \
+            click.get_current_context().get_parameter_source("dtype") == click.core.ParameterSource.COMMANDLINE:
+        raise click.UsageError("--pool none stores float16 maps; drop --dtype float32")
     crop_size = parse_size(crop, "--crop", single=True)
     if isinstance(crop_size, int):
         crop_size = (crop_size, crop_size)
@@ -81,7 +92,7 @@ def command(store, stream, backbone, weights, out, num_segments, length, tempora
                         length=length, temporal_views=temporal_views, spatial_views=int(spatial_views),
                         resize=parse_size(resize, "--resize", single=True), crop=crop_size, flow_values=flow_values,
                         mean_subtract=None if mean_subtract == "none" else mean_subtract, dtype=dtype,
-                        batch_size=batch_size, device=device)
+                        batch_size=batch_size, device=device, pool=pool)
     click.echo(f"features: {stream} of {store} with {backbone} ({'random init' if weights == 'random' else weights}) "
                f"-> {out} [{device}]", err=True)
     options = {k: v for k, v in dict(workers=workers, ray_address=ray_address, gpus_per_worker=gpus_per_worker,

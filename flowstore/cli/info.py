@@ -37,6 +37,8 @@ def command(store, as_json):
                f"params {json.dumps(flow.get('params', {}), sort_keys=True)}")
     click.echo(f"encoding   flow {flow['codec']}{'' if flow.get('quality') is None else ' ' + str(flow['quality'])}, "
                f"frames {info['frames']['codec']} {info['frames'].get('quality')}, quantization {q['scheme']}{bound}, stride {info['stride']}")
+    click.echo(f"frames     flow directions {' + '.join(info['directions'])}, "
+               + ("every decoded frame" if info["fps"] is None else f"decoded frames nearest to {info['fps']:g} fps"))
     click.echo(f"videos     {len(videos)} committed, {pairs} flows, {nbytes:,} bytes"
                + (f" ({nbytes / pairs:,.0f} per pair)" if pairs else ""))
     for v in videos[:20]:

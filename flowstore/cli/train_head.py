@@ -19,6 +19,11 @@ ones fitted on the same held-out scores, their hyper-parameters chosen there by 
 cross-validation and reported; or early-concat trains one head on the
 concatenated (per-stream L2-normalised) features. With several streams every score fusion is
 fitted and reported; --fusion picks the one whose numbers are the top-level metrics.
+mid-conv fuses spatial feature maps (map stores from `flowstore features --pool none`): the
+maps resized to the smallest h x w (a 1x1 conv down to the smallest depth where needed),
+concatenated along depth, a 1x1 conv, a 3x3 conv and a small FC, trained on the training
+videos, its hyper-parameters selected on the validation split and reported (fusion_mid-conv.pt).
+Every other fusion and head needs pooled feature stores; the other kind is refused.
 
 Heads: linear and mlp average the segment features (TSN consensus); transformer attends over
 the segment tokens. Features are L2-normalised per segment inside the head (a random frozen
@@ -32,6 +37,21 @@ Checks before training: a video in both the training and the test labels is an e
 split holds. A split or --fusion-folds fold that comes out empty or without some class is
 reported as a warning. Class names are recorded (config.json, head.json); `flowstore evaluate`
 matches labels to them by name.
+
+Multi-task (--head multitask --also FEATURES LABELS, repeatable): Simonyan & Zisserman's
+UCF101 + HMDB51 training. --features/--labels are the first dataset, every --also another one
+(its own feature store and labels: labels.csv or a UCF101/HMDB51 folder, --split applies); one
+shared head body (--hidden, --dropout), one output layer per dataset, and each sample's loss
+only from its own dataset's layer. Each dataset is split and scored on its own; metrics.json
+holds the first at the top level and every dataset under per_dataset, with
+predictions_<dataset>.csv and confusion_<dataset>.png (dataset = the feature file's stem).
+Multi-task training runs --epochs on the CPU, without early stopping.
+
+Fine-tuning (--init-from MODEL_DIR): start from the head of a model trained on one dataset
+(one --features file, or a multi-task model) and train it on this one. The head type and its
+options come from MODEL_DIR; the feature dimension must match (else an error naming both
+feature files). The output layer is re-created when the classes differ (the output says so);
+config.json and metrics.json record init_from.
 
 \b
 Labels (--labels):
@@ -56,6 +76,11 @@ Examples:
   flowstore train-head --features flow.h5 --labels demo/labels.csv --head linear --out heads/flow
   flowstore train-head --features rgb.h5 --features flow.h5 --labels demo/labels.csv --fusion svm --out heads/fused
   flowstore train-head --features rgb.h5 --labels ucfTrainTestlist --split 1 --head transformer --out heads/t
+  flowstore train-head --features ucf.h5 --labels ucfTrainTestlist --also hmdb.h5 hmdb51_splits \
+      --head multitask --out heads/mt
+  flowstore train-head --features hmdb.h5 --labels hmdb51_splits --head mlp --init-from heads/ucf_mlp --out heads/ft
+  flowstore train-head --features rgb_maps.h5 --features flow_maps.h5 --labels demo/labels.csv --fusion mid-conv \
+      --out heads/midconv     (map stores: flowstore features --pool none)
 """
 
 
@@ -64,6 +89,10 @@ Examples:
               help="Feature store (repeat for several streams, e.g. rgb then flow).")
 @click.option("--name", "names", multiple=True, help="Stream names, one per --features (default: from provenance).")
 @click.option("--labels", "-l", required=True, type=click.Path(path_type=str), help="Labels: labels.csv, a UCF101/HMDB51 split folder, or an mmaction2 list.")
+@click.option("--also", "also", multiple=True, nargs=2, type=click.Path(path_type=str), metavar="FEATURES LABELS",
+              help="Another dataset for --head multitask: its feature store and its labels (repeatable).")
+@click.option("--init-from", type=click.Path(path_type=str), default=None, metavar="MODEL_DIR",
+              help="Fine-tune: start from the head of this train-head output directory.")
 @click.option("--test-labels", type=click.Path(path_type=str), default=None, help="Test videos (mmaction2 list or demo csv); overrides the test set of --labels.")
 @click.option("--classes", type=click.Path(path_type=str), default=None, help="classInd.txt naming the classes (for mmaction2 lists).")
 @click.option("--split", type=int, default=1, show_default=True, help="Split number for UCF101/HMDB51 label folders.")
@@ -108,7 +137,7 @@ Examples:
               help="Torch CPU threads; heads are small, so more threads mostly add overhead.")
 @click.option("--gpu", type=int, default=None, help="GPU index; same as --device cuda:N.")
 @user_errors
-def command(features, names, labels, test_labels, classes, split, out, head, fusion, hidden, dropout, dim, layers,
+def command(features, names, labels, also, init_from, test_labels, classes, split, out, head, fusion, hidden, dropout, dim, layers,
             attention_heads, pooling, epochs, lr, weight_decay, batch_size, schedule, cycle_epochs, class_weighted,
             early_stopping, monitor, val_fraction, fusion_folds, group_pattern, train_views, no_l2_normalize, svm_c, allow_overlap,
             seed, device, gpu, threads):
@@ -140,9 +169,13 @@ def command(features, names, labels, test_labels, classes, split, out, head, fus
                      schedule=schedule, cycle_epochs=cycle_epochs, early_stopping=early_stopping, monitor=monitor,
                      seed=seed, l2_normalize=not no_l2_normalize, train_views=train_views,
                      val_fraction=val_fraction, fusion_folds=fusion_folds, group_pattern=group_pattern, svm_c=svm_c, device=device,
-                     allow_overlap=allow_overlap)
+                     allow_overlap=allow_overlap, init_from=init_from)
     label_sets = load_label_sets(labels, test_labels=test_labels, classes=classes, split=split)
-    streams = open_streams(features, list(names) or None)
+    if also or head == "multitask":
+        _multitask(features, names, label_sets, also, split, out, args)
+        return
+    streams = open_streams(features, list(names) or None, kind="maps" if fusion == "mid-conv" else "vectors",
+                           needed_by=f"train-head --fusion {fusion}")
     try:
         result = train_model(streams, label_sets, out, args, log=lambda m: click.echo(m, err=True))
     finally:
@@ -159,3 +192,31 @@ def command(features, names, labels, test_labels, classes, split, out, head, fus
             extra = " (weights " + ", ".join(f"{k} {v:.2f}" for k, v in m["weights"].items()) + ")"
         click.echo(f"  fusion {name}: top-1 {m['top1']:.1%}{extra}")
     click.echo(f"train-head: wrote {out}/metrics.json, predictions.csv, confusion.png")
+
+
+def _multitask(features, names, label_sets, also, split, out, args) -> None:
+    """``--head multitask``: the first dataset from --features/--labels, the others from --also."""
+    from ..heads.multitask_model import Task, dataset_names, train_multitask_model
+    from ..heads.splits import load_label_sets
+    from ..heads.streams import open_streams
+
+    if len(features) != 1:
+        raise click.UsageError(f"--head multitask takes one --features file per dataset (the first; the others "
+                               f"with --also), got {len(features)}")
+    if names:
+        raise click.UsageError("--name names fused streams; multi-task datasets are named by their feature files")
+    paths = [features[0]] + [f for f, _ in also]
+    sets = [label_sets] + [load_label_sets(lab, split=split) for _, lab in also]
+    streams = []
+    try:
+        for name, path in zip(dataset_names(paths), paths):
+            streams += open_streams([path], [name], needed_by="train-head --head multitask")
+        tasks = [Task(s.name, s, ls) for s, ls in zip(streams, sets)]
+        result = train_multitask_model(tasks, out, args, log=lambda m: click.echo(m, err=True))
+    finally:
+        for s in streams:
+            s.store.close()
+    for name, m in result["per_dataset"].items():
+        click.echo(f"train-head: multitask [{name}] on {m['split']} (n={m['n']}): top-1 {m['top1']:.1%}, "
+                   f"top-{m['top5_k']} {m['top5']:.1%}, mean class accuracy {m['mean_class_accuracy']:.1%}")
+    click.echo(f"train-head: wrote {out}/metrics.json (per_dataset), predictions_<dataset>.csv, confusion_<dataset>.png")

@@ -15,8 +15,8 @@ import torch
 from ..errors import InputError, OutOfRangeError, UnknownNameError
 from .labels import as_label_map
 from .readahead import ReadAhead
-from .sampling import check_sampling, default_length, sample_starts
-from .source import ShardOpener, decode_snippets, open_source, read_snippets, source_name
+from .sampling import DEFAULT_STACKING, STACKINGS, check_sampling, default_length, sample_starts
+from .source import ShardOpener, check_stacking, decode_snippets, open_source, read_snippets, source_name
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, Clip, finalize
 
 MODALITIES = ("rgb", "flow", "both")
@@ -42,7 +42,7 @@ class ClipDatasetBase(ReadAhead):
     :class:`~flowstore.data.dataset.StoreClipDataset`'s."""
 
     def __init__(self, store, labels=None, *, videos: Sequence[str] | None = None, modality: str = "flow",
-                 sampling: str = "tsn", num_segments: int = 3, length: int | None = None, train: bool = True,
+                 sampling: str = "tsn", stacking: str = DEFAULT_STACKING, num_segments: int = 3, length: int | None = None, train: bool = True,
                  test_views: int | None = None, transform=None, flow_values: str = "pixels",
                  mean_subtract: str | None = None, rgb_values: str = "float", rgb_mean=IMAGENET_MEAN,
                  rgb_std=IMAGENET_STD, clips_per_video: int = 1, seed: int = 0, min_flows: int = 1,
@@ -56,6 +56,10 @@ class ClipDatasetBase(ReadAhead):
         self.length = default_length(sampling, modality) if length is None else int(length)
         if sampling == "frame" and self.length != 1:
             raise InputError("frame sampling has length 1")
+        if stacking != DEFAULT_STACKING and modality == "rgb":
+            raise InputError(f"{stacking} stacking is a way of stacking flow; modality 'rgb' reads frames")
+        self.stacking = stacking
+        self._stacking = check_stacking(self.store, stacking, self.length) if modality != "rgb" else STACKINGS[stacking]
         self.num_segments = int(num_segments)
         self.train = bool(train)
         self.test_views = test_views
@@ -108,7 +112,7 @@ class ClipDatasetBase(ReadAhead):
     def fetch(self, video: str, starts: np.ndarray) -> dict:
         """The encoded records of the snippets at ``starts`` (the I/O half of :meth:`load`)."""
         self._open_shard(self.store, video)
-        return read_snippets(self.store, video, starts, self.length, self.modality)
+        return read_snippets(self.store, video, starts, self.length, self.modality, self.stacking)
 
     def decode(self, video: str, raw: dict, out: Clip | None = None) -> Clip:
         """Decoded uint8 channel-first snippets from :meth:`fetch`'s records (the CPU half);
@@ -133,7 +137,7 @@ class ClipDatasetBase(ReadAhead):
             clip = self.transform(clip, plan.rng)
         out = finalize(clip, self.store.quant, flow_mode=self.flow_values, mean_subtract=self.mean_subtract,
                        rgb_mode=self.rgb_values, rgb_mean=_tile(self.rgb_mean, clip.rgb),
-                       rgb_std=_tile(self.rgb_std, clip.rgb))
+                       rgb_std=_tile(self.rgb_std, clip.rgb), mean_groups=self._stacking.mean_groups)
         out.update(label=self.labels[plan.video], video=plan.video, index=plan.index,
                    starts=torch.from_numpy(plan.starts))
         return out

@@ -68,6 +68,9 @@ class StoreClipDataset(ClipDatasetBase, Dataset):
 
     Arguments: ``store`` (path or open reader), ``labels`` (:class:`~flowstore.data.labels.Annotations`,
     ``{video: label}`` or None), ``modality`` rgb|flow|both, ``sampling`` tsn|stack|frame,
+    ``stacking`` stack|bidirectional|trajectory (what a flow snippet's 2L channels are, S&Z 2014
+    sec. 3.1; see :mod:`flowstore.data.sampling`, "Stackings": bidirectional needs a store
+    extracted with ``--direction both``, trajectory a stride-1 store),
     ``num_segments`` (tsn K, default 3), ``length`` (snippet length; default 1 frame / 5 flows
     for tsn, 10 for stack), ``train`` (random offsets) or test (centres / ``test_views`` evenly
     spaced snippets), ``transform`` (see :mod:`flowstore.data.transforms`), ``flow_values``
@@ -104,6 +107,8 @@ class StoreClipDataset(ClipDatasetBase, Dataset):
             return False
         if self.modality != "rgb" and self.flow_values != "uint8":
             return False
+        if self._stacking.trajectory and self.store.quant.scheme == "minmax":
+            return False  # the trajectory needs the ranges, which uint8 batches do not carry
         if self.modality != "flow" and self.rgb_values != "uint8":
             return False
         return (len({len(p.starts) for p in plans}) == 1

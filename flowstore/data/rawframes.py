@@ -33,6 +33,7 @@ from ..codec import decode_gray, decode_rgb, encode_gray, encode_rgb
 from ..quantize import QuantSpec
 from ..errors import MissingFileError
 from .source import open_source
+from ..store.source import FORWARD_ONLY, check_forward_only
 
 IMG_TMPL = "img_{:05d}.jpg"
 FLOW_TMPL = "flow_{}_{:05d}.jpg"
@@ -114,10 +115,13 @@ def export_rawframes(store, out_dir, *, videos=None, labels: dict | None = None,
 
 
 class RawframesReader:
-    """An exported rawframes tree as a :class:`~flowstore.store.source.RecordSource`."""
+    """An exported rawframes tree as a :class:`~flowstore.store.source.RecordSource`. It has
+    forward flow only (mmaction2's trees have no backward flow): asking for backward flow is an
+    InputError."""
 
     frame_codec = "jpeg"
     flow_codec = "jpeg"
+    directions = FORWARD_ONLY
 
     def __init__(self, root):
         self.root = Path(root)
@@ -154,13 +158,15 @@ class RawframesReader:
     def frame_bytes(self, video: str, index: int) -> bytes:
         return self._read(self._dir(video) / frame_file(index))
 
-    def flow_bytes(self, video: str, indices) -> tuple[list[bytes], list[bytes]]:
+    def flow_bytes(self, video: str, indices, direction: str = "forward") -> tuple[list[bytes], list[bytes]]:
+        check_forward_only(direction, f"rawframes tree {self.root}")
         d = self._dir(video)
         indices = list(indices)
         return ([self._read(d / flow_file("x", i)) for i in indices],
                 [self._read(d / flow_file("y", i)) for i in indices])
 
-    def flow_range(self, video: str, index: int):
+    def flow_range(self, video: str, index: int, direction: str = "forward"):
+        check_forward_only(direction, f"rawframes tree {self.root}")
         if self.quant.scheme != "minmax":
             return None
         if video not in self._ranges:

@@ -21,17 +21,90 @@ for ``j = 0 .. N-1`` (the TSN test formula with N segments; N = 1 is the centre)
 
 Videos shorter than a snippet (``count < length``) repeat their last item:
 indices are clamped to ``count - 1``.
+
+Stackings: what the L flows of a flow snippet are (one table, :data:`STACKINGS`; S&Z 2014 sec. 3.1)
+------------------------------------------------------------------------------------------------
+A flow snippet at start ``s`` always reads the flow indices ``s .. s+L-1`` (so the starts above
+are the same for every stacking); the stacking says which direction each one is read in and
+what is done with it:
+
+``stack`` (S&Z eq. 1, "optical flow stacking")
+    the forward flows ``s .. s+L-1``, channels ``2l, 2l+1`` = u, v of flow ``s+l``.
+``bidirectional`` (S&Z sec. 3.1, "bi-directional optical flow")
+    S&Z: at frame τ, "L/2 forward flows between frames τ and τ+L/2 and L/2 backward flows
+    between frames τ−L/2 and τ", 2L channels like the L-flow stack. Here ``τ = s + L/2`` (L
+    even): channels ``0 .. L-1`` are the **backward** flows ``s .. τ-1`` (backward flow ``j``
+    goes from frame ``j + stride`` to frame ``j``; with stride 1 they cover frames ``τ-L/2 ..
+    τ``), channels ``L .. 2L-1`` the **forward** flows ``τ .. τ+L/2-1`` (frames ``τ .. τ+L/2``);
+    each flow's u, v interleaved as in ``stack``, flows in index order (time order). The store
+    needs backward flow (``flowstore extract --direction both``). The middle RGB frame of
+    ``modality="both"``, ``s + L // 2``, is τ.
+``trajectory`` (S&Z eq. 2, "trajectory stacking")
+    the forward flows ``s .. s+L-1`` sampled along trajectories: channel pair ``k`` (``k = 0 ..
+    L-1``) at pixel ``(u, v)`` is flow ``s+k`` at ``p_k``, with ``p_0 = (u, v)`` and ``p_{k+1} =
+    p_k + d_{s+k}(p_k)`` (bilinear, see :func:`flowstore.data.transforms.trajectory_stack`).
+    It follows flow ``i`` into flow ``i + 1``, so it needs stride 1.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 from ..errors import InputError
+from ..registry import Registry
 
 SAMPLINGS = ("tsn", "stack", "frame")
 DEFAULT_SEGMENTS = 3
 DEFAULT_STACK = 10  # L flows of a Simonyan–Zisserman stack
 DEFAULT_TSN_FLOW_LENGTH = 5  # TSN's flow snippets are 5 flows (10 channels)
 DEFAULT_TEST_VIEWS = 25  # TSN / two-stream testing: 25 evenly spaced snippets
+
+
+@dataclasses.dataclass(frozen=True)
+class Stacking:
+    """One way of making a flow snippet's 2L channels (module docstring, "Stackings")."""
+
+    name: str
+    #: the flow direction of each of the L flows of a snippet, from L (see :meth:`directions_of`)
+    backward_half: bool = False
+    #: whether the flows are re-sampled along trajectories (S&Z eq. 2) after decoding
+    trajectory: bool = False
+    reference: str = ""
+
+    def directions_of(self, length: int) -> tuple[str, ...]:
+        """The direction each of the ``length`` flows of a snippet is read in, in channel order."""
+        if not self.backward_half:
+            return ("forward",) * length
+        if length < 2 or length % 2:
+            raise InputError(f"{self.name} stacking takes L/2 backward and L/2 forward flows: the snippet "
+                             f"length must be even and >= 2, got {length}")
+        return ("backward",) * (length // 2) + ("forward",) * (length // 2)
+
+    @property
+    def directions(self) -> tuple[str, ...]:
+        """The flow directions a source must hold for this stacking."""
+        return ("forward", "backward") if self.backward_half else ("forward",)
+
+    @property
+    def mean_groups(self) -> int:
+        """Stack-mean subtraction: the channel groups with their own mean. The backward half of a
+        bidirectional stack moves against the forward half (a camera pan is +c forward and -c
+        backward), so each half has its own mean; otherwise the whole stack has one."""
+        return 2 if self.backward_half else 1
+
+
+#: the stackings by name: what ``stacking=`` of the datasets (and CLI choices, via
+#: :func:`list_stackings`) accept
+STACKINGS: Registry[Stacking] = Registry("stacking")
+for _stacking in (Stacking("stack", reference="Simonyan & Zisserman 2014, eq. 1"),
+                  Stacking("bidirectional", backward_half=True, reference="Simonyan & Zisserman 2014, sec. 3.1"),
+                  Stacking("trajectory", trajectory=True, reference="Simonyan & Zisserman 2014, eq. 2")):
+    STACKINGS.register(_stacking.name, _stacking)
+DEFAULT_STACKING = "stack"
+
+
+def list_stackings() -> list[str]:
+    return STACKINGS.names()
 
 
 def check_sampling(name: str) -> str:
@@ -129,6 +202,7 @@ def non_overlapping_starts(count: int, length: int) -> np.ndarray:
 
 
 __all__ = [
+    "DEFAULT_STACKING", "STACKINGS", "Stacking", "list_stackings",
     "DEFAULT_SEGMENTS", "DEFAULT_STACK", "DEFAULT_TEST_VIEWS", "DEFAULT_TSN_FLOW_LENGTH", "SAMPLINGS",
     "check_sampling", "default_length", "evenly_spaced_starts", "non_overlapping_starts",
     "sample_starts", "snippet_indices", "stack_start", "tsn_starts",

@@ -14,9 +14,10 @@ import threading
 import numpy as np
 
 from ..errors import DamagedStoreError, InputError
+from ..quantize import mirror_level
 from ..store.source import RecordSource
-from .sampling import snippet_indices
-from .transforms import Clip
+from .sampling import DEFAULT_STACKING, STACKINGS, Stacking, snippet_indices
+from .transforms import Clip, trajectory_snippets
 from ..store.records import decode_flow_component, decode_frame
 
 
@@ -54,23 +55,58 @@ def record_indices(source: RecordSource, video: str, starts, length: int,
     return flows, frames
 
 
-def read_snippets(source: RecordSource, video: str, starts, length: int, modality: str) -> dict:
+def check_stacking(source: RecordSource, stacking: str, length: int) -> Stacking:
+    """The stacking ``stacking`` (:data:`~flowstore.data.sampling.STACKINGS`), checked against
+    what ``source`` holds and the snippet length: InputError naming the source and the fix."""
+    spec = STACKINGS[stacking]
+    spec.directions_of(length)  # bidirectional: L even
+    missing = [d for d in spec.directions if d not in source.directions]
+    if missing:
+        raise InputError(f"{stacking} stacking needs {' and '.join(missing)} flow, but {source_name(source)} holds "
+                         f"{' and '.join(source.directions)} flow only; extract the videos with "
+                         f"`flowstore extract --direction both` into a new --out and read that store")
+    if spec.trajectory and getattr(source, "stride", 1) != 1:
+        raise InputError(f"trajectory stacking follows flow i into flow i+1, so it needs a stride-1 store; "
+                         f"{source_name(source)} has stride {source.stride}")
+    return spec
+
+
+def read_snippets(source: RecordSource, video: str, starts, length: int, modality: str,
+                  stacking: str = DEFAULT_STACKING) -> dict:
     """The encoded records of the snippets at ``starts``: ``{"starts", "flow": (xs, ys),
-    "flow_range" (minmax only), "rgb": rows of frame bytes}`` as the modality has them."""
+    "flow_range" (minmax only), "rgb": rows of frame bytes, "stacking"}`` as the modality has
+    them; the flows in the directions the stacking reads them (sampling.py, "Stackings")."""
     starts = np.asarray(starts, np.int64)
     flows, frames = record_indices(source, video, starts, length, modality)
-    return read_records(source, video, starts, flows, frames)
+    directions = STACKINGS[stacking].directions_of(length) if flows is not None else None
+    raw = read_records(source, video, starts, flows, frames, directions)
+    raw["stacking"] = stacking
+    return raw
 
 
 def read_records(source: RecordSource, video: str, starts, flows: np.ndarray | None,
-                 frames: np.ndarray | None) -> dict:
+                 frames: np.ndarray | None, directions: tuple[str, ...] | None = None) -> dict:
     """The encoded records at explicit ``(S, L)`` flow and frame indices (None: not read), in
-    :func:`read_snippets`'s layout (video clips with a frame interval read this way)."""
+    :func:`read_snippets`'s layout (video clips with a frame interval read this way); column
+    ``l`` of ``flows`` is read in ``directions[l]`` (default: all forward)."""
     raw = {"starts": np.asarray(starts, np.int64)}
     if flows is not None:
-        raw["flow"] = source.flow_bytes(video, [int(i) for i in flows.ravel()])
+        S, L = flows.shape
+        directions = directions or ("forward",) * L
+        xs, ys = [b""] * (S * L), [b""] * (S * L)
+        ranges = [None] * (S * L)
+        for direction in dict.fromkeys(directions):  # one read per direction, in order of appearance
+            cols = [l for l in range(L) if directions[l] == direction]
+            slots = [s * L + l for s in range(S) for l in cols]
+            indices = [int(flows[s, l]) for s in range(S) for l in cols]
+            got_x, got_y = source.flow_bytes(video, indices, direction)
+            for k, slot in enumerate(slots):
+                xs[slot], ys[slot] = got_x[k], got_y[k]
+                if source.quant.scheme == "minmax":
+                    ranges[slot] = source.flow_range(video, indices[k], direction)
+        raw["flow"] = (xs, ys)
         if source.quant.scheme == "minmax":
-            raw["flow_range"] = np.stack([source.flow_range(video, int(i)) for i in flows.ravel()])
+            raw["flow_range"] = np.stack(ranges)
     if frames is not None:
         raw["rgb"] = [[source.frame_bytes(video, int(i)) for i in row] for row in frames]
     return raw
@@ -110,13 +146,20 @@ def decode_snippets(source: RecordSource, video: str, raw: dict, length: int, ou
 def _decode_snippets(source: RecordSource, video: str, raw: dict, length: int, out: Clip | None) -> Clip:
     w, h = source.frame_size(video)
     S, L = len(raw["starts"]), length
-    clip = Clip()
+    clip = Clip(flow_mirror=mirror_level(source.quant))
     if "flow" in raw:
         xs, ys = raw["flow"]
         flow = out.flow if out is not None and out.flow is not None else np.empty((S, 2 * L, h, w), np.uint8)
-        clip.flow = decode_flow_snippets(xs, ys, source.flow_codec, flow)
-        if "flow_range" in raw:
-            clip.flow_range = raw["flow_range"].reshape(S, L, 4)
+        if STACKINGS[raw.get("stacking", DEFAULT_STACKING)].trajectory:
+            stored = decode_flow_snippets(xs, ys, source.flow_codec, np.empty((S, 2 * L, h, w), np.uint8))
+            ranges = raw["flow_range"].reshape(S, L, 4) if "flow_range" in raw else None
+            if ranges is None and source.quant.scheme == "minmax":
+                raise InputError("trajectory stacking of minmax flow needs its ranges to dequantize it")
+            clip.flow, clip.flow_range = trajectory_snippets(stored, source.quant, ranges, out=flow)
+        else:
+            clip.flow = decode_flow_snippets(xs, ys, source.flow_codec, flow)
+            if "flow_range" in raw:
+                clip.flow_range = raw["flow_range"].reshape(S, L, 4)
     if "rgb" in raw:
         rows = raw["rgb"]
         rgb = (out.rgb if out is not None and out.rgb is not None
@@ -149,7 +192,7 @@ class ShardOpener:
         if shard not in self._opened:
             with _OPEN_LOCK:
                 if shard not in self._opened:
-                    source.flow_bytes(video, [])  # opens the shard handle, reads nothing
+                    source.flow_bytes(video, [], source.directions[0])  # opens the shard handle, reads nothing
                     self._opened.add(shard)
 
     def __getstate__(self):
@@ -157,6 +200,6 @@ class ShardOpener:
 
 
 __all__ = [
-    "ShardOpener", "decode_flow_snippets", "decode_rgb_snippets", "decode_snippets", "open_source",
+    "ShardOpener", "check_stacking", "decode_flow_snippets", "decode_rgb_snippets", "decode_snippets", "open_source",
     "read_records", "read_snippets", "record_indices", "source_name",
 ]

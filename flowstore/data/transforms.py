@@ -14,6 +14,20 @@ Horizontal flip mirrors the image and negates u: for quantized flow that is ``q_
 (exact for the ``bound`` scheme, see :mod:`flowstore.quantize`), and for ``minmax`` stores the
 range becomes ``(-hi_x, -lo_x)``. Flow values are not rescaled when a crop is resized (as in TSN).
 
+The flip is the same for every stacking (:data:`flowstore.data.sampling.STACKINGS`):
+
+* ``stack`` and ``bidirectional``: mirroring a video (``x -> x' = W-1-x``) mirrors each flow
+  field, forward or backward alike, and negates its u: ``d'(x', y) = (-u(x, y), v(x, y))``.
+* ``trajectory``: in the mirrored video the trajectory from ``(W-1-x, y)`` is the mirror of the
+  one from ``(x, y)``. By induction: ``p'_0 = (W-1-x_0, y_0)``; if ``p'_k = (W-1-x_k, y_k)``,
+  bilinear sampling commutes with the mirror (the four neighbours and weights are mirrored, and
+  clamping to ``[0, W-1]`` is symmetric), so ``d'(p'_k) = (-u(p_k), v(p_k))`` and ``p'_{k+1} =
+  (W-1-x_k - u(p_k), y_k + v(p_k)) = (W-1-x_{k+1}, y_{k+1})``. Channel pair k at ``(W-1-x, y)``
+  of the mirrored stack is therefore ``(-u_k, v_k)`` of the original stack at ``(x, y)``: the
+  flipped trajectory stack is the trajectory stack mirrored with every u negated, the same
+  :func:`hflip` (``tests/test_stackings.py`` checks it against a stack built from a mirrored
+  video). The sampling points themselves mirror, ``x_k -> W-1-x_k``, ``y_k`` unchanged.
+
 Test-time views: :class:`TenCrop` turns S snippets into ``S * 10`` views, snippet-major:
 view ``s * 10 + c`` is crop ``c`` of snippet ``s`` with ``c`` in :data:`TEN_CROP_ORDER`
 (4 corners, centre, then the same 5 regions mirrored).
@@ -28,7 +42,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..quantize import LEVELS, QuantSpec
+from ..quantize import LEVELS, QuantSpec, dequantize, mirror_levels, quantize
 
 TSN_SCALES = (1.0, 0.875, 0.75, 0.66)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -44,6 +58,8 @@ class Clip:
     rgb: np.ndarray | None = None
     flow: np.ndarray | None = None
     flow_range: np.ndarray | None = None
+    #: flipping u maps q -> flow_mirror - q (quantize.mirror_level of the store: 254 if it truncates)
+    flow_mirror: int = LEVELS
 
     def arrays(self) -> list[np.ndarray]:
         return [a for a in (self.rgb, self.flow) if a is not None]
@@ -87,15 +103,16 @@ def crop(clip: Clip, x: int, y: int, w: int, h: int) -> Clip:
 
 
 def hflip(clip: Clip) -> Clip:
-    """Mirror left-right; flow: ``q_x -> 255 - q_x`` (u negated) and minmax ranges flipped."""
+    """Mirror left-right; flow: ``q_x -> 255 - q_x`` (u negated; ``clip.flow_mirror - q_x`` in
+    general) and minmax ranges flipped."""
     flow, rng = clip.flow, clip.flow_range
     if flow is not None:
         flow = flow[..., ::-1].copy()
-        flow[:, 0::2] = LEVELS - flow[:, 0::2]
+        flow[:, 0::2] = mirror_levels(flow[:, 0::2], clip.flow_mirror)
     if rng is not None:
         rng = rng.copy()
         rng[..., 0], rng[..., 1] = -clip.flow_range[..., 1], -clip.flow_range[..., 0]
-    return Clip(rgb=None if clip.rgb is None else clip.rgb[..., ::-1], flow=flow, flow_range=rng)
+    return dataclasses.replace(clip, rgb=None if clip.rgb is None else clip.rgb[..., ::-1], flow=flow, flow_range=rng)
 
 
 def _resize_chw(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -257,7 +274,7 @@ def crop_views(clip: Clip, boxes) -> Clip:
         return stacked.reshape(-1, *stacked.shape[2:])
 
     return Clip(rgb=interleave(lambda v: v.rgb), flow=interleave(lambda v: v.flow),
-                flow_range=interleave(lambda v: v.flow_range))
+                flow_range=interleave(lambda v: v.flow_range), flow_mirror=views[0].flow_mirror)
 
 
 class TenCrop:
@@ -314,11 +331,13 @@ def flow_values(flow: np.ndarray, quant: QuantSpec, mode: str = "pixels",
     return lo[..., None, None] + flow.astype(np.float32) * scale[..., None, None]
 
 
-def subtract_mean_flow(flow: np.ndarray, mode: str | None) -> np.ndarray:
+def subtract_mean_flow(flow: np.ndarray, mode: str | None, groups: int = 1) -> np.ndarray:
     """Camera-motion compensation on float ``(S, 2L, H, W)`` flow.
 
     ``field``: each displacement field minus its own mean vector (Simonyan & Zisserman);
-    ``stack``: every field of a stack minus the stack's mean (u, v) vector.
+    ``stack``: every field of a stack minus the stack's mean (u, v) vector, taken over each of
+    ``groups`` equal runs of channels (2 for a bidirectional stack: its backward half and its
+    forward half, whose camera motions are opposite).
     """
     if mode is None:
         return flow
@@ -327,14 +346,68 @@ def subtract_mean_flow(flow: np.ndarray, mode: str | None) -> np.ndarray:
     if mode == "field":
         return flow - flow.mean(axis=(2, 3), keepdims=True)
     if mode == "stack":
-        mu = flow.mean(axis=(2, 3))  # (S, 2L)
-        mean_u = mu[:, 0::2].mean(axis=1)
-        mean_v = mu[:, 1::2].mean(axis=1)
         out = flow.copy()
-        out[:, 0::2] -= mean_u[:, None, None, None]
-        out[:, 1::2] -= mean_v[:, None, None, None]
+        step = flow.shape[1] // groups
+        for g in range(groups):
+            part = out[:, g * step:(g + 1) * step]
+            mu = part.mean(axis=(2, 3))  # (S, 2L / groups)
+            part[:, 0::2] -= mu[:, 0::2].mean(axis=1)[:, None, None, None]
+            part[:, 1::2] -= mu[:, 1::2].mean(axis=1)[:, None, None, None]
         return out
     raise InputError(f"unknown mean subtraction {mode!r}; choose from {list(MEAN_SUBTRACT)}")
+
+
+def bilinear_sample(field: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``field`` ``(H, W, C)`` at real points ``(x, y)`` (pixel centres at integers), bilinear;
+    points outside the image are clamped to its border (OpenCV's BORDER_REPLICATE)."""
+    h, w = field.shape[:2]
+    x = np.clip(x, 0, w - 1)
+    y = np.clip(y, 0, h - 1)
+    x0 = np.minimum(np.floor(x).astype(np.int64), w - 2) if w > 1 else np.zeros(x.shape, np.int64)
+    y0 = np.minimum(np.floor(y).astype(np.int64), h - 2) if h > 1 else np.zeros(y.shape, np.int64)
+    x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
+    fx, fy = (x - x0)[..., None], (y - y0)[..., None]
+    top = field[y0, x0] * (1 - fx) + field[y0, x1] * fx
+    bottom = field[y1, x0] * (1 - fx) + field[y1, x1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def trajectory_stack(flows: np.ndarray) -> np.ndarray:
+    """Simonyan & Zisserman's trajectory stacking (eq. 2) of float flows ``(L, H, W, 2)``, the
+    forward flows ``τ .. τ+L-1`` in pixels: ``out[k]`` at pixel ``(u, v)`` is ``flows[k]`` at
+    ``p_k``, where ``p_0 = (u, v)`` and ``p_{k+1} = p_k + flows[k](p_k)``; bilinear sampling
+    with the border clamped (:func:`bilinear_sample`), in float64 coordinates. ``out[0]`` is
+    ``flows[0]``; a constant translation gives back the flows unchanged."""
+    flows = np.asarray(flows, np.float64)
+    L, h, w = flows.shape[:3]
+    y, x = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64), indexing="ij")
+    out = np.empty(flows.shape, np.float32)
+    for k in range(L):
+        sample = flows[k] if k == 0 else bilinear_sample(flows[k], x, y)
+        out[k] = sample
+        x, y = x + sample[..., 0], y + sample[..., 1]
+    return out
+
+
+def trajectory_snippets(flow: np.ndarray, quant: QuantSpec, flow_range: np.ndarray | None = None,
+                        out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Stored uint8 flow snippets ``(S, 2L, H, W)`` (x/y interleaved) -> their trajectory
+    stacks, requantized with the store's scheme ``quant`` so that every later step (crops,
+    flip, :func:`flow_values`) treats them as stored flow: the sampling is done on the
+    dequantized flow. Returns ``(uint8 (S, 2L, H, W), minmax ranges (S, L, 4) or None)``."""
+    S, C, h, w = flow.shape
+    L = C // 2
+    out = np.empty_like(flow) if out is None else out
+    ranges = None if quant.scheme != "minmax" else np.empty((S, L, 4), np.float32)
+    for s in range(S):
+        fields = np.stack([dequantize(flow[s, 2 * l:2 * l + 2].transpose(1, 2, 0), quant,
+                                      None if flow_range is None else flow_range[s, l]) for l in range(L)])
+        for l, field in enumerate(trajectory_stack(fields)):
+            q, value_range = quantize(field, quant)
+            out[s, 2 * l:2 * l + 2] = q.transpose(2, 0, 1)
+            if ranges is not None:
+                ranges[s, l] = value_range
+    return out, ranges
 
 
 def normalize_rgb(rgb: np.ndarray, mean: Sequence[float] | None = IMAGENET_MEAN,
@@ -349,10 +422,11 @@ def normalize_rgb(rgb: np.ndarray, mean: Sequence[float] | None = IMAGENET_MEAN,
 
 
 def finalize(clip: Clip, quant: QuantSpec, *, flow_mode: str = "pixels", mean_subtract: str | None = None,
-             rgb_mode: str = "float", rgb_mean=IMAGENET_MEAN, rgb_std=IMAGENET_STD) -> dict:
+             rgb_mode: str = "float", rgb_mean=IMAGENET_MEAN, rgb_std=IMAGENET_STD, mean_groups: int = 1) -> dict:
     """Clip -> ``{"rgb": tensor, "flow": tensor}`` (only the modalities present).
 
     ``rgb_mode`` ``float`` (normalised with ``rgb_mean``/``rgb_std``; None skips) or ``uint8``.
+    ``mean_groups``: see :func:`subtract_mean_flow` (the stacking's ``mean_groups``).
     """
     out = {}
     if clip.rgb is not None:
@@ -365,7 +439,8 @@ def finalize(clip: Clip, quant: QuantSpec, *, flow_mode: str = "pixels", mean_su
     if clip.flow is not None:
         if mean_subtract not in MEAN_SUBTRACT:
             raise InputError(f"unknown mean subtraction {mean_subtract!r}; choose from {list(MEAN_SUBTRACT)}")
-        values = subtract_mean_flow(flow_values(clip.flow, quant, flow_mode, clip.flow_range), mean_subtract)
+        values = subtract_mean_flow(flow_values(clip.flow, quant, flow_mode, clip.flow_range), mean_subtract,
+                                    mean_groups)
         out["flow"] = torch.from_numpy(np.ascontiguousarray(values))
     return out
 
@@ -373,6 +448,7 @@ def finalize(clip: Clip, quant: QuantSpec, *, flow_mode: str = "pixels", mean_su
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "TEN_CROP_ORDER", "TSN_SCALES", "FLOW_VALUES", "MEAN_SUBTRACT",
     "CenterCrop", "Clip", "Compose", "MultiScaleCrop", "RandomHorizontalFlip", "ResizeClip", "TenCrop",
+    "bilinear_sample", "trajectory_snippets", "trajectory_stack",
     "crop", "crop_views", "finalize", "fixed_offsets", "flow_values", "hflip", "normalize_rgb", "resize",
     "eval_transform", "subtract_mean_flow", "ten_crop_boxes", "train_transform",
 ]

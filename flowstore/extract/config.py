@@ -6,10 +6,11 @@ import dataclasses
 import os
 
 from ..codec import check_codec, check_quality, effective_quality
-from ..decode import FrameResize, check_decoder
+from ..decode import FrameResize, check_decoder, check_fps
 from ..errors import InputError
 from ..quantize import QuantSpec
 from ..store.backend import BACKENDS
+from ..store.format import DIRECTION_OPTIONS, FORWARD
 from ..store.records import FLOW_COMPONENTS
 
 DEFAULT_SHARD_SIZE = 1 << 30
@@ -32,7 +33,9 @@ class ExtractConfig:
     frame_quality: int | None = None  # codec default: JPEG 95
     resize: FrameResize = FrameResize()
     stride: int = 1
+    directions: tuple = (FORWARD,)  # a value of format.DIRECTION_OPTIONS; backward: the engine on swapped pairs
     decoder: str = "opencv"
+    fps: float | None = None  # keep the decoded frames nearest to an N fps grid (decode.select_fps)
     shard_size: int = DEFAULT_SHARD_SIZE
     workers: int = 0  # 0: all cores
 
@@ -43,6 +46,10 @@ class ExtractConfig:
         check_quality(self.flow_codec, self.flow_quality)  # fail now, not once per video
         check_quality(self.frame_codec, self.frame_quality)
         check_decoder(self.decoder)  # also: is PyAV installed for --decoder pyav
+        check_fps(self.fps)
+        if tuple(self.directions) not in DIRECTION_OPTIONS.values():
+            raise InputError(f"flow directions {self.directions!r}: choose from {list(DIRECTION_OPTIONS)} "
+                             f"({', '.join(f'{k} = {list(v)}' for k, v in DIRECTION_OPTIONS.items())})")
         if self.stride < 1:
             raise InputError(f"stride must be >= 1, got {self.stride}")
         if self.shard_size < 1:
@@ -68,4 +75,6 @@ class ExtractConfig:
                      "input": ("grayscale of" if flow_description.get("engine") in ("opencv", "torch") else "")
                      + " the decoded, resized RGB frames, before they are encoded"},
             "quantization": self.quant.to_manifest(),
+            "directions": list(self.directions),
+            "fps": self.fps,
         }

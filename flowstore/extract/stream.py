@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 
 from ..errors import InputError
-from ..store.format import MAX_RECORDS_PER_VIDEO, RGB
+from ..store.format import FORWARD, MAX_RECORDS_PER_VIDEO, RGB
 from ..store.records import Record, flow_records, frame_records
 from .config import ExtractConfig
 
@@ -78,10 +78,11 @@ def prefetch(iterator: Iterable, depth: int = 4):
 
 
 def encode_records(kind: str, index: int, array: np.ndarray, cfg: ExtractConfig) -> list[Record]:
-    """One frame (``kind == "rgb"``) or flow into its records (runs in the encoder thread)."""
+    """One frame (``kind == "rgb"``) or flow (``kind`` its direction) into its records (runs in
+    the encoder thread)."""
     if kind == RGB:
         return frame_records(index, array, cfg.frame_codec, cfg.frame_quality)
-    return flow_records(index, array, cfg.quant, cfg.flow_codec, cfg.flow_quality)
+    return flow_records(index, array, cfg.quant, cfg.flow_codec, cfg.flow_quality, direction=kind)
 
 
 def compute_video_records(frames: Iterable[np.ndarray], estimator, cfg: ExtractConfig, put: Callable,
@@ -119,13 +120,17 @@ def compute_video_records(frames: Iterable[np.ndarray], estimator, cfg: ExtractC
         nonlocal n_flows, flow_seconds
         if not prev_batch:
             return
-        start = time.perf_counter()
-        flows = estimator.compute(prev_batch, next_batch)
-        flow_seconds += time.perf_counter() - start
-        check_finite(flows, n_flows, estimator)
-        for flow in flows:
-            submit("flow", n_flows, flow)
-            n_flows += 1
+        for direction in cfg.directions:
+            # backward flow i (frame i + stride -> frame i): the same engine on the swapped
+            # pairs, i.e. the batch's first and second frames exchanged, never -forward
+            pairs = (prev_batch, next_batch) if direction == FORWARD else (next_batch, prev_batch)
+            start = time.perf_counter()
+            flows = estimator.compute(*pairs)
+            flow_seconds += time.perf_counter() - start
+            check_finite(flows, n_flows, estimator)
+            for k, flow in enumerate(flows):
+                submit(direction, n_flows + k, flow)
+        n_flows += len(prev_batch)
         if progress is not None:
             progress(len(prev_batch))
         prev_batch.clear()

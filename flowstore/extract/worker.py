@@ -10,11 +10,11 @@ import time
 import zlib
 from pathlib import Path
 
-from ..decode import VideoDecodeError, iter_frames
+from ..decode import VideoDecodeError, iter_kept
 from ..errors import StoreWriteError
 from ..io import file_sha256
 from ..store.backend import ShardWriter, writer_class
-from ..store.format import VideoEntry
+from ..store.format import VideoEntry, encode_runs
 from ..store.records import records_crc32
 from ..store.writer import ShardAllocator, describe_storage_error
 from .config import ExtractConfig
@@ -136,7 +136,14 @@ def extract_video(job: VideoJob, cfg: ExtractConfig, run_token: str, progress_qu
     except OSError as exc:
         return VideoResult(job.id, job.path, reason=f"cannot read: {exc.strerror or exc}")
     writer = open_next_shard(allocator)
-    frames = prefetch(iter_frames(job.path, resize=cfg.resize, decoder=cfg.decoder))
+    kept: list = []  # (source index, timestamp) of each frame stored, for --fps
+
+    def decoded():
+        for frame in iter_kept(job.path, decoder=cfg.decoder, fps=cfg.fps):
+            kept.append((frame.index, frame.time))
+            yield cfg.resize.apply(frame.rgb)
+
+    frames = prefetch(decoded())
     try:
         writer.begin_video(job.id)
         stats = compute_video_records(frames, estimator, cfg, writer.put, reporter)
@@ -159,5 +166,8 @@ def extract_video(job: VideoJob, cfg: ExtractConfig, run_token: str, progress_qu
         num_frames=stats.num_frames, num_flows=stats.num_flows, width=stats.width, height=stats.height,
         **writer.entry_fields(),
     )
+    if cfg.fps is not None:
+        entry.update(source_frames=encode_runs(i for i, _ in kept[:stats.num_frames]),
+                     source_times=[round(t, 6) for _, t in kept[:stats.num_frames]])
     return VideoResult(job.id, job.path, entry=entry, seconds=time.perf_counter() - start,
                        flow_seconds=stats.flow_seconds)

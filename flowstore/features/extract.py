@@ -21,6 +21,10 @@ For every committed video of the store and one stream (``rgb`` or ``flow``):
    each view/segment image to its pooled feature vector; results go to the feature store as
    ``(V, S=K, D)`` per video. Features are stored as computed (not normalised); heads
    L2-normalise them (``train-head --l2-normalize``, the default).
+   ``pool="none"`` (``features --pool none``) keeps the backbone's last conv map instead of its
+   pooled vector -- timm's ``forward_features``, before global pooling -- as float16
+   ``(V, S, C, h, w)`` per video (a *map store*, for ``train-head --fusion mid-conv``); every
+   video must then give the backbone one input size (``--crop``, or ``--resize WxH``).
 
 Decoding runs on a background thread ahead of the forward passes; images of several videos
 are batched together (``batch_size`` images per forward). Videos already in the output file
@@ -47,11 +51,13 @@ from ..errors import InputError
 from ..signals import StopRequested, stop_on_signals
 
 __all__ = ["FeatureConfig", "FeatureSummary", "extract_features", "manifest_hashes", "snippet_starts",
-           "STREAMS", "SPATIAL_VIEWS", "FLOW_INPUT_VALUES"]
+           "STREAMS", "SPATIAL_VIEWS", "FLOW_INPUT_VALUES", "POOLS", "embed", "conv_map_shape"]
 
 STREAMS = ("rgb", "flow")
 SPATIAL_VIEWS = (1, 2, 10)
 FLOW_INPUT_VALUES = ("q128", "pixels", "uint8")
+#: ``avg``: the backbone's pooled vector (its forward pass); ``none``: its last conv map
+POOLS = ("avg", "none")
 MANIFEST_HASH_OF = ("SHA-256 of the canonical JSON (sorted keys, no spaces) of the store manifest as read "
                     "by flowstore.open_store: the header of manifest.json without its 'updated_at' "
                     "timestamp, with 'videos' = every committed video entry (manifest.json + "
@@ -119,6 +125,7 @@ class FeatureConfig:
     batch_size: int = 64
     device: str = "cpu"
     decode_ahead: int = 8
+    pool: str = "avg"
 
     def check(self) -> None:
         if self.stream not in STREAMS:
@@ -139,6 +146,10 @@ class FeatureConfig:
             raise InputError(f"mean subtraction must be field, stack or none, got {self.mean_subtract!r}")
         if self.dtype not in ("float32", "float16"):
             raise InputError(f"dtype must be float32 or float16, got {self.dtype!r}")
+        if self.pool not in POOLS:
+            raise InputError(f"unknown pool {self.pool!r}; choose from {list(POOLS)}")
+        if self.pool == "none":
+            self.dtype = "float16"  # a map is h * w times a vector; float16 halves that
         from ..data import transforms as T
         from ..devices import check_devices
 
@@ -149,9 +160,14 @@ class FeatureConfig:
         check_devices([self.device])  # a device that is not here: exit 2 before any file is made
 
     def check_fits(self, reader) -> None:
-        """The crop fits every video's (resized) frames: refused before any work, not per video."""
+        """The crop fits every video's (resized) frames, and maps (``pool="none"``) have one size:
+        refused before any work, not per video."""
         from ..data import transforms as T
 
+        if self.pool == "none" and len(self.input_sizes(reader)) > 1:
+            sizes = sorted(self.input_sizes(reader))
+            raise InputError(f"--pool none stores one map size, but the videos give the backbone {len(sizes)} input "
+                             f"sizes (e.g. {sizes[:3]} as (w, h)); pass --crop WxH or --resize WxH")
         if self.crop is None:
             return
         for video in reader.videos:
@@ -162,6 +178,18 @@ class FeatureConfig:
                 after = f" after --resize {self.resize}" if self.resize is not None else ""
                 raise InputError(f"--crop {self.crop[0]}x{self.crop[1]} does not fit video {video!r}: its frames are "
                                  f"{w}x{h}{after}; the crop must be at most the frame size (crop <= {w}x{h})")
+
+    def input_sizes(self, reader) -> set:
+        """The ``(w, h)`` backbone input sizes of the store's videos (after resize and crop)."""
+        from ..data import transforms as T
+
+        if self.crop is not None:
+            return {tuple(self.crop)} if reader.videos else set()
+        sizes = set()
+        for video in reader.videos:
+            w, h = reader.frame_size(video)
+            sizes.add(T.ResizeClip(self.resize).target(w, h) if self.resize is not None else (w, h))
+        return sizes
 
     @property
     def in_chans(self) -> int:
@@ -181,13 +209,28 @@ class FeatureSummary:
     images: int = 0           # backbone inputs (views x segments) run this time
     forward_calls: int = 0
     seconds: float = 0.0
-    shape: tuple = ()         # (N, V, S, D) after the run
+    shape: tuple = ()         # (N, V, S, D), or (N, V, S, C, h, w) for maps, after the run
+    kind: str = "vectors"     # "vectors" or "maps" (--pool none)
+    bytes_per_video: int = 0  # one video's row as stored: prod(shape[1:]) * itemsize
+    file_bytes: int = 0       # the feature file's size on disk after the run
 
     def lines(self) -> list[str]:
         rate = f", {self.images / self.seconds:.0f} images/s" if self.seconds > 0 and self.images else ""
+        axes = "(N, V, S, C, h, w)" if self.kind == "maps" else "(N, V, S, D)"
+        n = self.shape[0] if self.shape else 0
+        on_disk = f", {_size(self.file_bytes / n)} per video on disk incl. the HDF5 overhead" if n else ""
         return [f"features: {self.computed} video(s) computed, {self.skipped} already stored, "
                 f"{self.total} in the store; {self.images} images in {self.seconds:.1f} s{rate}",
-                f"features: {self.out} holds (N, V, S, D) = {tuple(self.shape)}"]
+                f"features: {self.out} holds {self.kind} {axes} = {tuple(self.shape)}: "
+                f"{_size(self.bytes_per_video)} per video as stored{on_disk} ({_size(self.file_bytes)} in all)"]
+
+
+def _size(n: float) -> str:
+    """A byte count for people: 512 B, 1.5 KiB, 2.3 MiB ..."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
 
 
 def _spatial_clips(clip, cfg: FeatureConfig):
@@ -236,6 +279,7 @@ class _Preparer:
             rgb=None if views[0].rgb is None else np.concatenate([np.ascontiguousarray(v.rgb) for v in views]),
             flow=None if views[0].flow is None else np.concatenate([np.ascontiguousarray(v.flow) for v in views]),
             flow_range=None if views[0].flow_range is None else np.concatenate([v.flow_range for v in views]),
+            flow_mirror=views[0].flow_mirror,
         )
         values = finalize(merged, self.reader.quant, flow_mode=cfg.flow_values, mean_subtract=cfg.mean_subtract,
                           rgb_mode="float", rgb_mean=self.rgb_mean, rgb_std=self.rgb_std)[cfg.stream]
@@ -279,6 +323,7 @@ def _provenance(reader, cfg: FeatureConfig, backbone_info: dict, rgb_mean, rgb_s
             "mean_subtract": cfg.mean_subtract if cfg.stream == "flow" else None,
         },
         "dtype": cfg.dtype,
+        "pool": cfg.pool,
         "store": {
             "path": str(Path(reader.root).resolve()),
             "backend": reader.backend,
@@ -292,7 +337,10 @@ def _provenance(reader, cfg: FeatureConfig, backbone_info: dict, rgb_mean, rgb_s
             "manifest_sha256": manifest_sha,
             "manifest_hash_of": MANIFEST_HASH_OF,
         },
-        "features_are": "pooled backbone outputs as computed (not normalised); shape (V, S, D) per video",
+        "features_are": ("pooled backbone outputs as computed (not normalised); shape (V, S, D) per video"
+                         if cfg.pool == "avg" else
+                         "the backbone's last conv map (timm forward_features, before global pooling) as computed, "
+                         "float16; shape (V, S, C, h, w) per video"),
     }
 
 
@@ -327,9 +375,18 @@ def extract_features(store, out, cfg: FeatureConfig, *, overwrite: bool = False,
                                  device=device)
     rgb_mean, rgb_std = rgb_normalisation(model)
     provenance = _provenance(reader, cfg, info, rgb_mean, rgb_std, None)
+    map_shape = None
+    if cfg.pool == "none":
+        sizes = cfg.input_sizes(reader)
+        if not sizes:
+            raise InputError(f"--pool none: {reader.root} has no videos to size the maps by")
+        map_shape = conv_map_shape(model, cfg, *next(iter(sizes)), device)
+        provenance["map"] = {"shape": None if map_shape is None else list(map_shape),
+                             "layer": "timm forward_features: the last conv stage, before global pooling"}
     fs = FeatureStore.create_or_resume(out, provenance, num_views=cfg.num_views, num_segments=cfg.num_segments,
                                        feature_dim=info["feature_dim"], temporal_views=cfg.temporal_views,
-                                       dtype=cfg.dtype, overwrite=overwrite)
+                                       dtype=cfg.dtype, overwrite=overwrite,
+                                       map_shape=map_shape)
     summary = FeatureSummary(out=str(out), total=len(reader.videos))
     try:
         provenance["created"] = fs.provenance.get("created", provenance["created"])
@@ -358,9 +415,10 @@ def extract_features(store, out, cfg: FeatureConfig, *, overwrite: bool = False,
                 fs.update_provenance(provenance)
                 raise exc.stopped(len(stored) + summary.computed) from None
         fs.update_provenance(provenance)
-        summary.shape = fs.shape
+        summary.shape, summary.kind, summary.bytes_per_video = fs.shape, fs.kind, fs.bytes_per_video
     finally:
         fs.close()
+    summary.file_bytes = Path(out).stat().st_size
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -370,7 +428,7 @@ class FeatureRows:
     """The features of some videos, ready for :meth:`FeatureStore.append` (``columns()``)."""
 
     videos: list
-    feats: np.ndarray      # (n, V, S, D)
+    feats: np.ndarray      # (n, V, S, D), or (n, V, S, C, h, w) for maps
     starts: np.ndarray     # (n, T, S) int32
     counts: list
     hashes: list
@@ -381,6 +439,24 @@ class FeatureRows:
         return self.videos, self.feats, self.starts, self.counts, self.hashes
 
 
+def embed(model, x: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
+    """The backbone's output for images ``x``: pooled ``(B, D)``, or (``pool="none"``) its last
+    conv map ``(B, C, h, w)`` -- timm's ``forward_features``, which the pooled forward pools."""
+    if cfg.pool == "avg":
+        return model(x)
+    out = model.forward_features(x)
+    if out.dim() != 4:
+        raise InputError(f"--pool none needs a convolutional backbone; {cfg.backbone}'s last stage gives shape "
+                         f"{tuple(out.shape)}, not (B, C, h, w)")
+    return out
+
+
+@torch.inference_mode()
+def conv_map_shape(model, cfg: FeatureConfig, w: int, h: int, device) -> tuple[int, int, int]:
+    """``(C, h, w)`` of the backbone's last conv map for ``w x h`` inputs (one dry forward)."""
+    return tuple(embed(model, torch.zeros(1, cfg.in_chans, int(h), int(w), device=device), cfg).shape[1:])
+
+
 @torch.inference_mode()
 def forward(model, prepared: list, cfg: FeatureConfig, device, reader) -> FeatureRows:
     """Backbone features of prepared videos (``_Preparer`` outputs of one image size), in
@@ -388,14 +464,13 @@ def forward(model, prepared: list, cfg: FeatureConfig, device, reader) -> Featur
     batch = torch.cat([p[1] for p in prepared]).to(device)
     feats, calls = [], 0
     for i in range(0, batch.shape[0], cfg.batch_size):
-        feats.append(model(batch[i:i + cfg.batch_size]).float().cpu())
+        feats.append(embed(model, batch[i:i + cfg.batch_size], cfg).float().cpu())
         calls += 1
     feats = torch.cat(feats).numpy()
-    d = feats.shape[-1]
     rows, offset = [], 0
     for video, x, starts, count in prepared:
         n = x.shape[0]
-        rows.append(feats[offset:offset + n].reshape(cfg.num_views, cfg.num_segments, d))
+        rows.append(feats[offset:offset + n].reshape(cfg.num_views, cfg.num_segments, *feats.shape[1:]))
         offset += n
     return FeatureRows([p[0] for p in prepared], np.stack(rows), np.stack([p[2] for p in prepared]).astype(np.int32),
                        [p[3] for p in prepared], [entry_sha256(reader.entry(p[0])) for p in prepared],

@@ -4,7 +4,9 @@ Layout (format ``flowstore-features``, version 1)::
 
     /                   attrs: format, version, provenance (JSON text), count
     /videos             (N,)   UTF-8 strings      store video ids, in the order written
-    /features           (N, V, S, D) float32|float16   per video, test view and segment
+    /features           (N, V, S, D) float32|float16   per video, test view and segment (a vector store)
+                        or (N, V, S, C, h, w) float16  the backbone's last conv map (a map store,
+                        ``flowstore features --pool none``); either way one chunk per video
     /starts             (N, T, S) int32           first store index of each snippet (per temporal view)
     /num_items          (N,)   int32              frames (rgb) or flows (flow) of the video in the store
     /entry_sha256       (N,)   ASCII hex          SHA-256 of the video's manifest entry
@@ -18,7 +20,9 @@ Rerunning with the same settings therefore computes only the videos not yet stor
 ``t * C + c`` (see :mod:`flowstore.features.extract`). The ``provenance`` attribute records
 everything that determines the numbers (backbone, weights SHA-256, sampling, views, input
 preparation, the flow store and its manifest hash); :func:`settings_of` is the part that must
-agree for a run to append to an existing file.
+agree for a run to append to an existing file; its ``pool`` (``avg``: pooled vectors, the
+default and what a file without the key holds; ``none``: spatial maps) says which kind the
+file is. Readers that need one kind refuse the other (:meth:`FeatureStore.require`).
 """
 from __future__ import annotations
 
@@ -35,7 +39,9 @@ FORMAT = "flowstore-features"
 VERSION = 1
 
 #: provenance keys that must be identical to append to an existing feature store
-SETTINGS_KEYS = ("stream", "backbone", "sampling", "views", "input", "dtype")
+SETTINGS_KEYS = ("stream", "backbone", "sampling", "views", "input", "dtype", "pool")
+#: what each kind of store holds per video, for messages
+KINDS = {"vectors": "pooled feature vectors (V, S, D)", "maps": "spatial feature maps (V, S, C, h, w)"}
 
 
 class FeatureStoreError(InputError):
@@ -47,6 +53,8 @@ def settings_of(provenance: dict) -> dict:
     out = json.loads(json.dumps({k: provenance.get(k) for k in SETTINGS_KEYS}))  # a deep copy
     weights = (out.get("backbone") or {}).get("weights") or {}
     weights.pop("path", None)  # the same file (same SHA-256) may have moved
+    if out.get("pool") in (None, "avg"):  # pooled vectors: the digest stays what it was before --pool
+        out.pop("pool")
     out["store_header_sha256"] = (provenance.get("store") or {}).get("header_sha256")
     return out
 
@@ -100,8 +108,8 @@ class FeatureStore:
             for name in self._DATASETS:
                 if name not in f:
                     return f"dataset /{name} is missing"
-            if f["features"].ndim != 4:
-                return f"/features must be (N, V, S, D), got shape {f['features'].shape}"
+            if f["features"].ndim not in (4, 6):
+                return f"/features must be (N, V, S, D) or (N, V, S, C, h, w), got shape {f['features'].shape}"
             count, rows = f.attrs.get("count", 0), min(len(f[n]) for n in self._DATASETS)
             if not isinstance(count, (int, np.integer)) or not 0 <= int(count) <= rows:
                 return f"count {count!r} does not fit its {rows} rows"
@@ -129,10 +137,31 @@ class FeatureStore:
                 for v in self._f["videos"][: self.count]]
 
     @property
-    def shape(self) -> tuple[int, int, int, int]:
-        """``(N, V, S, D)`` of the valid rows."""
-        _, v, s, d = self._f["features"].shape
-        return self.count, v, s, d
+    def shape(self) -> tuple:
+        """``(N, V, S, D)`` (a vector store) or ``(N, V, S, C, h, w)`` (a map store) of the valid rows."""
+        return (self.count, *self._f["features"].shape[1:])
+
+    @property
+    def kind(self) -> str:
+        """``"vectors"`` (pooled, ``(N, V, S, D)``) or ``"maps"`` (``(N, V, S, C, h, w)``)."""
+        return "maps" if self._f["features"].ndim == 6 else "vectors"
+
+    @property
+    def bytes_per_video(self) -> int:
+        """Bytes of one video's row as stored (uncompressed): ``V * S * D`` or ``V * S * C * h * w``
+        values of the stored dtype."""
+        ds = self._f["features"]
+        return int(np.prod(ds.shape[1:])) * ds.dtype.itemsize
+
+    def require(self, kind: str, needed_by: str) -> None:
+        """Refuse a store of the other kind: ``needed_by`` (e.g. ``"train-head --fusion svm"``)
+        needs ``kind`` (``"vectors"`` or ``"maps"``)."""
+        if self.kind == kind:
+            return
+        fix = ("make pooled features (`flowstore features` without --pool none), or train on maps with "
+               "--fusion mid-conv" if kind == "vectors" else
+               "make spatial maps with `flowstore features --pool none`")
+        raise FeatureStoreError(f"{self.path} holds {KINDS[self.kind]}, but {needed_by} needs {KINDS[kind]}; {fix}")
 
     def __len__(self) -> int:
         return self.count
@@ -141,7 +170,7 @@ class FeatureStore:
         return {v: i for i, v in enumerate(self.videos)}
 
     def features(self, videos=None) -> np.ndarray:
-        """``(N, V, S, D)`` features of ``videos`` (default: all, in stored order), as stored dtype."""
+        """``(N, V, S, D)`` (or ``(N, V, S, C, h, w)``) features of ``videos`` (default: all, in stored order), as stored dtype."""
         n = self.count
         if videos is None:
             return self._f["features"][:n]
@@ -182,9 +211,11 @@ class FeatureStore:
     # -- writing -------------------------------------------------------------------------
     @classmethod
     def create_or_resume(cls, path, provenance: dict, *, num_views: int, num_segments: int, feature_dim: int,
-                         temporal_views: int, dtype: str = "float32", overwrite: bool = False) -> "FeatureStore":
+                         temporal_views: int, dtype: str = "float32", overwrite: bool = False,
+                         map_shape: tuple | None = None) -> "FeatureStore":
         """Open ``path`` for appending: a new file with ``provenance``, or an existing one whose
-        :func:`settings_of` match (else :class:`FeatureStoreError` listing the differences)."""
+        :func:`settings_of` match (else :class:`FeatureStoreError` listing the differences).
+        ``map_shape = (C, h, w)`` makes a map store (``feature_dim`` is then ``C``)."""
         import h5py
 
         path = Path(os.fspath(path))
@@ -214,8 +245,9 @@ class FeatureStore:
             v, s, d = int(num_views), int(num_segments), int(feature_dim)
             f.create_dataset("videos", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype("utf-8"),
                              chunks=(1024,))
-            f.create_dataset("features", shape=(0, v, s, d), maxshape=(None, v, s, d), dtype=np.dtype(dtype),
-                             chunks=(1, v, s, d))
+            row = (v, s, d) if map_shape is None else (v, s, *(int(x) for x in map_shape))
+            f.create_dataset("features", shape=(0, *row), maxshape=(None, *row), dtype=np.dtype(dtype),
+                             chunks=(1, *row))  # one chunk per video: a video is read whole
             f.create_dataset("starts", shape=(0, int(temporal_views), s), maxshape=(None, int(temporal_views), s),
                              dtype=np.int32, chunks=(1024, int(temporal_views), s))
             f.create_dataset("num_items", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(1024,))

@@ -15,7 +15,9 @@ Feature-level fusion: :func:`early_concat` concatenates the streams' features al
 feature axis; a single head is then trained on the result.
 
 :data:`FUSIONS` maps the names ``none``, ``late-avg``, ``late-weighted``, ``svm`` and
-``early-concat`` to classes with one interface (each registered by :func:`register_fusion`
+``early-concat`` (and, registered by reference, the learned score fusions of
+:mod:`.learned_fusion` and ``mid-conv`` of :mod:`.midconv`, ``level = "maps"``: it trains on
+spatial feature maps) to classes with one interface (each registered by :func:`register_fusion`
 under its ``name``); :func:`build_fusion` builds one by name::
 
     fusion = build_fusion(name)
@@ -361,3 +363,6 @@ def build_fusion(name: str, **kw) -> _Fusion:
 for _name, _cls in (("late-perclass", "LatePerClass"), ("logits-mlp", "LogitsMLP"),
                     ("token-transformer", "TokenTransformer")):
     FUSIONS.register(_name, f"{__package__}.learned_fusion:{_cls}")
+# mid-level fusion of spatial feature maps (map stores, `features --pool none`); it trains on the
+# maps instead of per-stream heads
+FUSIONS.register("mid-conv", f"{__package__}.midconv:MidConvFusion")

@@ -9,6 +9,7 @@ A **model directory** (written by :func:`train_model`) holds::
     head.pt / head.json    the head (one stream, or early-concat fusion), or
     head_<stream>.pt/.json one head per stream (score-level fusion)
     fusion.json            fitted parameters of every score-level fusion (>= 2 streams)
+    fusion_<name>.pt       weights of a learned fusion (logits-mlp, token-transformer, mid-conv)
     metrics.json           see :data:`METRICS_KEYS`
     predictions.csv        per test video: label, prediction, scores (the chosen fusion)
     predictions_<stream>.csv  per stream, when there are several
@@ -18,6 +19,10 @@ A **model directory** (written by :func:`train_model`) holds::
 Score-level fusions (late-avg, late-weighted, svm) are all fitted on the validation scores
 whenever there are two or more streams, so one model directory reports all of them; ``--fusion``
 picks the one whose numbers are the top-level metrics.
+``--fusion mid-conv`` (map stores) trains one network on the streams' maps instead of
+per-stream heads (:mod:`.midconv`); ``--head multitask`` with several datasets is
+:mod:`.multitask_model`; ``init_from`` (``--init-from``) starts the head from another model's
+(:mod:`.finetune`) and is recorded in config.json and metrics.json.
 
 Training runs in four steps, each a function: :func:`split_videos` (train / val / test),
 :func:`fit_heads` (a head per stream, or one on early-concatenated features),
@@ -111,6 +116,7 @@ class TrainArgs:
     svm_c: float = 1.0
     device: str = "cpu"
     allow_overlap: bool = False
+    init_from: str | None = None   # fine-tuning: a model directory whose head to start from
 
 
 def write_json(path: Path, obj) -> None:
@@ -338,6 +344,7 @@ class FittedHeads:
     test_scores: dict = field(default_factory=dict)
     oof_scores: dict = field(default_factory=dict)
     per_stream: dict = field(default_factory=dict)
+    midconv: object = None  # the fitted MidConvFusion (--fusion mid-conv: no per-stream heads)
 
 
 def _uses_fusion_folds(streams: list[Stream], splits: VideoSplits, args: TrainArgs) -> bool:
@@ -365,6 +372,8 @@ def fit_heads(streams: list[Stream], splits: VideoSplits, trainer: _HeadTrainer,
     use_folds = _uses_fusion_folds(streams, splits, args)
     fitted = FittedHeads()
     videos = (splits.train, splits.val, splits.test)
+    if args.fusion == "mid-conv":
+        return _fit_midconv(streams, splits, trainer, args, videos)
     if args.fusion == "early-concat":
         fusion = build_fusion("early-concat")
         parts = [tuple(stream_features(s, v) for v in videos) for s in streams]
@@ -394,6 +403,31 @@ def fit_heads(streams: list[Stream], splits: VideoSplits, trainer: _HeadTrainer,
     return fitted
 
 
+def _fit_midconv(streams: list[Stream], splits: VideoSplits, trainer: _HeadTrainer, args: TrainArgs,
+                 videos) -> FittedHeads:
+    """The mid-conv network on the streams' maps (train: fit, val: best epoch and hyper-parameters)."""
+    from .midconv import MidConvFusion
+
+    if args.fusion_folds:
+        raise InputError("--fusion-folds fits score fusions on out-of-fold scores; mid-conv trains on the maps "
+                         "and selects on the validation split (drop --fusion-folds)")
+    if args.early_stopping:
+        raise InputError("mid-conv keeps its best validation epoch of --epochs; drop --early-stopping")
+    if args.head_kwargs:
+        raise InputError(f"{', '.join('--' + k for k in args.head_kwargs)}: head options do not apply to mid-conv, "
+                         "which selects its own (conv width, FC size, dropout) on the validation split")
+    maps = [[stream_features(s, v) for s in streams] for v in videos]  # per split: one array per stream
+    fu = MidConvFusion(seed=args.seed, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
+                       batch_size=args.batch_size, normalize=args.l2_normalize, device=args.device,
+                       num_classes=len(splits.classes))
+    fu.fit(maps[0], splits.y_train, maps[1] if splits.has_val else None, splits.y_val)
+    trainer.log(f"train-head: [mid-conv] maps {fu.shapes} -> common (depth, h, w) {fu.state()['common']}; "
+                f"selected {fu.hp} by {fu.selected_by}; best epoch {fu.best_epoch}/{args.epochs}")
+    fitted = FittedHeads(midconv=fu)
+    fitted.val_scores["mid-conv"], fitted.test_scores["mid-conv"] = fu.predict(maps[1]), fu.predict(maps[2])
+    return fitted
+
+
 @dataclass
 class Fused:
     """Every fitted score-level fusion's state (by name; empty with one stream or early-concat)
@@ -412,6 +446,10 @@ def fuse_scores(streams: list[Stream], splits: VideoSplits, fitted: FittedHeads,
 
     if args.fusion == "early-concat":
         return Fused({}, fitted.val_scores["head"], fitted.test_scores["head"])
+    if args.fusion == "mid-conv":
+        return Fused({"mid-conv": fitted.midconv.state() | {"fitted_on": "train (weights), val (best epoch, "
+                                                                        "hyper-parameters)"}},
+                     fitted.val_scores["mid-conv"], fitted.test_scores["mid-conv"])
     if len(streams) == 1:
         return Fused({}, fitted.val_scores[streams[0].name], fitted.test_scores[streams[0].name])
     vlist = [fitted.val_scores[s.name] for s in streams]
@@ -471,7 +509,11 @@ def report(out: Path, streams: list[Stream], label_sets: LabelSets, splits: Vide
     eval_vids, y_eval, s_eval = _evaluated(streams, splits, fitted, fused, trainer)
     m = metrics(s_eval, y_eval, classes)
     per_fusion = {}
-    if fused.states and splits.has_test:
+    if args.fusion == "mid-conv" and splits.has_test:
+        st = fused.states["mid-conv"]
+        per_fusion["mid-conv"] = short_metrics(metrics(fused.test, splits.y_test, classes)) | {
+            "selected": st["selected"]}
+    elif fused.states and splits.has_test:
         tlist = [fitted.test_scores[s.name] for s in streams]
         for name, st in fused.states.items():
             per_fusion[name] = short_metrics(metrics(apply_fusion(st, tlist), splits.y_test, classes))
@@ -495,13 +537,17 @@ def report(out: Path, streams: list[Stream], label_sets: LabelSets, splits: Vide
     heads = fitted.heads
     stream_info = [{"name": s.name, "features": s.path, "settings": s.digest(),
                     "store_manifest_sha256": (s.provenance.get("store") or {}).get("manifest_sha256"),
-                    "head": (f"head_{s.name}" if len(heads) > 1 else "head")} for s in streams]
+                    "head": ("fusion_mid-conv" if args.fusion == "mid-conv" else
+                             f"head_{s.name}" if len(heads) > 1 else "head")} for s in streams]
     config = {
         "format": "flowstore-train-head", "version": 1,
         "head": args.head, "fusion": args.fusion, "classes": classes, "streams": stream_info,
         "labels": label_sets.source, "train_args": {k: v for k, v in vars(args).items()},
         "training": {k: r.config | {"best_epoch": r.best_epoch, "stopped_early": r.stopped_early,
-                                    "class_weights": r.class_weights} for k, r in heads.items()},
+                                    "class_weights": r.class_weights} for k, r in heads.items()}
+                    | ({"mid-conv": {"epochs": args.epochs, "lr": args.lr, "weight_decay": args.weight_decay,
+                                     "batch_size": args.batch_size, "seed": args.seed,
+                                     "best_epoch": fitted.midconv.best_epoch}} if fitted.midconv else {}),
         "splits": {"train": splits.train, "val": splits.val, "test": splits.test},
     }
     for key, res in heads.items():
@@ -518,7 +564,7 @@ def report(out: Path, streams: list[Stream], label_sets: LabelSets, splits: Vide
     write_json(out / "config.json", config)
     write_json(out / "metrics.json", result)
     write_predictions_csv(out / "predictions.csv", eval_vids, s_eval, y_eval, classes)
-    if len(streams) > 1 and args.fusion != "early-concat" and splits.has_test:
+    if len(streams) > 1 and args.fusion not in ("early-concat", "mid-conv") and splits.has_test:
         for s in streams:
             write_predictions_csv(out / f"predictions_{s.name}.csv", splits.test, fitted.test_scores[s.name],
                                   splits.y_test, classes)
@@ -537,6 +583,28 @@ def train_model(streams: list[Stream], label_sets: LabelSets, out, args: TrainAr
     out.mkdir(parents=True, exist_ok=True)
     splits = split_videos(streams, label_sets, args, log=log)
     trainer = _HeadTrainer(splits, args, log)
+    init = _init_from(streams, splits, trainer, args, log) if args.init_from else None
     fitted = fit_heads(streams, splits, trainer, args)
     fused = fuse_scores(streams, splits, fitted, trainer, args, log=log)
-    return report(out, streams, label_sets, splits, fitted, fused, trainer, args)
+    result = report(out, streams, label_sets, splits, fitted, fused, trainer, args)
+    if init is not None:  # recorded beside the metrics and the config
+        result["init_from"] = init
+        for name in ("metrics.json", "config.json"):
+            doc = json.loads((out / name).read_text())
+            write_json(out / name, doc | {"init_from": init})
+    return result
+
+
+def _init_from(streams: list[Stream], splits: VideoSplits, trainer: _HeadTrainer, args: TrainArgs, log) -> dict:
+    """Start the head from ``args.init_from``'s (fine-tuning); returns what is recorded about it."""
+    from .finetune import plan_init, read_init
+
+    if len(streams) != 1:
+        raise InputError(f"--init-from fine-tunes one head: give one --features file, not {len(streams)}")
+    init = read_init(args.init_from)
+    state, kwargs, note = plan_init(init, args.head, trainer.train_kw["head_kwargs"], in_dim=streams[0].store.shape[3],
+                                    features=streams[0].path, classes=splits.classes)
+    trainer.train_kw.update(head_kwargs=kwargs, init_state=state)
+    log(f"train-head: --init-from: {note}")
+    return {"model": str(Path(init.model_dir).resolve()), "note": note, "classes_there": len(init.classes),
+            "output_layer": "kept" if len(state) == len(init.state) else "re-created"}

@@ -48,13 +48,24 @@ def _check_config(cfg: dict, path: Path) -> None:
                 or not isinstance(st.get("settings"), dict):
             raise bad(f"streams[{i}] must have a name, features, head and settings")
         h = st["head"]
-        if not (h == "head" or h.startswith("head_")) or "/" in h or "\\" in h or ".." in h:
+        if not (h == "head" or h.startswith("head_") or h == "fusion_mid-conv") or "/" in h or "\\" in h or ".." in h:
             raise bad(f"streams[{i}].head {h!r} is not a head file name of the directory")
     if not isinstance(cfg.get("labels"), dict):
         raise bad("'labels' must be an object")
     splits = cfg.get("splits")
     if not isinstance(splits, dict) or not all(isinstance(splits.get(k), list) for k in ("train", "val", "test")):
         raise bad("'splits' must hold the train, val and test video lists")
+    tasks = cfg.get("tasks")
+    if tasks is not None:  # a multi-task model: one stream per dataset
+        if not isinstance(tasks, list) or len(tasks) != len(streams):
+            raise bad("'tasks' must be a list with one dataset per stream")
+        for i, t in enumerate(tasks):
+            ok = isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("classes"), list) \
+                and t["classes"] and all(isinstance(c, str) for c in t["classes"]) \
+                and isinstance(t.get("labels"), dict) and isinstance(t.get("splits"), dict) \
+                and all(isinstance(t["splits"].get(k), list) for k in ("train", "val", "test"))
+            if not ok:
+                raise bad(f"tasks[{i}] must have a name, classes, labels and the train, val and test video lists")
 
 
 def _check_fusions(doc: dict, cfg: dict, path: Path) -> None:
@@ -113,7 +124,7 @@ def read_model(model_dir) -> dict:
     _check_config(cfg, cfg_path)
     fusion_path = model_dir / "fusion.json"
     cfg["_fusion"] = None
-    if len(cfg["streams"]) > 1 and cfg["fusion"] != "early-concat":
+    if len(cfg["streams"]) > 1 and cfg["fusion"] not in ("early-concat", "none"):
         cfg["_fusion"] = read_json_file(fusion_path, "fusion.json (the fused model's fusion parameters)")
         _check_fusions(cfg["_fusion"], cfg, fusion_path)
         from .learned_fusion import load_fusion_tensors
@@ -171,53 +182,33 @@ def evaluate_model(model_dir, *, features=None, label_sets: LabelSets | None = N
     from .plots import plot_confusion
 
     cfg = read_model(model_dir)
+    if cfg.get("tasks"):
+        return _evaluate_multitask(cfg, features=features, label_sets=label_sets, subset=subset, views=views,
+                                   out=out, allow_mismatch=allow_mismatch, allow_overlap=allow_overlap,
+                                   device=device, log=log)
     model_dir = Path(cfg["_dir"])
     classes = cfg["classes"]
     recorded = cfg["streams"]
     paths = list(features) if features else [s["features"] for s in recorded]
     if len(paths) != len(recorded):
         raise InputError(f"{model_dir} was trained on {len(recorded)} stream(s); got {len(paths)} --features")
-    streams = open_streams(paths, names=[s["name"] for s in recorded])
+    fusion = cfg["fusion"]
+    streams = open_streams(paths, names=[s["name"] for s in recorded], kind="maps" if fusion == "mid-conv" else "vectors",
+                           needed_by=f"evaluating {model_dir} (fusion {fusion})")
     try:
         for s, rec in zip(streams, recorded):
-            if s.digest() != rec["settings"] and not allow_mismatch:
-                from ..features.store import _diff
-
-                raise InputError(f"{s.path} was not made like the features {rec['name']} head was trained on "
-                                 "(pass --allow-mismatch to evaluate anyway):\n  "
-                                 + "\n  ".join(_diff(rec["settings"], s.digest())))
+            _check_digest(s, rec, allow_mismatch)
         if label_sets is None:
-            src = cfg["labels"]
-            if not isinstance(src.get("labels"), str):
-                raise InputError(f"{model_dir}/config.json records no label file; pass --labels")
-            label_sets = load_label_sets(src["labels"], test_labels=src.get("test_labels"),
-                                         classes=src.get("classes"), split=src.get("split", 1))
+            label_sets = _recorded_labels(cfg["labels"], model_dir)
         label_sets = _match_classes(label_sets, classes, model_dir, log)
-        ids = streams[0].store.videos
-        if subset == "val":
-            wanted = set(cfg["splits"]["val"])
-            if not wanted:
-                raise InputError(f"{model_dir} was trained without a validation split")
-            names_all, y_all = resolve_labels(label_sets.train, ids, streams[0].path)
-            keep = [i for i, v in enumerate(names_all) if v in wanted]
-            names, y = [names_all[i] for i in keep], y_all[keep]
-        else:
-            entries = {"test": label_sets.test, "train": label_sets.train,
-                       "all": list(label_sets.train) + list(label_sets.test)}.get(subset)
-            if entries is None:
-                raise InputError(f"unknown subset {subset!r}; choose test, val, train or all")
-            if not entries:
-                raise InputError(f"no {subset} videos in the labels")
-            names, y = resolve_labels(entries, ids, streams[0].path)
-        if subset == "test":
-            seen = list(cfg["splits"]["train"]) + list(cfg["splits"]["val"])
-            msg = overlap_message("model's training (or validation)", seen, "evaluated test", names)
-            if msg and not allow_overlap:
-                raise InputError(f"{msg}; evaluate other videos or pass --allow-overlap")
-            if msg:
-                log(f"evaluate: warning: {msg} (--allow-overlap)")
-        fusion = cfg["fusion"]
-        if fusion == "early-concat":
+        names, y = _subset_videos(cfg["splits"], label_sets, streams[0], subset, model_dir, allow_overlap, log)
+        if fusion == "mid-conv":
+            from .midconv import MidConvFusion
+
+            net = MidConvFusion.from_state(cfg["_fusion"]["fusions"]["mid-conv"], device=device)
+            probs = {"head": net.predict([stream_features(s, names, views) for s in streams])}
+            stream_probs = []
+        elif fusion == "early-concat":
             from .fusion import early_concat
 
             head = _load_checked_head(model_dir / "head", classes, streams, f"the early-concat head of {model_dir}")
@@ -234,11 +225,11 @@ def evaluate_model(model_dir, *, features=None, label_sets: LabelSets | None = N
         n_views = stream_features(streams[0], names[:1], views).shape[1] if names else 0
         rows, all_metrics = [], {}
         label = Path(model_dir).name
-        if fusion == "early-concat":
+        if fusion in ("early-concat", "mid-conv"):
             final = probs["head"]
             m = metrics(final, y, classes)
-            all_metrics["early-concat"] = m
-            rows.append(_row(label, "+".join(s.name for s in streams), cfg["head"], "early-concat", m, n_views, True))
+            all_metrics[fusion] = m
+            rows.append(_row(label, "+".join(s.name for s in streams), cfg["head"], fusion, m, n_views, True))
         elif len(streams) == 1:
             final = stream_probs[0]
             m = metrics(final, y, classes)
@@ -271,6 +262,108 @@ def evaluate_model(model_dir, *, features=None, label_sets: LabelSets | None = N
     finally:
         for s in streams:
             s.store.close()
+
+
+def _subset_videos(splits: dict, label_sets: LabelSets, stream, subset: str, model_dir, allow_overlap: bool,
+                   log) -> tuple:
+    """``(videos, labels)`` of ``subset`` in ``stream``'s store (``splits``: the recorded train/val/test
+    lists); test videos the model was trained or validated on are an error unless ``allow_overlap``."""
+    ids = stream.store.videos
+    if subset == "val":
+        wanted = set(splits["val"])
+        if not wanted:
+            raise InputError(f"{model_dir} was trained without a validation split")
+        names_all, y_all = resolve_labels(label_sets.train, ids, stream.path)
+        keep = [i for i, v in enumerate(names_all) if v in wanted]
+        names, y = [names_all[i] for i in keep], y_all[keep]
+    else:
+        entries = {"test": label_sets.test, "train": label_sets.train,
+                   "all": list(label_sets.train) + list(label_sets.test)}.get(subset)
+        if entries is None:
+            raise InputError(f"unknown subset {subset!r}; choose test, val, train or all")
+        if not entries:
+            raise InputError(f"no {subset} videos in the labels")
+        names, y = resolve_labels(entries, ids, stream.path)
+    if subset == "test":
+        seen = list(splits["train"]) + list(splits["val"])
+        msg = overlap_message("model's training (or validation)", seen, "evaluated test", names)
+        if msg and not allow_overlap:
+            raise InputError(f"{msg}; evaluate other videos or pass --allow-overlap")
+        if msg:
+            log(f"evaluate: warning: {msg} (--allow-overlap)")
+    return names, y
+
+
+def _recorded_labels(src: dict, model_dir) -> LabelSets:
+    if not isinstance(src.get("labels"), str):
+        raise InputError(f"{model_dir}/config.json records no label file; pass --labels")
+    return load_label_sets(src["labels"], test_labels=src.get("test_labels"), classes=src.get("classes"),
+                           split=src.get("split", 1))
+
+
+def _check_digest(stream, recorded: dict, allow_mismatch: bool) -> None:
+    if stream.digest() != recorded["settings"] and not allow_mismatch:
+        from ..features.store import _diff
+
+        raise InputError(f"{stream.path} was not made like the features {recorded['name']} head was trained on "
+                         "(pass --allow-mismatch to evaluate anyway):\n  "
+                         + "\n  ".join(_diff(recorded["settings"], stream.digest())))
+
+
+def _evaluate_multitask(cfg: dict, *, features, label_sets, subset, views, out, allow_mismatch, allow_overlap,
+                        device, log) -> dict:
+    """:func:`evaluate_model` of a multi-task model directory: every dataset on its own feature
+    store, labels and classes (its columns of the head); the first dataset's numbers at the top
+    level, every dataset's under ``per_dataset``."""
+    from .evaluate import metrics, write_predictions_csv
+    from .io import ModelFileError, load_head
+    from .multitask import task_scores
+    from .plots import plot_confusion
+
+    model_dir = Path(cfg["_dir"])
+    tasks, recorded = cfg["tasks"], cfg["streams"]
+    if label_sets is not None:
+        raise InputError(f"{model_dir} is a multi-task model: each dataset is evaluated on the labels recorded "
+                         "for it; drop --labels")
+    paths = list(features) if features else [s["features"] for s in recorded]
+    if len(paths) != len(tasks):
+        raise InputError(f"{model_dir} is a multi-task model of {len(tasks)} datasets; got {len(paths)} --features")
+    head = load_head(model_dir / "head")
+    if head.config.get("task_classes") != [len(t["classes"]) for t in tasks]:
+        raise ModelFileError(f"{model_dir}/head.json: its output layers {head.config.get('task_classes')} do not "
+                             f"match the datasets' class counts {[len(t['classes']) for t in tasks]}")
+    label = model_dir.name
+    rows, per_dataset, all_short = [], {}, {}
+    out = None if out is None else Path(os.fspath(out))
+    for i, (t, rec, path) in enumerate(zip(tasks, recorded, paths)):
+        stream = open_streams([path], [t["name"]], needed_by=f"evaluating {model_dir}")[0]
+        try:
+            _check_digest(stream, rec, allow_mismatch)
+            if stream.store.shape[3] != head.config["in_dim"]:
+                raise InputError(f"{stream.path} has {stream.store.shape[3]}-dimensional features; the multi-task "
+                                 f"head of {model_dir} takes {head.config['in_dim']}")
+            sets = _match_classes(_recorded_labels(t["labels"], model_dir), t["classes"], model_dir, log)
+            names, y = _subset_videos(t["splits"], sets, stream, subset, model_dir, allow_overlap, log)
+            x = stream_features(stream, names, views)
+        finally:
+            stream.store.close()
+        scores = task_scores(head.to(device), x, i)
+        m = metrics(scores, y, t["classes"])
+        per_dataset[t["name"]] = {"n": len(names), **{k: m[k] for k in ("top1", "top5", "top5_k", "mean_class_accuracy",
+                                                                     "per_class_accuracy", "confusion_matrix")}}
+        all_short[t["name"]] = short_metrics(m)
+        rows.append(_row(f"{label}[{t['name']}]", t["name"], cfg["head"], "none", m, x.shape[1], True))
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            write_predictions_csv(out / f"predictions_{t['name']}.csv", names, scores, y, t["classes"])
+            plot_confusion(m["confusion_matrix"], t["classes"], out / f"confusion_{t['name']}.png",
+                           title=f"{label} [{t['name']}] on {subset}: top-1 {m['top1']:.1%} (n={m['n']})")
+    first = per_dataset[tasks[0]["name"]]
+    result = {"model": str(model_dir), "subset": subset, "views": rows[0]["views"], "fusion": "none", **first,
+              "all": all_short, "per_dataset": per_dataset, "rows": rows}
+    if out is not None:
+        write_json(out / "metrics.json", {k: v for k, v in result.items() if k != "rows"})
+    return result
 
 
 def _match_classes(label_sets: LabelSets, classes: list[str], model_dir: Path, log) -> LabelSets:

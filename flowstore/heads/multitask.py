@@ -25,9 +25,10 @@ from torch import nn
 
 from ..errors import InputError
 from .evaluate import as_feature_tensor
+from .finetune import load_matching
 from .models import _HeadBase
 
-__all__ = ["MultiTaskHead", "multitask_head", "multitask_loss", "train_multitask", "task_scores"]
+__all__ = ["MultiTaskHead", "multitask_head", "multitask_loss", "train_multitask", "task_scores", "load_matching"]
 
 
 class MultiTaskHead(_HeadBase):
@@ -128,20 +129,8 @@ def train_multitask(feats: list, labels: list, task_classes: list[int], *, hidde
                 loss.backward()
                 opt.step()
                 sched.step()
-                total += float(loss) * len(b)
+                total += float(loss.detach()) * len(b)
             history["epoch"].append(epoch)
             history["train_loss"].append(total / n)
     model.eval()
     return model, history
-
-
-def load_matching(model: nn.Module, state: dict) -> list[str]:
-    """Copy every tensor of ``state`` whose name and shape the model has (fine-tuning: the body of
-    a head trained on another dataset; an output layer of another size stays fresh). Returns the
-    names copied; none at all is an error."""
-    own = model.state_dict()
-    take = {k: v for k, v in state.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
-    if not take:
-        raise InputError("--init-from: no weight of that head fits this one (another head type or feature dimension)")
-    model.load_state_dict(take, strict=False)
-    return sorted(take)

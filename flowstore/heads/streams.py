@@ -25,9 +25,10 @@ class Stream:
         return settings_of(self.provenance)
 
 
-def open_streams(paths, names=None) -> list[Stream]:
-    """Open feature stores; stream names come from their provenance (``rgb``, ``flow``),
-    made unique with ``_2``, ``_3`` ... unless ``names`` are given."""
+def open_streams(paths, names=None, *, kind: str = "vectors", needed_by: str = "train-head") -> list[Stream]:
+    """Open feature stores of ``kind`` (``"vectors"``, or ``"maps"`` for the mid-conv fusion; the
+    other kind is refused naming ``needed_by``); stream names come from their provenance
+    (``rgb``, ``flow``), made unique with ``_2``, ``_3`` ... unless ``names`` are given."""
     from ..features.store import open_features
 
     paths = [str(p) for p in paths]
@@ -38,6 +39,13 @@ def open_streams(paths, names=None) -> list[Stream]:
     out, seen = [], {}
     for i, p in enumerate(paths):
         fs = open_features(p)
+        try:
+            fs.require(kind, needed_by)
+        except InputError:
+            fs.close()
+            for opened in out:
+                opened.store.close()
+            raise
         prov = fs.provenance
         if names:
             name = names[i]

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .evaluate import as_feature_tensor, predict_scores
+from .finetune import load_matching
 from .models import build_head
 from ..errors import InputError
 
@@ -121,6 +122,7 @@ def train_head(
     l2_normalize: bool = True,
     train_views: str = "random",
     device: str = "cpu",
+    init_state: dict | None = None,
 ) -> TrainResult:
     """Train head ``head`` (a :data:`~flowstore.heads.models.HEADS` name) with AdamW.
 
@@ -138,6 +140,8 @@ def train_head(
       ``monitor`` (``"val_loss"`` or ``"val_acc"``); ``None`` disables it. Needs val data.
       With val data the weights of the best epoch are restored at the end.
     - ``train_views``: ``"random"`` | ``"all"`` | ``"first"`` (see module docstring).
+    - ``init_state``: start from these weights (fine-tuning; every tensor whose name and shape
+      the head has, see :func:`flowstore.heads.finetune.load_matching`).
     """
     if schedule not in SCHEDULES:
         raise InputError(f"unknown schedule {schedule!r}; choose from {sorted(SCHEDULES)}")
@@ -184,7 +188,10 @@ def train_head(
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
         model = build_head(head, in_dim=d, num_classes=num_classes, num_segments=s,
-                           **head_kwargs).to(dev)
+                           **head_kwargs)
+        if init_state is not None:
+            load_matching(model, init_state)
+        model = model.to(dev)
         cw = (class_weights_from_labels(y, num_classes) if class_weighted
               else torch.ones(num_classes))
         loss_weight = cw.to(dev) if class_weighted else None

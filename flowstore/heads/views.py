@@ -93,9 +93,11 @@ def views_grid(model_dir, *, features=None, label_sets=None, subset: str = "test
     from .streams import open_streams, stream_features
 
     cfg = read_model(model_dir)
+    if cfg.get("tasks"):
+        raise InputError("the views grid covers single-dataset models; a multi-task model is evaluated per dataset")
     recorded = cfg["streams"]
     paths = list(features) if features else [s["features"] for s in recorded]
-    streams = open_streams(paths, names=[s["name"] for s in recorded])
+    streams = open_streams(paths, names=[s["name"] for s in recorded], needed_by="the views grid (pooled features per view)")
     try:
         grids = {s.name: view_grid(s.provenance) for s in streams}
         if len(set(grids.values())) != 1:

@@ -25,6 +25,10 @@ Records (indices are 0-based; mmaction2 rawframes are 1-based, converted only at
   ``i + stride``, one uint8 component encoded with ``flow.codec``
 * ``flow_range``  (``minmax`` quantization only) 16 bytes, float32 little-endian
   ``lo_x, hi_x, lo_y, hi_y`` of flow ``i``
+* since 1.2, in stores whose ``directions`` setting holds ``"backward"``: ``flow_bx`` /
+  ``flow_by`` (and ``flow_brng`` for minmax) backward flow ``i``, from frame ``i + stride`` to
+  frame ``i``, laid out as the forward kinds. A store without ``"forward"`` in ``directions``
+  has no ``flow_x`` / ``flow_y`` / ``flow_range`` records.
 
 LMDB shard (a single file, ``subdir=False``): key ``f"{video_id}/{kind}/{index:06d}"`` in
 UTF-8; value = 4-byte little-endian CRC-32 (zlib.crc32) of the payload, then the payload.
@@ -72,11 +76,27 @@ RGB = "rgb"
 FLOW_X = "flow_x"
 FLOW_Y = "flow_y"
 FLOW_RANGE = "flow_range"
-KINDS = (RGB, FLOW_X, FLOW_Y, FLOW_RANGE)
+# since 1.2: backward flow (frame i + stride -> frame i); "flow_brng", not "flow_brange", keeps
+# the longest kind at 10 bytes, so the 493-byte id limit of 1.0/1.1 stores stays as it was
+FLOW_BX = "flow_bx"
+FLOW_BY = "flow_by"
+FLOW_BRANGE = "flow_brng"
+#: every record kind, in the order records_crc32 takes them (store/records.py)
+KINDS = (RGB, FLOW_X, FLOW_Y, FLOW_RANGE, FLOW_BX, FLOW_BY, FLOW_BRANGE)
+
+#: flow directions a store may hold (the header's ``directions`` setting, since 1.2), in the
+#: order the setting lists them; a store without the key holds forward flow only
+FORWARD = "forward"
+BACKWARD = "backward"
+DIRECTIONS = (FORWARD, BACKWARD)
+#: ``extract --direction`` (and ``direction = ...`` in recipes) -> the directions stored
+DIRECTION_OPTIONS = {"forward": (FORWARD,), "backward": (BACKWARD,), "both": DIRECTIONS}
+#: per direction: the (x, y, minmax range) record kinds of one flow
+DIRECTION_KINDS = {FORWARD: (FLOW_X, FLOW_Y, FLOW_RANGE), BACKWARD: (FLOW_BX, FLOW_BY, FLOW_BRANGE)}
 
 INDEX_DIGITS = 6
 MAX_LMDB_KEY_BYTES = 511  # LMDB's default maximum key size
-_KEY_SUFFIX_BYTES = len(f"/{FLOW_RANGE}/") + INDEX_DIGITS
+_KEY_SUFFIX_BYTES = len(f"/{max(KINDS, key=len)}/") + INDEX_DIGITS
 MAX_VIDEO_ID_BYTES = MAX_LMDB_KEY_BYTES - _KEY_SUFFIX_BYTES
 MAX_RECORDS_PER_VIDEO = 10**INDEX_DIGITS  # 9.2 hours at 30 fps; keys keep a fixed width
 
@@ -101,14 +121,34 @@ class VideoEntry(TypedDict):
     shard_size: NotRequired[int]
     records_crc32: NotRequired[int]
     committed_at: NotRequired[str]  # set by the writer when it commits the video
+    # since 1.2, only in stores extracted with --fps: which decoded source frames were kept
+    # (0-based, run-length: [first, step, count] runs, see encode_runs) and their decoded
+    # timestamps in seconds (rounded to microseconds), one per stored frame
+    source_frames: NotRequired[list]
+    source_times: NotRequired[list]
 
 
 #: entry keys added in format 1.1, written by the extraction: optional (absent in 1.0 stores)
 ENTRY_KEYS_1_1 = ("shard_size", "records_crc32")
+#: entry keys added in format 1.2, written by an extraction with --fps only
+ENTRY_KEYS_1_2 = ("source_frames", "source_times")
 #: keys of a manifest video entry (format 1.0)
-VIDEO_ENTRY_KEYS = tuple(k for k in VideoEntry.__annotations__ if k not in ENTRY_KEYS_1_1)
+VIDEO_ENTRY_KEYS = tuple(k for k in VideoEntry.__annotations__ if k not in ENTRY_KEYS_1_1 + ENTRY_KEYS_1_2)
 #: header keys whose values must match when a store is extended by another run
-SETTINGS_KEYS = ("backend", "frames", "resize", "decoder", "stride", "flow", "quantization")
+SETTINGS_KEYS = ("backend", "frames", "resize", "decoder", "stride", "flow", "quantization", "directions", "fps")
+#: the value a settings key added after 1.0 has in a store whose header lacks it (fps: null, every
+#: decoded frame kept)
+SETTING_DEFAULTS = {"directions": [FORWARD], "fps": None}
+
+
+def store_setting(header: dict, key: str):
+    """A settings key of a store's header, its default where an older store lacks it."""
+    return header.get(key, SETTING_DEFAULTS.get(key))
+
+
+def store_directions(header: dict) -> tuple[str, ...]:
+    """The flow directions a store holds (``("forward",)`` for stores older than 1.2)."""
+    return tuple(store_setting(header, "directions"))
 
 
 class FormatError(InputError):
@@ -188,6 +228,29 @@ def check_video_id(video_id: str) -> None:
         )
 
 
+def encode_runs(indices) -> list[list[int]]:
+    """Increasing indices as ``[first, step, count]`` runs (``step`` >= 1): ``0, 3, 6, 8`` ->
+    ``[[0, 3, 3], [8, 1, 1]]``; a video entry's ``source_frames``."""
+    runs: list[list[int]] = []
+    for i in map(int, indices):
+        if runs:
+            first, step, count = runs[-1]
+            last = first + step * (count - 1)
+            if count == 1 and i > first:
+                runs[-1] = [first, i - first, 2]
+                continue
+            if i - last == step:
+                runs[-1][2] += 1
+                continue
+        runs.append([i, 1, 1])
+    return runs
+
+
+def decode_runs(runs) -> list[int]:
+    """The indices of :func:`encode_runs`'s runs."""
+    return [first + step * k for first, step, count in runs for k in range(count)]
+
+
 def dumps_line(obj: dict) -> str:
     """One JSON-lines record: a complete line ending in a newline, never split."""
     return json.dumps(obj, ensure_ascii=False, sort_keys=True) + "\n"
@@ -243,6 +306,11 @@ def check_header(manifest, where: str) -> dict:
         QuantSpec.from_manifest(quant)
     except (KeyError, TypeError, ValueError) as exc:
         raise FormatError(f"{where}: key 'quantization' is not a valid quantization ({exc})") from None
+    if "directions" in manifest:
+        directions = _field(manifest, "directions", list, where)
+        if not directions or directions != [d for d in DIRECTIONS if d in directions]:
+            raise FormatError(f"{where}: key 'directions' is {json.dumps(directions)[:80]}; it lists "
+                              f"one or both of {list(DIRECTIONS)} in that order")
     _field(manifest, "videos", list, where)
     return manifest
 
@@ -280,6 +348,8 @@ def check_entry(entry, *, backend: str, stride: int, where: str) -> VideoEntry:
         _count(entry, "records_crc32", 0, 0xFFFFFFFF, where)
     if "committed_at" in entry:
         _field(entry, "committed_at", str, where)
+    if "source_frames" in entry or "source_times" in entry:
+        _check_source_frames(entry, num_frames, where)
     return entry
 
 
@@ -337,6 +407,21 @@ def check_catalog(doc, where: str) -> dict:
     if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in sizes.values()):
         raise FormatError(f"{where}: shard_sizes must map shard names to byte counts")
     return doc
+
+
+def _check_source_frames(entry: dict, num_frames: int, where: str) -> None:
+    runs = _field(entry, "source_frames", list, where)
+    times = _field(entry, "source_times", list, where)
+    if not all(isinstance(r, list) and len(r) == 3 and all(isinstance(v, int) and not isinstance(v, bool) for v in r)
+               and r[0] >= 0 and r[1] >= 1 and r[2] >= 1 for r in runs):
+        raise FormatError(f"{where}: key 'source_frames' must be [first, step, count] runs of whole numbers "
+                          f"(first >= 0, step >= 1, count >= 1)")
+    indices = decode_runs(runs) if sum(r[2] for r in runs) == num_frames else None
+    if indices is None or any(b <= a for a, b in zip(indices, indices[1:])):
+        raise FormatError(f"{where}: key 'source_frames' must list {num_frames} increasing frame indices (num_frames)")
+    if (len(times) != num_frames or not all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in times)
+            or any(b < a for a, b in zip(times, times[1:]))):
+        raise FormatError(f"{where}: key 'source_times' must be {num_frames} non-decreasing numbers (seconds)")
 
 
 def check_failure(failure, where: str) -> dict:

@@ -1,7 +1,8 @@
 """``flowstore merge``: stores extracted apart (machines with no shared storage) combined into one.
 
 The stores must have identical settings (:data:`~.format.SETTINGS_KEYS`: otherwise the error
-names each differing key) and no video id in common (refused before anything is written). Each
+names each differing key; the flow ``directions`` are one, so backward records are merged
+with the forward ones) and no video id in common (refused before anything is written). Each
 shard that a committed entry names is hard-linked (or copied, across file systems or with
 ``copy=True``) into ``out`` under a new shard number, and the entries are committed there with
 their ``shard`` rewritten, through the normal commit protocol and under ``out``'s writer lock.
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from ..errors import AlreadyExistsError, DamagedStoreError, InputError, StoreWriteError
 from ..io import fsync_path
-from .format import MANIFEST, SETTINGS_KEYS, SHARD_DIR, VideoEntry, shard_name, shard_path
+from .format import MANIFEST, SETTINGS_KEYS, SHARD_DIR, VideoEntry, shard_name, shard_path, store_setting
 from .manifest import load_failures, load_manifest
 from .verify import verify_store
 from .writer import SettingsMismatchError, StoreLock, StoreWriter, describe_os_error, settings_diff
@@ -91,7 +92,7 @@ def merge_stores(stores: Sequence[str | os.PathLike], out: str | os.PathLike, *,
     try:
         out.mkdir(parents=True, exist_ok=True)
         with StoreLock(out):
-            writer = StoreWriter(out, {k: manifests[0][k] for k in SETTINGS_KEYS})
+            writer = StoreWriter(out, {k: store_setting(manifests[0], k) for k in SETTINGS_KEYS})
             number = 0
             committed = set()
             for store, manifest in zip(stores, manifests):

@@ -16,8 +16,8 @@ from ..quantize import QuantSpec, dequantize
 from .backend import ShardReader
 from .shards import open_shard
 from .catalog import decode_value, open_catalog, tail_entries
-from .format import CATALOG_DIR, COMMIT_LOG, FLOW_RANGE, FLOW_X, FLOW_Y, MANIFEST, RGB, SHARD_DIR, segment_key, shard_path
-from .records import decode_flow_q, decode_frame, unpack_range
+from .format import CATALOG_DIR, COMMIT_LOG, FORWARD, MANIFEST, RGB, SHARD_DIR, segment_key, shard_path, store_directions, store_setting
+from .records import decode_flow_q, decode_frame, flow_components, range_kind, unpack_range
 from .manifest import load_failures, load_manifest
 from ..errors import DamagedStoreError, InputError, OutOfRangeError, UnknownNameError
 
@@ -126,6 +126,8 @@ class StoreReader:
         self.flow_codec: str = self.header["flow"]["codec"]
         self.frame_codec: str = self.header["frames"]["codec"]
         self.stride: int = int(self.header.get("stride", 1))
+        #: the flow directions the store holds (format 1.2 ``directions``; forward before 1.2)
+        self.directions: tuple[str, ...] = store_directions(self.header)
         self._handles: OrderedDict[str, list] = OrderedDict()  # shard -> [handle, users, size at open]
         self._pid = os.getpid()
         self._lock = threading.Lock()  # reader threads (loader read-ahead) may open shards at once
@@ -340,13 +342,23 @@ class StoreReader:
         with self._using(video) as shard:
             return shard.get(video, RGB, index, check=self.check)
 
-    def flow_bytes(self, video: str, indices) -> tuple[list[bytes], list[bytes]]:
-        """Encoded x and y components of several flows in one go (e.g. a stack of L flows)."""
+    def check_direction(self, direction: str) -> str:
+        """``direction`` if the store holds flow of it, else an InputError saying how to get it."""
+        if direction not in self.directions:
+            flow_components(direction)  # an unknown name: ValueError naming the choices
+            raise InputError(f"store {self.root} holds no {direction} flow (its directions: {list(self.directions)}); "
+                             f"extract it with --direction both (or --direction {direction})")
+        return direction
+
+    def flow_bytes(self, video: str, indices, direction: str = FORWARD) -> tuple[list[bytes], list[bytes]]:
+        """Encoded x and y components of several flows in one go (e.g. a stack of L flows);
+        ``direction="backward"``: backward flow i, from frame i + stride to frame i."""
+        kind_x, kind_y = flow_components(self.check_direction(direction))
         n = self.num_flows(video)
         indices = [self._check_index(video, i, n, "flow") for i in indices]
         with self._using(video) as shard:
-            return (shard.get_many(video, FLOW_X, indices, check=self.check),
-                    shard.get_many(video, FLOW_Y, indices, check=self.check))
+            return (shard.get_many(video, kind_x, indices, check=self.check),
+                    shard.get_many(video, kind_y, indices, check=self.check))
 
     # -- decoded ---------------------------------------------------------------------------
     def frame(self, video: str, index: int) -> np.ndarray:
@@ -355,11 +367,11 @@ class StoreReader:
         payload = self.frame_bytes(video, index)
         return self._decoded(video, f"frame {index}", decode_frame, payload, self.frame_codec, (h, w))
 
-    def flow_q(self, video: str, index: int) -> np.ndarray:
+    def flow_q(self, video: str, index: int, direction: str = FORWARD) -> np.ndarray:
         """Stored uint8 flow ``(H, W, 2)`` (x, y), as quantized."""
         w, h = self.frame_size(video)
-        (bx,), (by,) = self.flow_bytes(video, [index])
-        return self._decoded(video, f"flow {index}", decode_flow_q, bx, by, self.flow_codec, (h, w))
+        (bx,), (by,) = self.flow_bytes(video, [index], direction)
+        return self._decoded(video, f"{direction} flow {index}", decode_flow_q, bx, by, self.flow_codec, (h, w))
 
     def _decoded(self, video: str, what: str, decode, *args) -> np.ndarray:
         try:
@@ -368,18 +380,20 @@ class StoreReader:
             raise DamagedStoreError(f"{self.root}: video {video!r} {what} in shard {self.shard_of(video)} "
                                     f"does not decode: {exc.message}") from None
 
-    def flow_range(self, video: str, index: int) -> np.ndarray | None:
+    def flow_range(self, video: str, index: int, direction: str = FORWARD) -> np.ndarray | None:
         """``(lo_x, hi_x, lo_y, hi_y)`` float32 for minmax stores, None for bound stores."""
+        kind = range_kind(self.check_direction(direction))
         if self.quant.scheme != "minmax":
             return None
         index = self._check_index(video, index, self.num_flows(video), "flow")
         with self._using(video) as shard:
-            raw = shard.get(video, FLOW_RANGE, index, check=self.check)
-        return unpack_range(raw, f"{video}/{FLOW_RANGE}/{index}")
+            raw = shard.get(video, kind, index, check=self.check)
+        return unpack_range(raw, f"{video}/{kind}/{index}")
 
-    def flow(self, video: str, index: int) -> np.ndarray:
-        """Dequantized flow, float32 ``(H, W, 2)`` in pixels."""
-        return dequantize(self.flow_q(video, index), self.quant, self.flow_range(video, index))
+    def flow(self, video: str, index: int, direction: str = FORWARD) -> np.ndarray:
+        """Dequantized flow, float32 ``(H, W, 2)`` in pixels; ``direction="backward"``: backward
+        flow ``index``, from frame ``index + stride`` to frame ``index``."""
+        return dequantize(self.flow_q(video, index, direction), self.quant, self.flow_range(video, index, direction))
 
     def info(self) -> dict:
         m = self.header
@@ -396,6 +410,8 @@ class StoreReader:
             "quantization": m["quantization"],
             "resize": m.get("resize"),
             "stride": self.stride,
+            "directions": list(self.directions),
+            "fps": store_setting(m, "fps"),
             "videos": [
                 {"id": v["id"], "num_frames": v["num_frames"], "num_flows": v["num_flows"],
                  "width": v["width"], "height": v["height"], "shard": v["shard"], "bytes": v.get("bytes")}

@@ -4,7 +4,9 @@ all go through here, so the layout is written once (docs/FORMAT.md, "Records").
 
 A frame is one ``rgb`` record. A flow is two uint8 component records, ``flow_x`` and
 ``flow_y``, plus, for ``minmax`` quantization only, a ``flow_range`` record: 16 bytes, float32
-little-endian ``lo_x, hi_x, lo_y, hi_y``.
+little-endian ``lo_x, hi_x, lo_y, hi_y``. A backward flow (format 1.2, stores whose
+``directions`` hold ``"backward"``) is the same with the kinds ``flow_bx``, ``flow_by`` and
+``flow_brng`` (:data:`~.format.DIRECTION_KINDS`).
 """
 from __future__ import annotations
 
@@ -15,12 +17,14 @@ from typing import NamedTuple
 import numpy as np
 
 from ..codec import decode_gray, decode_rgb, encode_gray, encode_rgb
-from ..errors import DamagedStoreError
+from ..errors import DamagedStoreError, UnknownNameError
 from ..quantize import QuantSpec, dequantize, quantize
-from .format import FLOW_RANGE, FLOW_X, FLOW_Y, KINDS, RGB
+from .format import DIRECTION_KINDS, DIRECTIONS, FORWARD, KINDS, RGB
 
-#: the component records of one flow, in (u, v) order
-FLOW_COMPONENTS = (FLOW_X, FLOW_Y)
+#: the component records of one (forward) flow, in (u, v) order
+FLOW_COMPONENTS = DIRECTION_KINDS[FORWARD][:2]
+#: the minmax range kinds of every direction (16-byte records, not images)
+RANGE_KINDS = tuple(kinds[2] for kinds in DIRECTION_KINDS.values())
 RANGE_DTYPE = "<f4"
 RANGE_BYTES = 4 * np.dtype(RANGE_DTYPE).itemsize
 
@@ -31,20 +35,39 @@ class Record(NamedTuple):
     payload: bytes
 
 
-def flow_kinds(scheme: str) -> tuple[str, ...]:
-    """The record kinds one flow is stored as under quantization ``scheme``."""
-    return FLOW_COMPONENTS + ((FLOW_RANGE,) if scheme == "minmax" else ())
+def check_direction(direction: str) -> str:
+    if direction not in DIRECTIONS:
+        raise UnknownNameError(f"unknown flow direction {direction!r}; choose from {list(DIRECTIONS)}")
+    return direction
 
 
-def record_counts(entry: dict, scheme: str) -> list[tuple[str, int]]:
-    """``(kind, count)`` for every kind a committed video entry promises."""
-    return [(RGB, int(entry["num_frames"]))] + [(kind, int(entry["num_flows"])) for kind in flow_kinds(scheme)]
+def flow_components(direction: str = FORWARD) -> tuple[str, str]:
+    """The ``(x, y)`` component record kinds of one flow of ``direction``."""
+    return DIRECTION_KINDS[check_direction(direction)][:2]
+
+
+def range_kind(direction: str = FORWARD) -> str:
+    """The minmax range record kind of one flow of ``direction``."""
+    return DIRECTION_KINDS[check_direction(direction)][2]
+
+
+def flow_kinds(scheme: str, direction: str = FORWARD) -> tuple[str, ...]:
+    """The record kinds one flow of ``direction`` is stored as under quantization ``scheme``."""
+    return flow_components(direction) + ((range_kind(direction),) if scheme == "minmax" else ())
+
+
+def record_counts(entry: dict, scheme: str, directions=(FORWARD,)) -> list[tuple[str, int]]:
+    """``(kind, count)`` for every kind a committed video entry promises in a store holding flow
+    of ``directions`` (:func:`~.format.store_directions` of its header)."""
+    return [(RGB, int(entry["num_frames"]))] + [(kind, int(entry["num_flows"]))
+                                                for d in DIRECTIONS if d in directions for kind in flow_kinds(scheme, d)]
 
 
 def records_crc32(crcs: dict[str, list[int]]) -> int:
     """A video entry's ``records_crc32`` (docs/FORMAT.md, section 3): the CRC-32 of the records'
-    own CRC-32s, each as 4 little-endian bytes, kind by kind (rgb, flow_x, flow_y, flow_range)
-    in index order. ``crcs`` maps a kind to its records' CRC-32s in index order."""
+    own CRC-32s, each as 4 little-endian bytes, kind by kind (rgb, flow_x, flow_y, flow_range,
+    then the backward kinds flow_bx, flow_by, flow_brng) in index order; absent kinds add
+    nothing. ``crcs`` maps a kind to its records' CRC-32s in index order."""
     digest = 0
     for kind in KINDS:
         values = crcs.get(kind, ())
@@ -57,13 +80,14 @@ def frame_records(index: int, rgb: np.ndarray, codec: str, quality: int | None) 
     return [Record(RGB, index, encode_rgb(rgb, codec, quality))]
 
 
-def flow_records(index: int, flow: np.ndarray, quant: QuantSpec, codec: str, quality: int | None) -> list[Record]:
-    """Quantize and encode one float flow ``(H, W, 2)`` into its records."""
+def flow_records(index: int, flow: np.ndarray, quant: QuantSpec, codec: str, quality: int | None,
+                 direction: str = FORWARD) -> list[Record]:
+    """Quantize and encode one float flow ``(H, W, 2)`` of ``direction`` into its records."""
     q, value_range = quantize(flow, quant)
     records = [Record(kind, index, encode_gray(np.ascontiguousarray(q[..., c]), codec, quality))
-               for c, kind in enumerate(FLOW_COMPONENTS)]
+               for c, kind in enumerate(flow_components(direction))]
     if value_range is not None:
-        records.append(Record(FLOW_RANGE, index, pack_range(value_range)))
+        records.append(Record(range_kind(direction), index, pack_range(value_range)))
     return records
 
 

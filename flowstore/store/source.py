@@ -12,6 +12,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from ..errors import InputError
 from ..quantize import QuantSpec
 
 
@@ -28,6 +29,9 @@ class RecordSource(Protocol):
     #: codecs of the flow components and of the RGB frames (``jpeg``, ``png``, ``raw``)
     flow_codec: str
     frame_codec: str
+    #: the flow directions it holds, in :data:`~flowstore.store.format.DIRECTIONS` order:
+    #: ``("forward",)``, ``("backward",)`` or both (a store's ``directions`` setting, format 1.2)
+    directions: tuple[str, ...]
 
     def num_frames(self, video: str) -> int: ...
 
@@ -38,10 +42,12 @@ class RecordSource(Protocol):
 
     def frame_bytes(self, video: str, index: int) -> bytes: ...
 
-    def flow_bytes(self, video: str, indices) -> tuple[list[bytes], list[bytes]]:
-        """Encoded x and y components of the flows at ``indices``."""
+    def flow_bytes(self, video: str, indices, direction: str = "forward") -> tuple[list[bytes], list[bytes]]:
+        """Encoded x and y components of the flows of ``direction`` at ``indices`` (backward
+        flow i goes from frame i + stride to frame i). A direction not in :attr:`directions`
+        raises :class:`~flowstore.errors.InputError` naming the source and the fix."""
 
-    def flow_range(self, video: str, index: int) -> np.ndarray | None:
+    def flow_range(self, video: str, index: int, direction: str = "forward") -> np.ndarray | None:
         """``(lo_x, hi_x, lo_y, hi_y)`` float32 for minmax quantization, None otherwise."""
 
     def shard_of(self, video: str) -> str | None:
@@ -52,4 +58,16 @@ class RecordSource(Protocol):
         """Release open handles (a no-op for sources that hold none)."""
 
 
-__all__ = ["RecordSource"]
+#: the :attr:`RecordSource.directions` of a source holding forward flow only
+FORWARD_ONLY = ("forward",)
+
+
+def check_forward_only(direction: str, what: str) -> None:
+    """For sources holding forward flow only (a rawframes tree, an in-memory copy of forward
+    stacks): ``direction`` must be ``"forward"``; ``what`` names the source in the error."""
+    if direction != "forward":
+        raise InputError(f"{what} has no {direction} flow, only forward flow; read a flowstore store "
+                         f"extracted with --direction both for {direction} flow")
+
+
+__all__ = ["FORWARD_ONLY", "RecordSource", "check_forward_only"]

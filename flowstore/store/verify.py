@@ -1,5 +1,7 @@
 """``flowstore verify``: every committed record is present, its CRC-32 matches, and (optionally)
-it decodes to an image of the recorded size; the catalog (format 1.2) agrees with the log."""
+it decodes to an image of the recorded size. The records are those of every flow direction the
+store holds (``record_counts`` with the header's ``directions``). The catalog (format 1.2)
+must agree with the log."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,10 +12,10 @@ from pathlib import Path
 from ..errors import FlowstoreError
 from .shards import open_shard
 from .catalog import decode_value, open_catalog, tail_entries
-from .format import CATALOG_DIR, COMMIT_LOG, FLOW_RANGE, RGB, SHARD_DIR
+from .format import CATALOG_DIR, COMMIT_LOG, RGB, SHARD_DIR, store_directions
 from .manifest import load_manifest
 from .reader import shard_min_sizes
-from .records import decode_flow_component, decode_frame, record_counts, records_crc32
+from .records import RANGE_KINDS, decode_flow_component, decode_frame, record_counts, records_crc32
 
 
 @dataclasses.dataclass
@@ -65,6 +67,7 @@ def verify_store(root: str | Path, *, decode: bool = False, progress: Callable[[
     manifest = load_manifest(root)
     backend = manifest["backend"]
     scheme = manifest["quantization"]["scheme"]
+    directions = store_directions(manifest)
     report = VerifyReport()
     report.problems.extend(catalog_problems(root, manifest))
     readers = {}
@@ -80,7 +83,7 @@ def verify_store(root: str | Path, *, decode: bool = False, progress: Callable[[
                 shape = (entry["height"], entry["width"])
                 crcs: dict[str, list[int]] = {}
                 problems_before = len(report.problems)
-                for kind, count in record_counts(entry, scheme):
+                for kind, count in record_counts(entry, scheme, directions):
                     kind_crcs = crcs[kind] = []
                     for index, payload, crc_ok in reader.iter_records(vid, kind, count):
                         report.records += 1
@@ -88,7 +91,7 @@ def verify_store(root: str | Path, *, decode: bool = False, progress: Callable[[
                         where = f"{vid}/{kind}/{index} in {SHARD_DIR}/{shard}"
                         if not crc_ok:
                             report.problems.append(f"checksum mismatch: {where}")
-                        elif decode and kind != FLOW_RANGE:
+                        elif decode and kind not in RANGE_KINDS:
                             try:
                                 if kind == RGB:
                                     img = decode_frame(payload, manifest["frames"]["codec"], shape)

@@ -35,7 +35,7 @@ from .catalog import (
 from .format import (
     CATALOG_DIR, COMMIT_LOG, FAILURES, FORMAT_NAME, FORMAT_VERSION, LOCK_FILE, MANIFEST, SETTINGS_KEYS,
     SHARD_DIR, SHARD_SUFFIX, VideoEntry, dumps_line, parse_version, segment_key, segment_name,
-    segment_value, shard_name, shard_path,
+    segment_value, shard_name, shard_path, store_setting,
 )
 from ..io import atomic_write_text, fsync_path
 from .manifest import append_lines, failures_text, load_failures, load_manifest
@@ -125,10 +125,11 @@ class StoreLock:
 def settings_diff(old: dict, new: dict, old_is: str = "store has", new_is: str = "this command asks for") -> list[str]:
     """One line per settings key (:data:`~.format.SETTINGS_KEYS`) on which ``old`` and ``new`` differ."""
     return [
-        f"{key}: {old_is} {json.dumps(old.get(key), sort_keys=True)}, "
-        f"{new_is} {json.dumps(new.get(key), sort_keys=True)}"
+        f"{key}: {old_is} {json.dumps(store_setting(old, key), sort_keys=True)}, "
+        f"{new_is} {json.dumps(store_setting(new, key), sort_keys=True)}"
         for key in SETTINGS_KEYS
-        if json.loads(json.dumps(old.get(key), sort_keys=True)) != json.loads(json.dumps(new.get(key), sort_keys=True))
+        if json.loads(json.dumps(store_setting(old, key), sort_keys=True))
+        != json.loads(json.dumps(store_setting(new, key), sort_keys=True))
     ]
 
 
