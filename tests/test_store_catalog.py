@@ -343,3 +343,20 @@ def test_a_pickled_reader_reopens_the_current_catalog_when_its_segments_were_com
     assert {v: worker.entry(v) for v in worker.videos} == want
     assert worker.frame("v005", 0)[0, 0, 0] == 5
     worker.close()
+
+
+def test_a_reader_dropped_without_close_releases_its_maps_at_once(base):
+    """No reference cycle (reader <-> videos / manifest): refcounting frees it, not the cyclic GC,
+    so its shard and segment maps (and their page-cache pages) go with the last reference."""
+    import gc
+
+    from flowstore.store.lmdb_backend import _SHARED_ENVS
+
+    gc.disable()
+    try:
+        r = StoreReader(base)
+        assert r.frame("v001", 0)[0, 0, 0] == 1 and r.manifest["videos"] and len(r.videos) == 12
+        del r
+        assert not [k for k in _SHARED_ENVS if k.startswith(str(base.resolve()))]
+    finally:
+        gc.enable()

@@ -15,7 +15,7 @@ import numpy as np
 from ..quantize import QuantSpec, dequantize
 from .backend import ShardReader
 from .shards import open_shard
-from .catalog import decode_value, open_catalog, tail_entries
+from .catalog import Catalog, decode_value, open_catalog, tail_entries
 from .format import CATALOG_DIR, COMMIT_LOG, FORWARD, MANIFEST, RGB, SHARD_DIR, segment_key, shard_path, store_directions, store_setting
 from .records import decode_flow_q, decode_frame, flow_components, range_kind, unpack_range
 from .manifest import load_failures, load_manifest
@@ -58,24 +58,40 @@ class VideoIds(Sequence):
     the log tail. Positional indexing (``videos[i]``, slices) reads every id into a list on its
     first use (O(n) once; ``list(reader.videos)`` does the same)."""
 
-    def __init__(self, reader: "StoreReader"):
-        self._reader = reader
+    # It holds the catalog and the log tail, not the reader: no reference cycle, so a reader
+    # dropped without close() releases its shard maps at once (refcounting, not the cyclic GC).
+    def __init__(self, root: Path, catalog: Catalog, tail: dict[str, dict], count: int):
+        self._root, self._catalog, self._tail, self._count = root, catalog, tail, count
         self._list: list[str] | None = None
 
     def __len__(self) -> int:
-        return self._reader._count
+        return self._count
 
     def __contains__(self, video) -> bool:
-        return isinstance(video, str) and self._reader._has(video)
+        if video in self._tail:
+            return True
+        try:
+            key = segment_key(video) if isinstance(video, str) else None
+        except UnicodeEncodeError:
+            return False
+        return key is not None and self._catalog.get(key) is not None
 
     def __iter__(self) -> Iterator[str]:
         if self._list is not None:
             return iter(self._list)
-        return self._reader._iter_ids()
+        return self._iter_ids()
+
+    def _iter_ids(self) -> Iterator[str]:
+        stream = heapq.merge((key.decode("utf-8") for key, _, _ in self._catalog.items()), sorted(self._tail))
+        last = None
+        for vid in stream:
+            if vid != last:
+                last = vid
+                yield vid
 
     def __getitem__(self, index):
         if self._list is None:
-            self._list = list(self._reader._iter_ids())
+            self._list = list(self._iter_ids())
         return self._list[index]
 
     def __eq__(self, other) -> bool:
@@ -84,10 +100,10 @@ class VideoIds(Sequence):
         return NotImplemented
 
     def __repr__(self) -> str:
-        return f"VideoIds({len(self)} videos of {self._reader.root})"
+        return f"VideoIds({len(self)} videos of {self._root})"
 
     def __getstate__(self):
-        return {"_reader": self._reader, "_list": None}
+        return {**self.__dict__, "_list": None}
 
 
 class StoreReader:
@@ -156,7 +172,7 @@ class StoreReader:
             self._min_sizes[shard] = max(size, self._min_sizes.get(shard, 0))
         self._count = self._catalog.doc["videos"] + sum(
             1 for v in self._entries if self._catalog.get(segment_key(v)) is None)
-        self.videos = VideoIds(self)
+        self.videos = VideoIds(self.root, self._catalog, self._entries, self._count)
         self._manifest = None
 
     @property
@@ -164,9 +180,9 @@ class StoreReader:
         """The header plus ``videos`` = every committed entry sorted by id, as
         :func:`~flowstore.store.manifest.load_manifest` gives it (a read-only mapping). The
         header keys cost nothing; ``manifest["videos"]`` is built on first use: O(n)."""
-        if self._manifest is None:
-            self._manifest = LazyManifest(self.header, self.iter_entries)
-        return self._manifest
+        if self._manifest is not None:  # read whole at open (no catalog)
+            return self._manifest
+        return LazyManifest(self.header, self.iter_entries)  # not kept: no reader <-> manifest cycle
 
     def iter_entries(self) -> Iterator[dict]:
         """Every committed entry in id order (a merge of the catalog's segments and the log
@@ -175,24 +191,10 @@ class StoreReader:
             for v in self.videos:
                 yield self._entries[v]
             return
-        yield from (self.entry(v) for v in self._iter_ids())
-
-    def _iter_ids(self) -> Iterator[str]:
-        if self._catalog is None:
-            yield from self.videos
-            return
-        tail = iter(sorted(self._entries))
-        stream = heapq.merge((key.decode("utf-8") for key, _, _ in self._catalog.items()), tail)
-        last = None
-        for vid in stream:
-            if vid != last:
-                last = vid
-                yield vid
+        yield from (self.entry(v) for v in self.videos)
 
     def _has(self, video: str) -> bool:
-        if video in self._entries:
-            return True
-        return self._catalog is not None and self._has_key(video) and self._catalog.get(segment_key(video)) is not None
+        return video in self._entries if self._catalog is None else video in self.videos
 
     @staticmethod
     def _has_key(video) -> bool:
@@ -207,8 +209,6 @@ class StoreReader:
         state = self.__dict__.copy()
         state["_handles"] = OrderedDict()
         state["_entry_cache"] = OrderedDict()
-        if state["_catalog"] is not None:
-            state["_manifest"] = None  # rebuilt lazily; workers need not carry every entry
         del state["_lock"]
         return state
 
