@@ -174,7 +174,9 @@ _OPEN_LOCK = threading.Lock()
 class ShardOpener:
     """Opens each shard of a source once per process, under a lock, before the first read of
     it: StoreReader opens shards lazily, and two reader threads must not open the same one at
-    once (LMDB refuses a second open). Sources without shards are left alone."""
+    once (LMDB refuses a second open). Sources without shards are left alone. It holds names,
+    not handles: StoreReader keeps at most ``max_open_shards`` handles open (an LRU) and opens an
+    evicted shard again under its own lock, so what this remembers may since have been closed."""
 
     def __init__(self):
         self._opened: set[str] = set()
