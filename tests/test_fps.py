@@ -115,7 +115,8 @@ def test_synthetic_video_through_the_cli(tmp_path):
     # without --fps an entry has no such keys
     run_extract([VideoJob("ramp", str(path))], ExtractConfig(out=str(tmp_path / "all"), method="farneback", workers=1,
                                                              resize=FrameResize(size=(16, 12))), show_progress=False)
-    plain = json.loads((tmp_path / "all" / "manifest.json").read_text())["videos"][0]
+    with flowstore.open_store(tmp_path / "all") as store:
+        plain = store.entry("ramp")
     assert "source_frames" not in plain and plain["num_frames"] == 20
 
 
