@@ -55,16 +55,17 @@ def features(store, out, *extra):
                                     "--length", str(LENGTH), "--out", str(out), "--no-progress", *extra])
 
 
-@pytest.mark.parametrize("stacking", ["stack", "bidirectional", "trajectory"])
-def test_features_stacking_is_the_loaders_stack_through_the_backbone(stores, tmp_path, stacking):
+# bidirectional with the stack mean: each half has its own (the stacking's mean_groups)
+@pytest.mark.parametrize("stacking, mean", [("stack", "field"), ("bidirectional", "stack"), ("trajectory", "field")])
+def test_features_stacking_is_the_loaders_stack_through_the_backbone(stores, tmp_path, stacking, mean):
     from flowstore.data.dataset import StoreClipDataset
     from flowstore.features.backbones import build_backbone
 
     out = tmp_path / f"{stacking}.h5"
-    res = features(stores["both"], out, "--stacking", stacking, "--mean-subtract", "field")
+    res = features(stores["both"], out, "--stacking", stacking, "--mean-subtract", mean)
     assert res.exit_code == 0, res.output
     ds = StoreClipDataset(str(stores["both"]), None, modality="flow", sampling="tsn", stacking=stacking,
-                          num_segments=1, length=LENGTH, train=False, flow_values="q128", mean_subtract="field",
+                          num_segments=1, length=LENGTH, train=False, flow_values="q128", mean_subtract=mean,
                           read_ahead=0)
     model, _ = build_backbone("resnet18", in_chans=2 * LENGTH, weights="random", seed=0)
     with open_features(out) as fs, torch.inference_mode():
