@@ -4,14 +4,17 @@
 
 Writes DIR/gpu_check.json and DIR/gpu_check.md (DIR: --out, else $OUT, else ./gpu_check_out):
 
-1. the device checks (``pytest -m cuda tests/test_cuda.py``; without pytest the same checks of
+1. the device checks (``pytest -m cuda tests/test_cuda*.py``; without pytest the same checks of
    flowstore/bench/cuda_checks.py are called directly): each torch engine on CUDA against the
    CPU, fp16 against fp32, pinned-memory loading, ``--gpu 0,0`` = two workers on one device;
-2. pairs/s at 340x256 of torch TV-L1 (batch 1, 8, 32, 128, 256), torch Farneback and each
-   learned model that imports (fp32 and fp16, batch 1, 8, 32), with OpenCV (or, where OpenCV
+2. pairs/s at 340x256 of torch TV-L1 (batch 1, 8, 32, 128, 256, fused and unfused, and the
+   automatic batch size), torch Farneback and each learned model of the flow registry (every
+   method with a ptlflow engine; fp32 and fp16, batch 1, 8, 32), with OpenCV (or, where OpenCV
    lacks the method, the torch engine) on the CPU in the same run;
 3. ``flowstore extract --gpu 0`` on the shared clips (cut short) with its "flow engine busy"
    share, and the same extraction on the CPU;
+4. the loader's clips/s to the device on that store: cv2 decoding in the workers against nvJPEG
+   (``decode_device``), and stored flow against flow computed online (torch TV-L1);
 and every figure as a ratio to its CPU counterpart. Parts that cannot run (no ptlflow, no
 ``cv2.optflow``, no lmdb: HDF5 is used instead, the time budget spent) are listed one line each.
 
@@ -30,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,8 +43,6 @@ import numpy as np  # noqa: E402
 
 from flowstore.bench.cuda_checks import CHECKS, clip_folder, run_check, shared_data, texture_frames  # noqa: E402
 
-#: the learned models timed, as short names or ptlflow model names (those ptlflow lacks are skipped)
-LEARNED = ("gmflow", "neuflow2", "neuflow", "rapidflow", "sea_raft_s", "raft", "raft_small")
 SHARED_CLIPS = ("test.mp4", "skateboarding.mp4", "clean_and_jerk.mp4", "v_Basketball_g01_c01.avi",
                 "demo.mp4", "part_0.mp4")
 
@@ -55,9 +57,22 @@ class Plan:
         self.learned_batches = (1, 2) if smoke else (1, 8, 32)
         self.min_pairs = 2 if smoke else 8       # timed pairs at least (batch 1: several batches)
         self.cpu_pairs = 2 if smoke else 4       # pairs of each CPU counterpart
-        self.models = ("gmflow",) if smoke else LEARNED
+        models = learned_methods()
+        self.models = models[:1] if smoke else models
+        # the fused TV-L1 path compiles on a GPU; in the smoke run it runs uncompiled (inductor on
+        # the CPU takes ~1 min to compile), so that the same code runs in its 2 minutes
+        self.fused_compile = None if device.startswith("cuda") else False
         self.extract_frames = 5 if smoke else 40  # frames per clip of the device extract run
         self.extract_cpu_frames = 5 if smoke else 8
+
+
+def learned_methods() -> list[str]:
+    """The learned models to time: every method of the flow registry with a ptlflow engine (the
+    short names, e.g. gmflow, neuflow2, raft), gmflow first."""
+    from flowstore.flow.registry import list_engines, list_methods
+
+    names = [m for m in list_methods() if "ptlflow" in list_engines(m)]
+    return sorted(names, key=lambda m: (m != "gmflow", m))
 
 
 def _import(name: str):
@@ -91,6 +106,11 @@ class Run:
 
     def left(self) -> float:
         return self.budget - (time.perf_counter() - self.start)
+
+    def short(self, seconds: float) -> bool:
+        """Less than ``seconds`` of the budget left (what a part needs on a GPU; a sixth of it
+        in the smoke run, whose parts take a second or two)."""
+        return self.left() < seconds * (1 / 6 if self.plan.smoke else 1)
 
     def skip(self, what: str, why: str) -> None:
         line = f"skipped {what}: {why}"
@@ -166,12 +186,37 @@ def time_engines(run: Run) -> tuple[list, str]:
         run.row("tvl1", f"torch b1 {size}", "cpu", cpu_tvl1)
 
     for batch in plan.tvl1_batches:
-        if run.left() < 60:
-            run.skip(f"torch TV-L1 batch {batch}", "time budget spent")
-            continue
-        est = build_flow("tvl1", engine="torch", device=dev, batch_size=batch)
-        rate = pairs_per_second(est, frames, max(batch, plan.min_pairs))
-        run.row("tvl1", f"torch b{batch} {size}", dev, rate, cpu_tvl1_name, cpu_tvl1)
+        for fused in (False, True):
+            label = ("fused" if plan.fused_compile is None else "fused uncompiled") if fused else "unfused"
+            if run.short(60):
+                run.skip(f"torch TV-L1 {label} batch {batch}", "time budget spent")
+                continue
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", RuntimeWarning)
+                    est = build_flow("tvl1", engine="torch", device=dev, batch_size=batch, fused=fused,
+                                     compile=plan.fused_compile if fused else None)
+                    rate = pairs_per_second(est, frames, max(batch, plan.min_pairs))
+            except Exception as exc:  # noqa: BLE001 - e.g. out of memory at batch 256: the other rows still run
+                run.skip(f"torch TV-L1 {label} batch {batch}", f"{type(exc).__name__}: {str(exc)[:200]}")
+                continue
+            for w in caught:  # the fused path fell back (no compiler, a CUDA graph that did not capture)
+                if issubclass(w.category, RuntimeWarning) and "running" in str(w.message):
+                    run.skip(f"part of torch TV-L1 {label} batch {batch}", str(w.message)[:300])
+            run.row("tvl1", f"torch {label} b{batch} {size}", dev, rate, cpu_tvl1_name, cpu_tvl1)
+    if dev.startswith("cuda") and not run.short(60):  # the automatic batch size (CUDA only)
+        try:
+            est = build_flow("tvl1", engine="torch", device=dev, fused=True)
+            est.prepare(frames[0])
+            batch = est.batch_size
+            rate = pairs_per_second(est, frames_for(batch + 2, plan.size) if batch + 2 > len(frames) else frames,
+                                    max(batch, plan.min_pairs))
+            run.row("tvl1", f"torch fused auto b{batch} {size}", dev, rate, cpu_tvl1_name, cpu_tvl1,
+                    auto_batch_size=batch)
+        except Exception as exc:  # noqa: BLE001
+            run.skip("torch TV-L1 automatic batch size", f"{type(exc).__name__}: {str(exc)[:200]}")
+    elif dev.startswith("cuda"):
+        run.skip("torch TV-L1 automatic batch size", "time budget spent")
     batch = plan.tvl1_batches[-1] if plan.smoke else 32
     est = build_flow("farneback", engine="torch", device=dev, batch_size=batch)
     run.row("farneback", f"torch b{batch} {size}", dev, pairs_per_second(est, frames, max(batch, plan.min_pairs)),
@@ -180,8 +225,6 @@ def time_engines(run: Run) -> tuple[list, str]:
 
 
 def time_learned(run: Run, frames, size: str) -> None:
-    import warnings
-
     from flowstore.bench.cuda_checks import ptlflow_available
     from flowstore.flow import build_flow
 
@@ -194,17 +237,20 @@ def time_learned(run: Run, frames, size: str) -> None:
     from flowstore.flow.learned import save_random_checkpoint
 
     names = set(ptlflow.get_model_names())
+    if not plan.models:
+        run.skip("learned models", "the flow registry has no method with a ptlflow engine")
     for model in plan.models:
+        # a short name is the ptlflow model name (gmflow = ptlflow:gmflow, neuflow2 = ptlflow:neuflow2, ...)
         if model not in names:
             run.skip(f"learned model {model}", f"ptlflow {ptlflow.__version__} has no model of that name")
             continue
-        if run.left() < 45:
+        if run.short(45):
             run.skip(f"learned model {model}", "time budget spent")
             continue
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 ckpt = save_random_checkpoint(model, Path(tmp) / f"{model}-random.ckpt", seed=0)
-                cpu = pairs_per_second(build_flow(f"ptlflow:{model}", device="cpu", ckpt=ckpt), frames, plan.cpu_pairs)
+                cpu = pairs_per_second(build_flow(model, device="cpu", ckpt=ckpt), frames, plan.cpu_pairs)
             except Exception as exc:  # noqa: BLE001 - one model failing does not stop the check
                 run.skip(f"learned model {model}", f"{type(exc).__name__}: {str(exc)[:200]}")
                 continue
@@ -214,13 +260,13 @@ def time_learned(run: Run, frames, size: str) -> None:
                     run.skip(f"{model} fp16", "fp16 is CUDA only (ignored on the CPU)")
                     continue
                 for batch in plan.learned_batches:
-                    if run.left() < 30:
+                    if run.short(30):
                         run.skip(f"{model} {'fp16' if fp16 else 'fp32'} b{batch}", "time budget spent")
                         continue
                     try:
                         with warnings.catch_warnings():
                             warnings.simplefilter("ignore", UserWarning)
-                            est = build_flow(f"ptlflow:{model}", device=dev, ckpt=ckpt, batch_size=batch, fp16=fp16)
+                            est = build_flow(model, device=dev, ckpt=ckpt, batch_size=batch, fp16=fp16)
                             rate = pairs_per_second(est, frames, max(batch, plan.min_pairs))
                     except Exception as exc:  # noqa: BLE001 - e.g. out of memory at batch 32
                         run.skip(f"{model} {'fp16' if fp16 else 'fp32'} b{batch}", f"{type(exc).__name__}: {str(exc)[:200]}")
@@ -286,7 +332,7 @@ def time_extract(run: Run) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for key, frames, args in (("device", plan.extract_frames, device_args), ("cpu", plan.extract_cpu_frames, cpu_args)):
-            if run.left() < 30:
+            if run.short(30):
                 run.skip(f"extract on {key}", "time budget spent")
                 continue
             clips = cut_clips(tmp / f"clips{frames}", frames, plan.size)
@@ -294,6 +340,8 @@ def time_extract(run: Run) -> dict:
                 out[key] = extract_run(clips, tmp / f"store-{key}", args, plan.size, backend)
             except Exception as exc:  # noqa: BLE001
                 run.skip(f"extract on {key}", str(exc)[:300])
+        if "device" in out:
+            out["loader"] = time_loader(run, tmp / "store-device")
     cpu = out.get("cpu", {}).get("pairs_per_s")
     if "device" in out:
         d = out["device"]
@@ -305,12 +353,39 @@ def time_extract(run: Run) -> dict:
     return out
 
 
+def time_loader(run: Run, store: Path) -> dict:
+    """Part 4: the loader's clips/s to the device with cv2 decoding in the workers and with
+    nvJPEG (``decode_device``), and stored against online flow (torch TV-L1 on the device), on
+    the store the extract run wrote."""
+    from flowstore.bench.device_loader import bench_device_decode, bench_online_flow
+
+    dev, smoke = run.plan.device, run.plan.smoke
+    workers = 1 if smoke else min(4, os.cpu_count() or 1)
+    out: dict = {}
+    for name, bench, kwargs in (
+            ("decode", bench_device_decode, dict(modality="flow", sampling="stack", length=2 if smoke else 10,
+                                                  batches=2 if smoke else 20, rounds=1 if smoke else 3)),
+            ("online_flow", bench_online_flow, dict(method="tvl1", engine="torch", length=2 if smoke else 10,
+                                                    batches=1 if smoke else 5, rounds=1))):
+        if run.short(40):
+            run.skip(f"loader {name}", "time budget spent")
+            continue
+        try:
+            out[name] = bench(store, device=dev, workers=workers, batch_size=2 if smoke else 8, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - one part failing must not end the check
+            run.skip(f"loader {name}", f"{type(exc).__name__}: {str(exc)[:300]}")
+            continue
+        print(f"loader {name}: {json.dumps(out[name]['clips_per_s'])} clips/s", flush=True)
+    return out
+
+
 def device_checks(run: Run) -> dict:
     """Part 1: ``pytest -m cuda`` (or the checks called directly without pytest); in the smoke
     run the checks also run on the CPU so that they stay runnable."""
     out: dict = {}
     if _import("pytest"):
-        cmd = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "tests/test_cuda.py"]
+        files = sorted(str(p.relative_to(REPO)) for p in (REPO / "tests").glob("test_cuda*.py"))
+        cmd = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", *files]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=max(60, int(run.left() - 120)),
                               env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
         lines = [line for line in proc.stdout.splitlines() if line.strip()]
@@ -350,6 +425,13 @@ def markdown(report: dict) -> str:
         lines.append(f"`{checks['pytest']['command']}`: {checks['pytest']['result']}")
     for name, r in checks.get("direct", {}).items():
         lines.append(f"- {name}: {r['status']} {r.get('reason', '')}".rstrip())
+    loader = report.get("extract", {}).get("loader", {})
+    if loader:
+        lines += ["", "## Loader to the device (clips/s, on the extract run's store)", ""]
+        for name, r in loader.items():
+            rates = ", ".join(f"{k} {v:.1f}" for k, v in r["clips_per_s"].items())
+            ratio = next((f"{v:.2f}x" for k, v in r.items() if k.endswith("_vs_cpu") or k.endswith("_vs_stored")), "")
+            lines.append(f"- {name}: {rates} ({ratio})")
     lines += ["", "## Skipped", ""] + [f"- {s}" for s in report["skipped"]]
     return "\n".join(lines) + "\n"
 

@@ -13,6 +13,8 @@
 Horizontal flip of stored flow: mirror the image and map ``q_x -> 255 - q_x``. For ``bound``
 this is ``u -> -u`` after dequantization (exact in real arithmetic, within float32 rounding,
 ~4e-6 px at bound 20, in practice); for ``minmax`` the range becomes ``(-hi_x, -lo_x)`` as well.
+A store that truncates (imported denseflow trees) reads levels at their centres, so there the map
+is ``q_x -> 254 - q_x`` (:func:`mirror_level`).
 Zero flow has no exact code with 255 levels: it is stored as 128 and reads back as +bound/255.
 
 :data:`SCHEMES` is the one table of schemes; a new one is a :class:`QuantScheme` passed to
@@ -166,13 +168,30 @@ def dequantize(q: np.ndarray, spec: QuantSpec = QuantSpec(), value_range: np.nda
     return SCHEMES[spec.scheme].dequantize(np.asarray(q), spec, value_range)
 
 
-def flip_horizontal(q: np.ndarray, value_range: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Mirror stored flow left-right: columns reversed and ``q_x -> 255 - q_x``.
+def mirror_level(spec: QuantSpec) -> int:
+    """The level ``m`` with ``q -> m - q`` negating the value: 255 for rounded levels (``q · step
+    - bound`` is symmetric about 127.5). A ``truncate`` store reads level ``q`` at its centre
+    ``(q + 0.5) · step - bound``, so the negation lies at level ``254 - q`` (255, which only
+    ``+bound`` itself reaches, becomes 0, i.e. ``-bound``)."""
+    return LEVELS - 1 if spec.scheme == "bound" and spec.rounding == "truncate" else LEVELS
+
+
+def mirror_levels(q: np.ndarray, mirror: int = LEVELS) -> np.ndarray:
+    """``mirror - q`` in uint8, clipped at 0 (see :func:`mirror_level`)."""
+    if mirror == LEVELS:
+        return LEVELS - q
+    return np.clip(mirror - q.astype(np.int16), 0, LEVELS).astype(np.uint8)
+
+
+def flip_horizontal(q: np.ndarray, value_range: np.ndarray | None = None,
+                    spec: QuantSpec | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Mirror stored flow left-right: columns reversed and ``q_x -> m - q_x``, ``m`` the
+    :func:`mirror_level` of ``spec`` (255 unless the store truncates).
 
     Returns the flipped uint8 flow and, for ``minmax``, the flipped range ``(-hi_x, -lo_x, lo_y, hi_y)``.
     """
     flipped = q[:, ::-1].copy()
-    flipped[..., 0] = LEVELS - flipped[..., 0]
+    flipped[..., 0] = mirror_levels(flipped[..., 0], LEVELS if spec is None else mirror_level(spec))
     if value_range is None:
         return flipped, None
     lo_x, hi_x, lo_y, hi_y = value_range

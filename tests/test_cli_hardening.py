@@ -298,8 +298,9 @@ def test_a_signal_stops_extract_cleanly_and_a_rerun_completes_the_store(tmp_path
         time.sleep(0.1)
     left = [Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:200] for pid in children if _alive(pid)]
     assert not left, f"processes left behind: {left}"
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert len(manifest["videos"]) == n  # checkpointed
+    catalog = json.loads((out / "catalog" / "catalog.json").read_text())
+    assert catalog["videos"] == n  # checkpointed: the catalog covers the whole log
+    assert catalog["log"]["offset"] == (out / "commits.jsonl").stat().st_size
     assert run_cli("verify", str(out)).returncode == 0
     r = run_cli(*args)
     assert r.returncode == 0, r.stderr

@@ -32,3 +32,21 @@ def test_text_output():
     result = CliRunner().invoke(cli, ["methods"])
     assert result.exit_code == 0
     assert "tvl1 [opencv, default]" in result.output and "ptlflow:neuflow2: 12.1 ms/pair" in result.output
+
+
+def test_learned_models_with_their_facts_and_one_recommended():
+    from flowstore.flow.catalog import LEARNED_MODELS, PTLFLOW_PUBLISHED, RECOMMENDED_LEARNED
+
+    rows = json.loads(CliRunner().invoke(cli, ["methods", "--json"]).output)
+    learned = {r["method"]: r for r in rows if r["method"] in LEARNED_MODELS}
+    assert sorted(learned) == sorted(LEARNED_MODELS) and all(r["engine"] == "ptlflow" for r in learned.values())
+    assert [m for m, r in learned.items() if r["recommended"]] == [RECOMMENDED_LEARNED]
+    for name, r in learned.items():
+        assert r["checkpoint"].startswith(f"{name}-things-*.ckpt") and r["licence"] and r["paper"]
+        assert "pairs/s (batch 1)" in r["cpu"] and "docs/benchmarks.md" in r["source"]
+        if name in PTLFLOW_PUBLISHED:
+            assert r["speed"] == f"{PTLFLOW_PUBLISHED[name][0]} ms/pair on a GPU"
+    assert learned["raft"]["min_side"] == 121 and learned["neuflow2"]["min_side"] is None
+    text = CliRunner().invoke(cli, ["methods"]).output
+    assert f"{RECOMMENDED_LEARNED} [ptlflow, default, recommended for bulk extraction]" in text
+    assert "raft [ptlflow, default]" in text and "frames: both sides >= 121 px" in text

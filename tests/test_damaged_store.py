@@ -16,7 +16,8 @@ import pytest
 
 import flowstore
 from flowstore.errors import EXIT_DAMAGED, EXIT_OK, EXIT_STORE, EXIT_USAGE
-from flowstore.store.format import COMMIT_LOG, FAILURES, MANIFEST, SHARD_DIR
+from flowstore.store.format import CATALOG_DIR, COMMIT_LOG, FAILURES, MANIFEST, SHARD_DIR
+from flowstore.store.manifest import load_manifest
 from helpers import REPO, run_cli
 
 CLIPS = ("part_0.mp4", "clean_and_jerk.mp4")
@@ -178,7 +179,7 @@ def logged(store):
     """Move the committed entries from manifest.json into commits.jsonl (as a run that has not
     checkpointed yet leaves them)."""
     manifest = json.loads((store / MANIFEST).read_text())
-    entries, manifest["videos"] = manifest["videos"], []
+    entries, manifest["videos"] = load_manifest(store)["videos"], []
     (store / MANIFEST).write_text(json.dumps(manifest))
     (store / COMMIT_LOG).write_text("".join(json.dumps(e, sort_keys=True) + "\n" for e in entries))
     return entries
@@ -243,11 +244,13 @@ def test_damaged_json_files_are_refused_naming_the_file_or_their_lines_skipped(t
 def test_a_1_0_store_without_shard_sizes_still_reads_and_verifies(tmp_path, pristine):
     store = tmp_path / "old"
     shutil.copytree(pristine["lmdb"]["store"], store)
-    manifest = json.loads((store / MANIFEST).read_text())
+    manifest = load_manifest(store)  # as a 1.0 writer leaves it: every entry in the manifest
     manifest["format_version"] = "1.0"
     for entry in manifest["videos"]:
         del entry["shard_size"], entry["records_crc32"]
     (store / MANIFEST).write_text(json.dumps(manifest))
+    (store / COMMIT_LOG).write_text("")
+    shutil.rmtree(store / CATALOG_DIR)
     assert run_cli("verify", "--no-progress", str(store)).returncode == EXIT_OK
     with flowstore.open_store(store, check=True) as reader:
         assert reader.videos == sorted(VIDEOS)

@@ -29,6 +29,8 @@ def test_smoke_run_writes_json_and_table(tmp_path):
     assert any(r["ratio_to_cpu"] for r in report["rows"])
     busy = [r["flow_engine_busy"] for r in report["rows"] if r["part"] == "extract"]
     assert busy and all(0 < b <= 1 for b in busy)
+    loader = report["extract"]["loader"]  # part 4 on the extract run's store
+    assert loader["decode"]["clips_per_s"]["device_decode"] > 0 and loader["online_flow"]["clips_per_s"]["online"] > 0
     table = (tmp_path / "gpu_check.md").read_text()
     assert "| part | config | device | pairs/s |" in table and "ratio to CPU" in table
 

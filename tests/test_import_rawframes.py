@@ -178,3 +178,27 @@ def test_declared_roundings_match_denseflow_and_mmaction2():
     err = np.abs(dequantize(mm, TRUNC) - flow)[inside]
     assert err.max() <= 20 / 255 + 1e-5
     assert json.dumps(TRUNC.to_manifest())  # recorded, with its formula
+
+
+def test_flip_of_a_truncating_store_negates_u(example, tmp_path):
+    """A truncating store reads level q at (q + 0.5)·step − bound, so −u lies at level 254 − q, not
+    255 − q: the loader's flip (through the real dataset, uint8 values) must use that, or every
+    flipped u is off by one level (2·20/255 = 0.157 px)."""
+    from flowstore.data import StoreClipDataset
+    from flowstore.data.transforms import RandomHorizontalFlip
+    from flowstore.quantize import dequantize
+
+    tree = tmp_path / "tree"
+    _example_tree(example, tree / "v1")
+    out = tmp_path / "store"
+    run_import(tree, ImportConfig(out=str(out), quant=TRUNC, tool="mmaction2"))
+    kw = dict(modality="flow", sampling="stack", length=5, train=False, flow_values="uint8", num_segments=1)
+    plain = StoreClipDataset(out, {"v1": 0}, **kw)[0]["flow"].numpy()
+    flipped = StoreClipDataset(out, {"v1": 0}, transform=RandomHorizontalFlip(p=1.0), **kw)[0]["flow"].numpy()
+    u, u_flipped = plain[0, 0::2], flipped[0, 0::2]
+    inside = u < 255  # level 255 is +bound itself: its mirror is clipped to -bound's level 0
+    assert inside.mean() > 0.99
+    mirrored = u_flipped[..., ::-1]
+    as_flow = lambda q: dequantize(np.dstack([q, q]), TRUNC)[..., 0]  # noqa: E731 (u only)
+    np.testing.assert_allclose(as_flow(mirrored[inside]), -as_flow(u[inside]), atol=1e-5)
+    assert np.all(mirrored[~inside] == 0)

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import json
 
+from flowstore.store.format import CATALOG_DIR, CATALOG_FILE, FORMAT_VERSION
+from flowstore.store.manifest import load_manifest
+
 import pytest
 from click.testing import CliRunner
 
@@ -40,7 +43,9 @@ def test_merge_gives_the_same_records(parts, tmp_path):
     assert summary.videos == 3 and summary.shards == 3 and summary.failures == 1
     assert verify_store(tmp_path / "m").ok
     assert all_records(tmp_path / "m") == all_records(parts / "all")
-    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    manifest = load_manifest(tmp_path / "m")
+    assert manifest["format_version"] == FORMAT_VERSION
+    assert (tmp_path / "m" / CATALOG_DIR / CATALOG_FILE).exists()  # a 1.2 store with its catalog
     assert sorted(v["shard"] for v in manifest["videos"]) == ["shard-00000.lmdb", "shard-00001.lmdb", "shard-00002.lmdb"]
     failures = [json.loads(line) for line in (tmp_path / "m" / "failures.jsonl").read_text().splitlines()]
     assert [f["id"] for f in failures] == ["broken"]

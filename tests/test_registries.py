@@ -25,7 +25,8 @@ from flowstore.store.format import SHARD_SUFFIX, shard_name
 
 BUILT_IN = {
     "backend": (list_backends, ["hdf5", "lmdb"]),
-    "flow method": (list_methods, ["farneback", "gmflow", "tvl1"]),
+    "flow method": (list_methods, ["farneback", "gmflow", "neuflow", "neuflow2", "raft", "raft_small", "rapidflow",
+                                   "sea_raft_s", "tvl1"]),
     "flow engine": (list_engines, ["opencv", "ptlflow", "torch"]),
     "codec": (list_codecs, ["jpeg", "png", "raw"]),
     "decoder": (list_decoders, ["opencv", "pyav"]),
@@ -52,7 +53,7 @@ def test_backbones_list_the_built_in_timm_names():
 def test_engines_of_each_method_default_first():
     assert list_engines("farneback") == ["opencv", "torch"]
     assert list_engines("tvl1") == ["opencv", "torch"]
-    assert list_engines("gmflow") == ["ptlflow"]
+    assert list_engines("gmflow") == list_engines("neuflow2") == ["ptlflow"]
     assert list_engines("ptlflow:raft") == ["ptlflow"]
     assert resolve_engine("tvl1", device="cuda:0") == "torch"
     assert resolve_engine("ptlflow:raft") == "ptlflow"
@@ -62,8 +63,9 @@ def test_engines_of_each_method_default_first():
     (lambda: writer_class("zarr"), "unknown format 'zarr'; choose from ['hdf5', 'lmdb']"),
     (lambda: reader_class("zarr"), "unknown format 'zarr'; choose from ['hdf5', 'lmdb']"),
     (lambda: shard_name("zarr", 0), "unknown format 'zarr'; choose from ['hdf5', 'lmdb']"),
-    (lambda: resolve_engine("raft"),
-     "unknown method 'raft'; choose from ['farneback', 'gmflow', 'tvl1'] or 'ptlflow:NAME'"),
+    (lambda: resolve_engine("pwcnet"),
+     "unknown method 'pwcnet'; choose from ['farneback', 'gmflow', 'neuflow', 'neuflow2', 'raft', 'raft_small', "
+     "'rapidflow', 'sea_raft_s', 'tvl1'] or 'ptlflow:NAME'"),
     (lambda: check_codec("webp"), "unknown codec 'webp'; choose from ['jpeg', 'png', 'raw']"),
     (lambda: next(iter_frames("x.mp4", decoder="ffmpeg")),
      "unknown decoder 'ffmpeg'; choose from ['opencv', 'pyav']"),
@@ -114,7 +116,7 @@ def test_cli_choice_is_the_registry(command, flag, query):
 def test_method_help_lists_the_methods():
     for command in ("extract", "flow"):
         help_text = CliRunner().invoke(cli, [command, "--help"], terminal_width=200).output
-        assert "farneback, gmflow, tvl1 or ptlflow:NAME" in help_text
+        assert "farneback, gmflow, neuflow, neuflow2, raft, raft_small, rapidflow, sea_raft_s, tvl1 or ptlflow:NAME" in help_text
 
 
 def test_head_options_come_from_the_builders():

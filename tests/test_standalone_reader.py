@@ -61,10 +61,12 @@ def spec_check_version(m: dict, major_supported: int = 1) -> None:
 
 def spec_read_lines(path: Path) -> list[dict]:
     """Section 9: split on newlines, drop the piece after the last one, skip unparseable lines."""
-    if not path.exists():
-        return []
+    return spec_parse_lines(path.read_bytes()) if path.exists() else []
+
+
+def spec_parse_lines(raw: bytes) -> list[dict]:
     out = []
-    for line in path.read_bytes().split(b"\n")[:-1]:
+    for line in raw.split(b"\n")[:-1]:
         try:
             obj = json.loads(line.decode("utf-8"))  # UTF-8 only: json.loads(bytes) would guess UTF-16/32
         except ValueError:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
@@ -82,6 +84,41 @@ def spec_open(root: Path) -> tuple[dict, dict[str, dict]]:
     for e in spec_read_lines(root / "commits.jsonl"):
         videos[e["id"]] = e  # a later entry with the same id wins
     return m, videos
+
+
+def spec_open_catalog(root: Path) -> tuple[dict, dict[str, dict]] | None:
+    """Section 13, the fast path: (header, committed entries by id) from catalog/catalog.json, its
+    segments (oldest -> newest, a newer one wins) and the log lines past ``log.offset``; None
+    when there is no catalog or it is stale (then section 9's full read applies)."""
+    path = root / "catalog" / "catalog.json"
+    if not path.exists():
+        return None
+    c = json.loads(path.read_text(encoding="utf-8"))
+    if c.get("format") != "flowstore-catalog" or c.get("catalog_version") != 1:
+        return None
+    st = os.stat(root / "manifest.json")
+    if (st.st_ino, st.st_size, st.st_mtime_ns) != (c["manifest"]["inode"], c["manifest"]["size"], c["manifest"]["mtime_ns"]):
+        return None
+    log, off = c["log"], c["log"]["offset"]
+    with open(root / "commits.jsonl", "rb") as f:
+        if os.fstat(f.fileno()).st_ino != log["inode"]:
+            return None
+        f.seek(log["last_line_start"])
+        covered_last = f.read(off - log["last_line_start"])
+        tail = f.read()
+    if off and (not covered_last.endswith(b"\n") or zlib.crc32(covered_last) != log["last_line_crc32"]):
+        return None
+    spec_check_version(c["header"])
+    videos: dict[str, dict] = {}
+    for seg in c["segments"]:
+        env = lmdb.open(str(root / "catalog" / seg["name"]), subdir=False, readonly=True, lock=False)
+        with env.begin() as txn:
+            for key, value in txn.cursor():
+                videos[bytes(key).decode("utf-8")] = json.loads(bytes(value).decode("utf-8"))
+        env.close()
+    for e in spec_parse_lines(tail):  # section 9's rules for the lines past the catalog
+        videos[e["id"]] = e
+    return c["header"], videos
 
 
 def spec_kinds(m: dict) -> tuple[str, ...]:
@@ -273,7 +310,9 @@ def test_header_and_entries(built):
         assert quant["bound"] == case["bound"]
 
     assert sorted(videos) == IDS == sorted(ref)
-    assert [e["id"] for e in m["videos"]] == IDS  # checkpointed at the end of the run, sorted
+    assert m["videos"] == []  # format 1.2: every entry stays in the append-only log
+    header, by_catalog = spec_open_catalog(root)  # section 13: the same videos through the catalog
+    assert by_catalog == videos and header == {k: v for k, v in m.items() if k != "videos"}
     for vid, e in videos.items():
         assert set(e) == set(ENTRY_KEYS), set(e) ^ set(ENTRY_KEYS)
         for key, typ in ENTRY_KEYS.items():
@@ -446,10 +485,10 @@ def test_commit_log_union_later_wins_torn_tail(built, tmp_path):
 
     name, case, root, ref = built
     store = _copy_store(root, tmp_path / "store")
-    manifest = json.loads((store / "manifest.json").read_text(encoding="utf-8"))
-    moved = next(e for e in manifest["videos"] if e["id"] == "part_0")
-    # a crash after the commit but before the checkpoint: part_0 is only in the log
-    manifest["videos"] = [e for e in manifest["videos"] if e["id"] != "part_0"]
+    manifest, entries = spec_open(store)
+    moved = entries["part_0"]
+    # a store checkpointed the 1.1 way, then part_0 committed again (only in the log)
+    manifest["videos"] = [e for vid, e in sorted(entries.items()) if vid != "part_0"]
     (store / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     newer = {**moved, "committed_at": "2099-01-01T00:00:00+00:00"}
     other = next(e for e in manifest["videos"] if e["id"] == "cls a/clip é")

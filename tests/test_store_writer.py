@@ -1,10 +1,10 @@
-"""StoreWriter: the commit protocol (commit log, checkpoint into the manifest), reopening,
+"""StoreWriter: the commit protocol (commit log, checkpoint into the catalog), reopening,
 settings checks and failures, read back through the store's own loader."""
 import json
 
 import pytest
 
-from flowstore.store.format import COMMIT_LOG, FAILURES, MANIFEST, VIDEO_ENTRY_KEYS, VideoEntry
+from flowstore.store.format import CATALOG_DIR, CATALOG_FILE, COMMIT_LOG, FAILURES, MANIFEST, VIDEO_ENTRY_KEYS, VideoEntry
 from flowstore.store.manifest import load_manifest
 from flowstore.store.writer import SettingsMismatchError, StoreWriter
 
@@ -31,16 +31,20 @@ def test_a_commit_is_one_log_line_and_visible_at_once(tmp_path):
     assert [v["id"] for v in load_manifest(tmp_path)["videos"]] == ["a"]
 
 
-def test_checkpoint_folds_the_log_into_the_manifest(tmp_path, monkeypatch):
+def test_checkpoint_indexes_the_log_into_the_catalog_and_leaves_log_and_manifest(tmp_path, monkeypatch):
     monkeypatch.setattr(StoreWriter, "CHECKPOINT_EVERY", 3)
     store = StoreWriter(tmp_path, SETTINGS)
     for vid in "abcd":
         store.commit(entry(vid))
-    # the third commit checkpointed: a, b, c in the manifest, d alone in the log
-    assert [v["id"] for v in json.loads((tmp_path / MANIFEST).read_text())["videos"]] == ["a", "b", "c"]
-    assert [line["id"] for line in log_lines(tmp_path)] == ["d"]
+    # format 1.2: the log is append-only and the manifest keeps no videos; the third commit
+    # checkpointed a, b, c into the catalog, d is past what catalog.json covers
+    assert json.loads((tmp_path / MANIFEST).read_text())["videos"] == []
+    assert [line["id"] for line in log_lines(tmp_path)] == ["a", "b", "c", "d"]
+    doc = json.loads((tmp_path / CATALOG_DIR / CATALOG_FILE).read_text())
+    assert doc["videos"] == 3 and doc["log"]["lines"] == 3
     store.checkpoint()
-    assert (tmp_path / COMMIT_LOG).read_text() == ""
+    doc = json.loads((tmp_path / CATALOG_DIR / CATALOG_FILE).read_text())
+    assert doc["videos"] == 4 and doc["log"]["offset"] == (tmp_path / COMMIT_LOG).stat().st_size
     assert [v["id"] for v in load_manifest(tmp_path)["videos"]] == ["a", "b", "c", "d"]
 
 
@@ -54,7 +58,7 @@ def test_a_crash_between_log_and_manifest_counts_each_video_once(tmp_path):
     videos = load_manifest(tmp_path)["videos"]
     assert [(v["id"], v["num_frames"]) for v in videos] == [("a", 9)]
     reopened = StoreWriter(tmp_path, SETTINGS)
-    assert reopened.committed == {"a"} and reopened.videos["a"]["num_frames"] == 9
+    assert "a" in reopened and len(reopened) == 1 and reopened.entry("a")["num_frames"] == 9
 
 
 def test_reopening_with_other_settings_names_the_key(tmp_path):

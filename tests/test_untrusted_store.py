@@ -10,7 +10,7 @@ import flowstore
 from flowstore.extract import ExtractConfig, plan_jobs, run_extract
 from flowstore.decode import FrameResize
 from flowstore.store.format import COMMIT_LOG, FAILURES, MANIFEST, FormatError
-from flowstore.store.manifest import load_failures
+from flowstore.store.manifest import load_failures, load_manifest
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +24,12 @@ def pristine(tmp_path_factory, shared_videos):
 
 @pytest.fixture
 def store(pristine, tmp_path):
+    """A copy in the layout a 1.1 writer leaves (every entry in manifest.json, the log empty):
+    its manifest entries are what these tests damage; the 1.2 catalog is then stale and unused."""
     copy = tmp_path / "store"
     shutil.copytree(pristine, copy)
+    (copy / MANIFEST).write_text(json.dumps(load_manifest(copy)))
+    (copy / COMMIT_LOG).write_text("")
     return copy
 
 

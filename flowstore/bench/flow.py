@@ -85,4 +85,90 @@ def markdown_table(rows, pairs) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["load_gt_pairs", "markdown_table", "run_flow_benchmark"]
+#: aten ops that make the host wait for the device on CUDA (their result is a host value or has a
+#: data-dependent shape): ``.item()``, ``bool(t)``, ``int(t)``, ``nonzero``, boolean-mask indexing, ...
+SYNC_OPS = frozenset({
+    "aten._local_scalar_dense", "aten.is_nonzero", "aten.item", "aten.equal", "aten.allclose", "aten.nonzero",
+    "aten.nonzero_static", "aten.masked_select", "aten.unique", "aten._unique", "aten._unique2",
+    "aten.unique_consecutive", "aten.unique_dim", "aten.repeat_interleave",
+})
+#: Tensor methods that read device memory on the host without an aten op (not seen by a dispatch mode)
+_HOST_READS = ("tolist", "numpy", "__array__")
+
+
+class OpCounter:
+    """Counts the aten ops run inside ``with OpCounter() as c:`` (a TorchDispatchMode, so it sees
+    exactly what eager mode launches, one op per kernel launch on a GPU) and the host-device
+    syncs among them (:data:`SYNC_OPS`, plus ``Tensor.tolist/numpy/__array__`` calls, which read
+    device memory without an aten op). Works on the CPU: it counts what *would* sync on CUDA.
+
+    ``c.ops``: total aten ops; ``c.syncs``: syncs; ``c.by_op``: Counter of op names;
+    ``with c.as_one(): ...`` counts what runs inside as one op (a fused call: one CUDA graph replay).
+    """
+
+    def __init__(self):
+        import collections
+
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        counter = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                counter._count(str(func.overloadpacket))
+                return func(*args, **(kwargs or {}))
+
+        self._mode = _Mode()
+        self.by_op: collections.Counter = collections.Counter()
+        self.syncs = 0
+        self._patched: dict = {}
+
+    @property
+    def ops(self) -> int:
+        return sum(self.by_op.values())
+
+    def _count(self, name: str) -> None:
+        self.by_op[name] += 1
+        if name in SYNC_OPS:
+            self.syncs += 1
+
+    def __enter__(self):
+        import torch
+
+        self._mode.__enter__()
+        for name in _HOST_READS:
+            original = getattr(torch.Tensor, name)
+            self._patched[name] = original
+
+            def read(tensor, *args, _original=original, _name=name, **kwargs):
+                self._count(f"Tensor.{_name}")
+                self.syncs += 1
+                return _original(tensor, *args, **kwargs)
+
+            setattr(torch.Tensor, name, read)
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        for name, original in self._patched.items():
+            setattr(torch.Tensor, name, original)
+        self._patched.clear()
+        return self._mode.__exit__(*exc)
+
+    def as_one(self, name: str = "fused call"):
+        """A context in which nothing is counted but one op ``name``."""
+        import contextlib
+
+        from torch.utils._python_dispatch import _disable_current_modes
+
+        @contextlib.contextmanager
+        def one():
+            self._count(name)
+            with _disable_current_modes():
+                yield
+
+        return one()
+
+
+__all__ = ["OpCounter", "SYNC_OPS", "load_gt_pairs", "markdown_table", "run_flow_benchmark"]

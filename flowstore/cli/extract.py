@@ -56,7 +56,7 @@ Exit codes:
 @click.option("--batch-size", type=int, default=None, help="Pairs per batch for torch/ptlflow engines.")
 @click.option("--ckpt", type=click.Path(path_type=str), default=None, help="Checkpoint file for learned models (ptlflow).")
 @click.option("--fp16", is_flag=True, help="Half precision for learned models on CUDA.")
-@click.option("--compile", "use_compile", is_flag=True, help="torch.compile the torch TV-L1 inner step (20-40 s to compile; pays off on long runs).")
+@click.option("--compile", "use_compile", is_flag=True, help="torch.compile the torch TV-L1 inner step on the CPU too (20-60 s to compile; pays off on long runs). On CUDA the fused path is compiled already.")
 @click.option("--quant", type=RegistryChoice("flowstore.quantize:list_quant_schemes"), default="bound", show_default=True, help="bound: clip to ±BOUND px (TSN); minmax: per-flow min/max, stored beside it.")
 @click.option("--bound", type=float, default=20.0, show_default=True, help="Clipping bound in pixels for --quant bound.")
 @click.option("--flow-codec", type=RegistryChoice("flowstore.codec:list_codecs"), default="jpeg", show_default=True, help="Codec of each flow component (see docs/benchmarks.md for size vs. error).")

@@ -21,10 +21,11 @@ def command(store, decode, no_progress):
     """
     from tqdm import tqdm
 
-    from ..store.manifest import load_manifest
+    from .. import open_store
     from ..store.verify import verify_store
 
-    total = len(load_manifest(store)["videos"])
+    with open_store(store) as reader:  # the count from the catalog: no full read just for the bar
+        total = len(reader)
     with tqdm(total=total, desc="verify", unit="video", disable=no_progress) as bar:
         report = verify_store(store, decode=decode, progress=bar.update)
     for problem in report.problems:

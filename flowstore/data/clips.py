@@ -14,12 +14,20 @@ import torch
 
 from ..errors import InputError, OutOfRangeError, UnknownNameError
 from .labels import as_label_map
+from .device_flow import FRAMES_KEY
 from .readahead import ReadAhead
 from .sampling import DEFAULT_STACKING, STACKINGS, check_sampling, default_length, sample_starts
-from .source import ShardOpener, check_stacking, decode_snippets, open_source, read_snippets, source_name
+from .source import (ShardOpener, check_stacking, decode_snippets, open_source, read_records, read_snippets,
+                     record_indices, source_name)
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, Clip, finalize
 
 MODALITIES = ("rgb", "flow", "both")
+#: where a sample's flow comes from: the store's flow records, or computed from its RGB frames
+#: on a device (:mod:`flowstore.data.device_flow`)
+FLOW_SOURCES = ("stored", "online")
+#: the key of a sample's epoch when it is finished on the device (:mod:`flowstore.data.device_clips`
+#: rebuilds the sample's generator from it)
+EPOCH_KEY = "epoch"
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -35,6 +43,7 @@ class SamplePlan(NamedTuple):
     video: str
     starts: np.ndarray
     rng: np.random.Generator | None
+    epoch: int = 0
 
 
 class ClipDatasetBase(ReadAhead):
@@ -46,7 +55,9 @@ class ClipDatasetBase(ReadAhead):
                  test_views: int | None = None, transform=None, flow_values: str = "pixels",
                  mean_subtract: str | None = None, rgb_values: str = "float", rgb_mean=IMAGENET_MEAN,
                  rgb_std=IMAGENET_STD, clips_per_video: int = 1, seed: int = 0, min_flows: int = 1,
-                 read_ahead: int = 8, read_threads: int = 2):
+                 read_ahead: int = 8, read_threads: int = 2, flow: str = "stored", method: str | None = None,
+                 engine: str | None = None, flow_params: dict | None = None, flow_device: str | None = None,
+                 decode_device: str | None = None):
         if modality not in MODALITIES:
             raise InputError(f"unknown modality {modality!r}; choose from {list(MODALITIES)}")
         super().__init__(read_ahead, read_threads)
@@ -59,7 +70,14 @@ class ClipDatasetBase(ReadAhead):
         if stacking != DEFAULT_STACKING and modality == "rgb":
             raise InputError(f"{stacking} stacking is a way of stacking flow; modality 'rgb' reads frames")
         self.stacking = stacking
-        self._stacking = check_stacking(self.store, stacking, self.length) if modality != "rgb" else STACKINGS[stacking]
+        if modality == "rgb":
+            self._stacking = STACKINGS[stacking]
+        elif flow == "online":  # computed, not read: only what the stacking itself requires
+            from .device_flow import check_online_stacking
+
+            self._stacking = check_online_stacking(self.store, stacking, self.length)
+        else:
+            self._stacking = check_stacking(self.store, stacking, self.length)
         self.num_segments = int(num_segments)
         self.train = bool(train)
         self.test_views = test_views
@@ -85,6 +103,52 @@ class ClipDatasetBase(ReadAhead):
             vids = [v for v in vids if self.store.num_flows(v) >= min_flows]
         self.videos: list[str] = vids
         self._open_shard = ShardOpener()
+        if flow not in FLOW_SOURCES:
+            raise InputError(f"unknown flow source {flow!r}; choose from {list(FLOW_SOURCES)}")
+        if flow == "online" and self.modality == "rgb":
+            raise InputError("flow='online' needs modality 'flow' or 'both'")
+        self.flow = flow
+        self.flow_method = dict(method=method, engine=engine, params=flow_params)
+        self.flow_device = flow_device
+        self.decode_device = None
+        if decode_device is not None:
+            from .device_decode import check_decode_device
+
+            self.decode_device = check_decode_device(decode_device, self.store)
+
+    # -- work deferred to the device (flow="online", decode_device) ---------------------------
+    @property
+    def deferred(self) -> bool:
+        """Whether a batch is finished on the device by :class:`~flowstore.data.device_clips.DeviceStep`."""
+        return self.flow == "online" or self.decode_device is not None
+
+    def device_for_step(self) -> str:
+        from .device_flow import default_device
+
+        return self.decode_device or self.flow_device or default_device()
+
+    def flow_on_device(self, device: str | None = None):
+        """The :class:`~flowstore.data.device_flow.FlowOnDevice` of ``flow="online"``: the
+        store's quantization and stride; ``method``/``engine``/``flow_params`` as given (the
+        store's own method and parameters by default)."""
+        from .device_flow import FlowOnDevice
+
+        return FlowOnDevice.for_store(self.store, device=device or self.device_for_step(), **self.flow_method)
+
+    @property
+    def stride(self) -> int:
+        return int(getattr(self.store, "stride", 1))
+
+    def flow_frame_indices(self, video: str, starts) -> np.ndarray:
+        from .device_flow import stack_frame_indices
+
+        return stack_frame_indices(starts, self.length, self.stride, self.store.num_frames(video))
+
+    def flow_pairs(self, videos, starts) -> np.ndarray:
+        """``(B, S, L)`` first-frame positions of each sample's flows within its frames."""
+        from .device_flow import stack_pairs
+
+        return np.stack([stack_pairs(s, self.length, self.store.num_flows(v)) for v, s in zip(videos, starts)])
 
     # -- samples ---------------------------------------------------------------------------
     @property
@@ -112,12 +176,28 @@ class ClipDatasetBase(ReadAhead):
     def fetch(self, video: str, starts: np.ndarray) -> dict:
         """The encoded records of the snippets at ``starts`` (the I/O half of :meth:`load`)."""
         self._open_shard(self.store, video)
-        return read_snippets(self.store, video, starts, self.length, self.modality, self.stacking)
+        if self.flow != "online":
+            return read_snippets(self.store, video, starts, self.length, self.modality, self.stacking)
+        _, frames = record_indices(self.store, video, starts, self.length, self.modality)
+        raw = read_records(self.store, video, starts, None, frames)  # the RGB of "both"
+        raw[FRAMES_KEY] = read_records(self.store, video, starts, None, self.flow_frame_indices(video, starts))["rgb"]
+        return raw
 
     def decode(self, video: str, raw: dict, out: Clip | None = None) -> Clip:
         """Decoded uint8 channel-first snippets from :meth:`fetch`'s records (the CPU half);
         written into ``out``'s arrays when given (e.g. a slot of a batch in shared memory)."""
-        return decode_snippets(self.store, video, raw, self.length, out)
+        clip = decode_snippets(self.store, video, {k: v for k, v in raw.items() if k != FRAMES_KEY}, self.length, out)
+        if FRAMES_KEY in raw:  # online flow: the frames, as a (S, 3F, H, W) stack in clip.flow's place
+            clip.flow = self.decode_frames(video, raw, None if out is None else out.flow)
+        return clip
+
+    def decode_frames(self, video: str, raw: dict, out: np.ndarray | None = None) -> np.ndarray:
+        """The frames of online flow, uint8 ``(S, 3 (L + stride), H, W)``."""
+        rows = raw[FRAMES_KEY]
+        if out is None:
+            w, h = self.store.frame_size(video)
+            out = np.empty((len(rows), 3 * len(rows[0]), h, w), np.uint8)
+        return decode_snippets(self.store, video, {"starts": raw["starts"], "rgb": rows}, 1, Clip(rgb=out)).rgb
 
     def load(self, video: str, starts: np.ndarray) -> Clip:
         """Read and decode the snippets at ``starts`` (uint8, channel-first)."""
@@ -129,9 +209,11 @@ class ClipDatasetBase(ReadAhead):
             raise OutOfRangeError(f"sample {index} out of range (0..{self.num_samples - 1})")
         rng = sample_rng(self.seed, epoch, index)
         video = self.videos[index // self.clips_per_video]
-        return SamplePlan(index, video, self.starts(index, rng), rng)
+        return SamplePlan(index, video, self.starts(index, rng), rng, int(epoch))
 
     def finish(self, plan: SamplePlan, raw: dict) -> dict:
+        if self.deferred:
+            return self.finish_deferred(plan, raw)
         clip = self.decode(plan.video, raw)
         if self.transform is not None:
             clip = self.transform(clip, plan.rng)
@@ -140,6 +222,27 @@ class ClipDatasetBase(ReadAhead):
                        rgb_std=_tile(self.rgb_std, clip.rgb), mean_groups=self._stacking.mean_groups)
         out.update(label=self.labels[plan.video], video=plan.video, index=plan.index,
                    starts=torch.from_numpy(plan.starts))
+        return out
+
+    def finish_deferred(self, plan: SamplePlan, raw: dict) -> dict:
+        """A sample whose transform and values (and flow, or decoding) happen on the device:
+        uint8 arrays or encoded records, and the epoch that rebuilds its generator there."""
+        if self.decode_device is not None:
+            from .device_decode import pack_sample
+
+            out = pack_sample(self, plan.video, raw)
+        else:
+            clip = self.decode(plan.video, raw)
+            out = {}
+            if clip.rgb is not None:
+                out["rgb"] = torch.from_numpy(clip.rgb)
+            if clip.flow is not None:
+                out[FRAMES_KEY if self.flow == "online" else "flow"] = torch.from_numpy(clip.flow)
+            if clip.flow_range is not None:
+                out["flow_range"] = torch.from_numpy(np.ascontiguousarray(clip.flow_range))
+        out.update(label=self.labels[plan.video], video=plan.video, index=plan.index,
+                   starts=torch.from_numpy(plan.starts))
+        out[EPOCH_KEY] = plan.epoch
         return out
 
     def get(self, index: int, epoch: int) -> dict:
@@ -160,4 +263,4 @@ def _tile(values, rgb):
     return tuple(values) * (rgb.shape[1] // 3)
 
 
-__all__ = ["MODALITIES", "ClipDatasetBase", "SamplePlan", "sample_rng"]
+__all__ = ["EPOCH_KEY", "FLOW_SOURCES", "MODALITIES", "ClipDatasetBase", "SamplePlan", "sample_rng"]

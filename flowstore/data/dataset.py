@@ -44,6 +44,24 @@ Processes and randomness
   ``persistent_workers=False``, the default of :func:`~flowstore.data.loader.make_loader` for
   iterable datasets).
 
+Work on the device
+------------------
+``flow="online"`` (with ``method``, ``engine``, ``flow_params``, ``flow_device``) computes flow
+during training instead of reading it: workers read and decode the ``L + stride`` RGB frames of
+each stack, and the flow is computed on the device by the engine ``extract`` uses, quantized
+with the store's settings and transformed exactly as stored flow
+(:mod:`~flowstore.data.device_flow`); every stacking works (bidirectional computes its backward
+flows on swapped pairs, so the store needs none; trajectory resamples on the host). ``decode_device="cuda"`` moves JPEG decoding to the device
+(nvJPEG, :mod:`~flowstore.data.device_decode`), falling back to the CPU with a warning. Either
+way the transform and values are applied on the device, each sample with its own generator, by
+a :class:`~flowstore.data.device_clips.DeviceStep` that :func:`~flowstore.data.loader.make_loader`
+applies to every batch (with your own DataLoader: ``step = DeviceStep(ds); batch = step(batch)``)::
+
+    ds = StoreClipDataset("demo/store", labels, sampling="stack", transform=train_transform(224),
+                          flow="online", method="tvl1", engine="torch", flow_device="cuda")
+    for batch in make_loader(ds, batch_size=32, num_workers=8):
+        batch["flow"]             # (B, 1, 20, 224, 224) float32 on cuda, as stored flow would be
+
 The sampler, the iterable dataset and the loader live in their own modules
 (:mod:`~flowstore.data.samplers`, :mod:`~flowstore.data.loader`); their names are importable from
 here as well.
@@ -55,7 +73,8 @@ import torch
 from torch.utils.data import Dataset
 
 from .batch_memory import SLOT_KEY, batch_buffers
-from .clips import MODALITIES, ClipDatasetBase, SamplePlan, sample_rng
+from .device_flow import FRAMES_KEY
+from .clips import EPOCH_KEY, MODALITIES, ClipDatasetBase, SamplePlan, sample_rng
 from .loader import Batch, StoreLoader, collate, make_loader, prepare_fork, set_epoch, worker_init
 from .readahead import Lookahead
 from .samplers import ClipSampler, StoreIterableDataset, distributed_info
@@ -75,7 +94,9 @@ class StoreClipDataset(ClipDatasetBase, Dataset):
     for tsn, 10 for stack), ``train`` (random offsets) or test (centres / ``test_views`` evenly
     spaced snippets), ``transform`` (see :mod:`flowstore.data.transforms`), ``flow_values``
     pixels|q128|uint8, ``mean_subtract`` None|field|stack, ``rgb_values`` float|uint8,
-    ``clips_per_video``, ``seed``.
+    ``clips_per_video``, ``seed``; ``flow`` stored|online (``method``, ``engine``,
+    ``flow_params``, ``flow_device``: the online flow's engine, by default the store's method and
+    parameters) and ``decode_device`` (see "Work on the device" above).
     """
 
     def __getitem__(self, key) -> dict:
@@ -103,14 +124,17 @@ class StoreClipDataset(ClipDatasetBase, Dataset):
 
     def _direct(self, plans: list[SamplePlan]) -> bool:
         """Whether the batch is plain stacked uint8 clips of one shape (no transform to apply)."""
-        if self.transform is not None or not plans:
+        if not plans or self.decode_device is not None:  # encoded records travel as bytes
             return False
-        if self.modality != "rgb" and self.flow_values != "uint8":
-            return False
-        if self._stacking.trajectory and self.store.quant.scheme == "minmax":
-            return False  # the trajectory needs the ranges, which uint8 batches do not carry
-        if self.modality != "flow" and self.rgb_values != "uint8":
-            return False
+        if not self.deferred:  # online flow: transform and values come on the device
+            if self.transform is not None:
+                return False
+            if self.modality != "rgb" and self.flow_values != "uint8":
+                return False
+            if self.modality != "flow" and self.rgb_values != "uint8":
+                return False
+            if self._stacking.trajectory and self.store.quant.scheme == "minmax":
+                return False  # the trajectory needs the ranges, which uint8 batches do not carry
         return (len({len(p.starts) for p in plans}) == 1
                 and len({self.store.frame_size(p.video) for p in plans}) == 1)
 
@@ -120,7 +144,9 @@ class StoreClipDataset(ClipDatasetBase, Dataset):
         w, h = frame_size
         L = self.length
         shapes = {}
-        if self.modality in ("flow", "both"):
+        if self.modality in ("flow", "both") and self.flow == "online":
+            shapes[FRAMES_KEY] = (batch_size, snippets, 3 * (L + self.stride), h, w)
+        elif self.modality in ("flow", "both"):
             shapes["flow"] = (batch_size, snippets, 2 * L, h, w)
         if self.modality in ("rgb", "both"):
             shapes["rgb"] = (batch_size, snippets, 3 * (L if self.modality == "rgb" else 1), h, w)
@@ -138,12 +164,15 @@ class StoreClipDataset(ClipDatasetBase, Dataset):
             for j, (p, raw) in enumerate(self.fetched(plans, ahead)):
                 if "flow_range" in raw:  # minmax ranges do not travel with uint8 batches
                     raw.pop("flow_range")
+                flow = batch.get("flow", batch.get(FRAMES_KEY))
                 self.decode(p.video, raw, Clip(rgb=batch["rgb"][j].numpy() if "rgb" in batch else None,
-                                               flow=batch["flow"][j].numpy() if "flow" in batch else None))
+                                               flow=flow[j].numpy() if flow is not None else None))
         batch["label"] = torch.tensor([self.labels[p.video] for p in plans], dtype=torch.int64)
         batch["video"] = [p.video for p in plans]
         batch["index"] = torch.tensor([p.index for p in plans], dtype=torch.int64)
         batch["starts"] = torch.from_numpy(np.stack([np.asarray(p.starts, np.int64) for p in plans]))
+        if self.deferred:
+            batch[EPOCH_KEY] = torch.tensor([p.epoch for p in plans], dtype=torch.int64)
         return batch
 
 

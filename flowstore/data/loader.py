@@ -49,9 +49,11 @@ def collate(batch):
 class StoreLoader(DataLoader):
     """A DataLoader whose workers reuse shared-memory batch buffers (:mod:`flowstore.data.
     batch_memory`) instead of allocating a segment per batch; otherwise a plain DataLoader.
-    Batches come out as plain dicts of tensors. ``recycle_batches=False`` turns reuse off."""
+    Batches come out as plain dicts of tensors. ``recycle_batches=False`` turns reuse off.
+    ``device_step`` (e.g. a :class:`~flowstore.data.device_clips.DeviceStep`, what
+    :func:`make_loader` gives a dataset that defers work to a device) is applied to every batch."""
 
-    def __init__(self, dataset, *, recycle_batches: bool = True, **kwargs):
+    def __init__(self, dataset, *, recycle_batches: bool = True, device_step=None, **kwargs):
         workers = int(kwargs.get("num_workers", 0) or 0)
         slots = None
         if recycle_batches and workers > 0:
@@ -62,12 +64,15 @@ class StoreLoader(DataLoader):
             kwargs["worker_init_fn"] = _SlotWorkerInit(slots, kwargs.get("worker_init_fn"))
         super().__init__(dataset, **kwargs)
         self.batch_slots = slots
+        self.device_step = device_step
 
     def __iter__(self):
         batches = super().__iter__()
-        if self.batch_slots is None:
-            return batches
-        return map(self.batch_slots.lease, batches)
+        if self.batch_slots is not None:
+            batches = map(self.batch_slots.lease, batches)
+        if self.device_step is not None:
+            batches = map(self.device_step, batches)
+        return batches
 
     @property
     def _index_sampler(self):
@@ -123,14 +128,28 @@ def worker_init(worker_id: int) -> None:
 def make_loader(dataset, batch_size: int = 1, *, shuffle: bool = True, num_workers: int = 2, seed: int | None = None,
                 drop_last: bool = False, pin_memory: bool | None = None, prefetch_factor: int | None = 4,
                 persistent_workers: bool | None = None, rank: int | None = None, world_size: int | None = None,
-                pad: bool = False, recycle_batches: bool = True, **kwargs) -> StoreLoader:
+                pad: bool = False, recycle_batches: bool = True, decode_device: str | None = None,
+                **kwargs) -> StoreLoader:
     """A DataLoader wired for flowstore datasets: workers open their own store handles, one
     decode thread each, prefetching ``prefetch_factor`` batches per worker, memory pinned when
     CUDA is available, batches handed over in reused shared-memory buffers
     (``recycle_batches``; see :class:`StoreLoader`). Map-style datasets get a
     :class:`~flowstore.data.samplers.ClipSampler` (``shuffle``, ranks). Unless a ``collate_fn``
     is given, batches are collated by :func:`collate`, and uint8 clips without a transform are
-    decoded straight into the batch (``dataset.batch_in_worker = True``)."""
+    decoded straight into the batch (``dataset.batch_in_worker = True``).
+
+    ``decode_device`` (e.g. ``"cuda"``) sets the dataset's: JPEG records are decoded there
+    (:mod:`flowstore.data.device_decode`). A dataset that defers work to a device (that, or
+    ``flow="online"``) gets a :class:`~flowstore.data.device_clips.DeviceStep`: batches come
+    out finished on the device."""
+    if decode_device is not None:
+        from .device_decode import check_decode_device
+
+        dataset.decode_device = check_decode_device(decode_device, dataset.store)
+    if isinstance(dataset, ClipDatasetBase) and dataset.deferred and "device_step" not in kwargs:
+        from .device_clips import DeviceStep
+
+        kwargs["device_step"] = DeviceStep(dataset)
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     if num_workers > 0:

@@ -14,6 +14,7 @@ import threading
 import numpy as np
 
 from ..errors import DamagedStoreError, InputError
+from ..quantize import mirror_level
 from ..store.source import RecordSource
 from .sampling import DEFAULT_STACKING, STACKINGS, Stacking, snippet_indices
 from .transforms import Clip, trajectory_snippets
@@ -145,7 +146,7 @@ def decode_snippets(source: RecordSource, video: str, raw: dict, length: int, ou
 def _decode_snippets(source: RecordSource, video: str, raw: dict, length: int, out: Clip | None) -> Clip:
     w, h = source.frame_size(video)
     S, L = len(raw["starts"]), length
-    clip = Clip()
+    clip = Clip(flow_mirror=mirror_level(source.quant))
     if "flow" in raw:
         xs, ys = raw["flow"]
         flow = out.flow if out is not None and out.flow is not None else np.empty((S, 2 * L, h, w), np.uint8)
@@ -173,7 +174,9 @@ _OPEN_LOCK = threading.Lock()
 class ShardOpener:
     """Opens each shard of a source once per process, under a lock, before the first read of
     it: StoreReader opens shards lazily, and two reader threads must not open the same one at
-    once (LMDB refuses a second open). Sources without shards are left alone."""
+    once (LMDB refuses a second open). Sources without shards are left alone. It holds names,
+    not handles: StoreReader keeps at most ``max_open_shards`` handles open (an LRU) and opens an
+    evicted shard again under its own lock, so what this remembers may since have been closed."""
 
     def __init__(self):
         self._opened: set[str] = set()

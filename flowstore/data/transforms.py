@@ -42,7 +42,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..quantize import LEVELS, QuantSpec, dequantize, quantize
+from ..quantize import LEVELS, QuantSpec, dequantize, mirror_levels, quantize
 
 TSN_SCALES = (1.0, 0.875, 0.75, 0.66)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -58,6 +58,8 @@ class Clip:
     rgb: np.ndarray | None = None
     flow: np.ndarray | None = None
     flow_range: np.ndarray | None = None
+    #: flipping u maps q -> flow_mirror - q (quantize.mirror_level of the store: 254 if it truncates)
+    flow_mirror: int = LEVELS
 
     def arrays(self) -> list[np.ndarray]:
         return [a for a in (self.rgb, self.flow) if a is not None]
@@ -101,23 +103,41 @@ def crop(clip: Clip, x: int, y: int, w: int, h: int) -> Clip:
 
 
 def hflip(clip: Clip) -> Clip:
-    """Mirror left-right; flow: ``q_x -> 255 - q_x`` (u negated) and minmax ranges flipped."""
+    """Mirror left-right; flow: ``q_x -> 255 - q_x`` (u negated; ``clip.flow_mirror - q_x`` in
+    general) and minmax ranges flipped."""
     flow, rng = clip.flow, clip.flow_range
     if flow is not None:
-        flow = flow[..., ::-1].copy()
-        flow[:, 0::2] = LEVELS - flow[:, 0::2]
+        flow = _mirror(flow, copy=True)
+        flow[:, 0::2] = _mirror_levels(flow[:, 0::2], clip.flow_mirror)
     if rng is not None:
         rng = rng.copy()
         rng[..., 0], rng[..., 1] = -clip.flow_range[..., 1], -clip.flow_range[..., 0]
-    return Clip(rgb=None if clip.rgb is None else clip.rgb[..., ::-1], flow=flow, flow_range=rng)
+    return dataclasses.replace(clip, rgb=None if clip.rgb is None else _mirror(clip.rgb), flow=flow, flow_range=rng)
+
+
+def _mirror(arr, copy: bool = False):
+    """``arr`` mirrored left-right: a numpy view (a copy with ``copy``), or for a torch tensor
+    (a clip on a device, :mod:`flowstore.data.device_clips`) ``torch.flip``, always a copy."""
+    if torch.is_tensor(arr):
+        return torch.flip(arr, dims=(-1,))
+    return arr[..., ::-1].copy() if copy else arr[..., ::-1]
+
+
+def _mirror_levels(q, mirror: int):
+    """:func:`~flowstore.quantize.mirror_levels` of numpy levels or of a uint8 tensor."""
+    if not torch.is_tensor(q):
+        return mirror_levels(q, mirror)
+    return LEVELS - q if mirror == LEVELS else (mirror - q.to(torch.int16)).clamp(0, LEVELS).to(torch.uint8)
 
 
 def _resize_chw(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinear resize of ``(S, C, H, W)`` uint8 to ``size = (w, h)``."""
     w, h = size
     S, C = arr.shape[:2]
-    if arr.shape[-2:] == (h, w):
+    if tuple(arr.shape[-2:]) == (h, w):
         return arr
+    if torch.is_tensor(arr):  # a clip on a device: cv2's exact result, by way of the host
+        return torch.from_numpy(_resize_chw(arr.cpu().numpy(), size)).to(arr.device)
     out = np.empty((S, C, h, w), dtype=arr.dtype)
     for s in range(S):
         for c0 in range(0, C, 4):  # cv2 resizes up to 4 channels per call in its fast paths
@@ -267,11 +287,13 @@ def crop_views(clip: Clip, boxes) -> Clip:
         parts = [get(v) for v in views]
         if parts[0] is None:
             return None
+        if torch.is_tensor(parts[0]):
+            return torch.stack(parts, dim=1).flatten(0, 1)
         stacked = np.stack([np.ascontiguousarray(p) for p in parts], axis=1)  # (S, C, ...)
         return stacked.reshape(-1, *stacked.shape[2:])
 
     return Clip(rgb=interleave(lambda v: v.rgb), flow=interleave(lambda v: v.flow),
-                flow_range=interleave(lambda v: v.flow_range))
+                flow_range=interleave(lambda v: v.flow_range), flow_mirror=views[0].flow_mirror)
 
 
 class TenCrop:
@@ -317,15 +339,20 @@ def flow_values(flow: np.ndarray, quant: QuantSpec, mode: str = "pixels",
         raise InputError(f"unknown flow values {mode!r}; choose from {list(FLOW_VALUES)}")
     if quant.scheme == "bound":
         return flow.astype(np.float32) * np.float32(2 * quant.bound / LEVELS) - np.float32(quant.bound)
+    lo, scale = minmax_channels(flow_range, flow.shape[:2])
+    return lo[..., None, None] + flow.astype(np.float32) * scale[..., None, None]
+
+
+def minmax_channels(flow_range: np.ndarray | None, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel float32 ``(lo, (hi - lo) / 255)`` of ``(S, 2L)`` minmax flow from its
+    ``(S, L, 4)`` ranges: the dequantization is ``lo + q * scale``."""
     if flow_range is None:
         raise InputError("minmax flow needs its per-flow ranges to dequantize")
-    S, C = flow.shape[:2]
-    lo = np.empty((S, C), np.float32)
-    hi = np.empty((S, C), np.float32)
+    lo = np.empty(shape, np.float32)
+    hi = np.empty(shape, np.float32)
     lo[:, 0::2], hi[:, 0::2] = flow_range[..., 0], flow_range[..., 1]
     lo[:, 1::2], hi[:, 1::2] = flow_range[..., 2], flow_range[..., 3]
-    scale = (hi - lo) / np.float32(LEVELS)
-    return lo[..., None, None] + flow.astype(np.float32) * scale[..., None, None]
+    return lo, (hi - lo) / np.float32(LEVELS)
 
 
 def subtract_mean_flow(flow: np.ndarray, mode: str | None, groups: int = 1) -> np.ndarray:

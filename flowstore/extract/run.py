@@ -77,13 +77,12 @@ def check_writable(out: Path) -> None:
 def choose_todo(jobs: Sequence[VideoJob], store: StoreWriter, retry_failed: bool,
                 summary: ExtractSummary) -> list[VideoJob]:
     """The jobs not yet committed (and, unless ``retry_failed``, not failed before)."""
-    committed = store.committed
     failed_before = {f["id"] for f in store.failures()}
     todo = []
     for job in jobs:
-        if job.id in committed:
+        if job.id in store:  # a catalog lookup per job: no set of every committed id
             summary.skipped_committed += 1
-            change = source_change(job.path, store.videos[job.id])
+            change = source_change(job.path, store.entry(job.id))
             if change:
                 summary.changed_sources.append({"id": job.id, "source": job.path, "change": change})
         elif job.id in failed_before and not retry_failed:
@@ -225,10 +224,10 @@ def run_extract(jobs: Sequence[VideoJob], cfg: ExtractConfig, *, retry_failed: b
                     with signals.deferred():
                         store.checkpoint()
                 except OSError as exc:  # the commit log still holds every committed video
-                    log(f"warning: could not rewrite the manifest ({exc}); commits.jsonl keeps the commits")
+                    log(f"warning: could not checkpoint the store's catalog ({exc}); commits.jsonl keeps the commits")
             wanted = {j.id for j in jobs}
             summary.failures = [f for f in store.failures() if f["id"] in wanted]
     except StopRequested as exc:  # workers stopped, commits kept, manifest checkpointed
-        raise exc.stopped(len(store.committed) if store is not None else 0) from None
+        raise exc.stopped(len(store) if store is not None else 0) from None
     summary.seconds = time.perf_counter() - t0
     return summary

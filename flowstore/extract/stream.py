@@ -30,7 +30,8 @@ def check_finite(flows: np.ndarray, first: int, estimator) -> None:
         bad = [first + k for k in range(len(flows)) if not np.isfinite(flows[k]).all()]
         raise NonFiniteFlowError(
             f"the {estimator.method or 'flow'} engine ({estimator.engine or '?'}) returned non-finite values "
-            f"(NaN or inf) for flow(s) {bad[:5]}{' ...' if len(bad) > 5 else ''}; check --param values")
+            f"(NaN or inf) for flow(s) {bad[:5]}{' ...' if len(bad) > 5 else ''}; "
+            + ("check the checkpoint (--ckpt) and --fp16" if estimator.engine == "ptlflow" else "check --param values"))
 
 
 @dataclasses.dataclass

@@ -292,6 +292,7 @@ class _Preparer:
             rgb=None if views[0].rgb is None else np.concatenate([np.ascontiguousarray(v.rgb) for v in views]),
             flow=None if views[0].flow is None else np.concatenate([np.ascontiguousarray(v.flow) for v in views]),
             flow_range=None if views[0].flow_range is None else np.concatenate([v.flow_range for v in views]),
+            flow_mirror=views[0].flow_mirror,
         )
         values = finalize(merged, self.reader.quant, flow_mode=cfg.flow_values, mean_subtract=cfg.mean_subtract,
                           rgb_mode="float", rgb_mean=self.rgb_mean, rgb_std=self.rgb_std,

@@ -1,10 +1,16 @@
-"""Learned optical flow through ptlflow: GMFlow and any other ptlflow model.
+"""Learned optical flow through ptlflow: the models with a short name and any other ptlflow model.
 
-Methods ``gmflow`` and ``ptlflow:NAME`` (``NAME`` from ``ptlflow.get_model_names()``) on the
-``ptlflow`` engine::
+Methods ``ptlflow:NAME`` (``NAME`` from ``ptlflow.get_model_names()``) and their short names
+``neuflow2``, ``neuflow``, ``rapidflow``, ``sea_raft_s``, ``gmflow``, ``raft``, ``raft_small``
+(:data:`.catalog.LEARNED_MODELS`, with each model's facts) on the ``ptlflow`` engine::
 
-    est = build_flow("gmflow", ckpt="gmflow-things-5a18a9e8.ckpt", batch_size=4)
+    est = build_flow("neuflow2", ckpt="neuflow2-things-6ed47437.ckpt", batch_size=8)
     est = build_flow("ptlflow:raft", device="cuda", fp16=True)   # weights from FLOWSTORE_CKPT_DIR
+
+All seven run on the CPU with the installed packages: none needs a compiled extension.
+neuflow and fastflownet use ``spatial_correlation_sampler`` when it is installed and ptlflow's
+pure-torch ``IterSpatialCorrelationSampler`` otherwise; raft, raft_small and the SEA-RAFTs need
+the compiled ``alt_cuda_corr`` only with ``--param alternate_corr=true``.
 
 Requirements
     ptlflow is an optional extra. Install it with ``pip install 'flowstore[ptlflow]'`` and then
@@ -38,8 +44,18 @@ Inference
     multiple (``model.output_stride``, 32 for GMFlow) is done by the model itself in
     ``BaseModel.preprocess_images`` (replicate padding split over both sides, cropped back in
     ``postprocess_predictions``; a few older models resize instead of padding, as their authors
-    did); flows come back at the input resolution, which is checked. All pairs of one
-    ``compute`` call must have the same size.
+    did; neuflow2 resizes to a multiple of 16); flows come back at the input resolution, which is
+    checked. All pairs of one ``compute`` call must have the same size.
+
+    Minimum frame size: raft, raft_small and sea_raft_s need both sides >= 121 px, rapidflow
+    >= 33 (``min_side`` in the catalog); smaller frames raise ``InputError`` before the model
+    runs. Below that size the coarsest level of the model's correlation pyramid (1/64 of the
+    padded frame for RAFT's 4 levels at 1/8) is 1 pixel wide, and ptlflow's ``bilinear_sampler``
+    maps pixels to grid coordinates with ``2 * x / (W - 1) - 1``: 0/0 = NaN whatever the
+    weights (SEA-RAFT's pooling raises instead). That, not the random initialisation, is why
+    raft_small and fastflownet gave NaN with random weights on small test frames. A NaN or inf
+    that still comes out (a corrupt checkpoint, an fp16 overflow) fails the video at extraction
+    (``extract.stream.check_finite`` names the video's failing flow indices); it is never quantized.
 
     ``fp16=True`` means ``torch.autocast(float16)`` on CUDA; on the CPU it is ignored with a
     ``UserWarning`` and ``describe()["fp16"]`` is ``False``. On the CPU the same weights and
@@ -57,6 +73,7 @@ from typing import Any
 
 import numpy as np
 
+from .catalog import MIN_SIDE_REASON, min_frame_side
 from .registry import FlowEstimator
 from ..errors import EnvironmentProblem, InputError, MissingFileError
 from ..io import file_sha256, load_weights_object
@@ -393,6 +410,12 @@ class PtlflowEstimator(FlowEstimator):
             if tuple(frame.shape) != shape:
                 raise InputError(f"all frames of one compute() call must have one size; got {tuple(frame.shape)} and {shape}")
         height, width = shape[-2:]
+        min_side = min_frame_side(self.model_name)
+        if min_side is not None and min(height, width) < min_side:
+            raise InputError(
+                f"frames of {width}x{height} are too small for ptlflow model {self.model_name!r}: it needs "
+                f"both sides >= {min_side} px ({MIN_SIDE_REASON}); extract at a larger --size"
+            )
         out = np.empty((len(prev), height, width, 2), np.float32)
         autocast = (
             torch.autocast(device_type="cuda", dtype=torch.float16) if self.fp16 else contextlib.nullcontext()
@@ -433,7 +456,7 @@ class PtlflowEstimator(FlowEstimator):
 
 def build_ptlflow(*, method: str, model_name: str, params: dict | None = None, device: str | None = None,
                   ckpt: str | os.PathLike | None = None, batch_size: int = 4, fp16: bool = False) -> PtlflowEstimator:
-    """Shared body of the ``gmflow`` and ``ptlflow:*`` builders."""
+    """Shared body of the short-name and ``ptlflow:*`` builders."""
     device = _check_device(device)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer, not {batch_size!r}")
@@ -457,11 +480,11 @@ def build_ptlflow(*, method: str, model_name: str, params: dict | None = None, d
     )
 
 
-def build_gmflow(*, model_name: str = "gmflow", params: dict | None = None, device: str | None = None,
-                 ckpt: str | os.PathLike | None = None, batch_size: int = 4, fp16: bool = False) -> PtlflowEstimator:
-    """GMFlow (Xu et al., CVPR 2022) as ported by ptlflow."""
-    method = "gmflow" if model_name == "gmflow" else f"ptlflow:{model_name}"
-    return build_ptlflow(method=method, model_name=model_name, params=params, device=device,
+def build_short_name(*, model_name: str, params: dict | None = None, device: str | None = None,
+                     ckpt: str | os.PathLike | None = None, batch_size: int = 4, fp16: bool = False) -> PtlflowEstimator:
+    """A model with a short name (``gmflow``, ``neuflow2``, ... :data:`.catalog.LEARNED_MODELS`):
+    ``ptlflow:NAME`` recorded under the short name."""
+    return build_ptlflow(method=model_name, model_name=model_name, params=params, device=device,
                          ckpt=ckpt, batch_size=batch_size, fp16=fp16)
 
 

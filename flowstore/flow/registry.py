@@ -1,7 +1,7 @@
 """Registry of optical-flow methods and engines.
 
-A *method* is an algorithm name the user types (``farneback``, ``tvl1``, ``gmflow``,
-``ptlflow:NAME``); an *engine* is an implementation of it (``opencv`` on the CPU, ``torch`` on
+A *method* is an algorithm name the user types (``farneback``, ``tvl1``, ``ptlflow:NAME`` and
+its short names ``gmflow``, ``neuflow2``, ... listed in :data:`.catalog.LEARNED_MODELS`); an *engine* is an implementation of it (``opencv`` on the CPU, ``torch`` on
 any torch device, ``ptlflow`` for learned models). :data:`METHODS` is the one table: a method
 holds its engines' builders in preference order (the first is its default), each registered
 with :func:`register_flow` and called with keyword arguments only. The built-in engines are
@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Union
 
 from ..errors import InputError, UnknownNameError
+from .catalog import LEARNED_MODELS
 from ..registry import Registry, resolve
 
 if TYPE_CHECKING:  # numpy is not imported to look a method up
@@ -97,7 +98,7 @@ def list_engines(method: str | None = None) -> list[str]:
 
 
 def describe_methods() -> str:
-    """The methods as a sentence for help texts: ``"farneback, gmflow, tvl1 or ptlflow:NAME"``."""
+    """The methods as a sentence for help texts: ``"farneback, gmflow, ..., tvl1 or ptlflow:NAME"``."""
     names = list_methods() + list_families()
     return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else "".join(names)
 
@@ -225,5 +226,17 @@ register_flow("farneback", "opencv", f"{__package__}.opencv:build_opencv_farneba
 register_flow("farneback", "torch", f"{__package__}.torch_engines:build_torch_farneback")
 register_flow("tvl1", "opencv", f"{__package__}.opencv:build_opencv_tvl1")
 register_flow("tvl1", "torch", f"{__package__}.torch_engines:build_torch_tvl1")
-register_flow("gmflow", "ptlflow", f"{__package__}.learned:build_gmflow")  # a short name of ptlflow:gmflow
+
+
+def _learned_short_name(model_name: str) -> Callable[..., FlowEstimator]:
+    """The builder of the short name ``model_name`` of ``ptlflow:model_name``; the ptlflow engine
+    is imported when it is called, not when a method is looked up."""
+    def build(**options: Any) -> FlowEstimator:
+        return resolve(f"{__package__}.learned:build_short_name")(model_name=model_name, **options)
+    build.__qualname__ = build.__name__ = f"build_{model_name}"
+    return build
+
+
+for _name in LEARNED_MODELS:  # gmflow, neuflow2, ...: short names of ptlflow:NAME
+    register_flow(_name, "ptlflow", _learned_short_name(_name))
 register_flow("ptlflow:*", "ptlflow", f"{__package__}.learned:build_ptlflow_model")

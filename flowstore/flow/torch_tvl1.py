@@ -28,6 +28,17 @@ every ``sync_every`` (default 10) iterations, and in between a device-side mask 
 samples (``torch.where``), so the result is the same either way. A sample's flow therefore does
 not depend on what else is in its batch (the tests check batch == one at a time).
 
+**The fused path** (``fused=True``, the default on CUDA; the CPU keeps the path above, bit for
+bit). A GPU runs the ~30-70 k small eager ops of a batch in ~5 us each, so it is launch-bound.
+The fused path has no compaction and no host sync inside the iteration loop: one *outer
+iteration* (the median filter and ``innnerIterations`` inner iterations, with a device-side
+"still iterating" mask per sample, so the per-sample stopping stays exact) is one call of
+:func:`outer_iteration`, compiled with ``torch.compile`` and, on CUDA, captured once per shape in
+a CUDA graph (one launch). The only sync is a fixed-cadence check after each outer iteration
+(``active.any()``: at most ``outerIterations - 1`` per warp) that ends the warp once every sample
+has stopped; a warp usually stops within its first outer iteration. Stopped samples still cost
+compute until the whole batch has stopped (the price of launching nothing from the host).
+
 ``gamma != 0`` adds OpenCV's third, illumination-change component ``u3`` (``gamma * u3`` in the
 data term, TV-regularised, not scaled between levels, not returned).
 
@@ -37,6 +48,8 @@ as is, float input is taken as 0..1 and multiplied by 255, exactly like ``DualTV
 from __future__ import annotations
 
 import functools
+import warnings
+from collections import OrderedDict
 from collections.abc import Callable
 
 import numpy as np
@@ -255,6 +268,161 @@ def _get_step(compile: bool) -> Callable:
     return _COMPILED["step"]
 
 
+def masked_median(u, active, median: int):
+    """The outer iteration's median filter of the flow components, only for samples still active."""
+    med = median_filter(u[:, :2], median)
+    med = torch.where(active.view(-1, 1, 1, 1), med, u[:, :2])
+    return torch.cat([med, u[:, 2:]], 1) if u.shape[1] > 2 else med
+
+
+def _masked_step(step_fn, u, p1, p2, active, count, coef, rho_c, neg_inv_grad, scaled_eps, l_t, theta, taut):
+    """One inner iteration with the per-sample mask: samples that stopped keep their values;
+    ``count`` counts the iterations each sample ran."""
+    u_new, p1_new, p2_new, err = step_fn(u, p1, p2, coef, rho_c, neg_inv_grad, l_t, theta, taut)
+    m = active.view(-1, 1, 1, 1)
+    return (torch.where(m, u_new, u), torch.where(m, p1_new, p1), torch.where(m, p2_new, p2),
+            active & (err > scaled_eps), count + active.to(count.dtype))
+
+
+def masked_step(u, p1, p2, active, count, coef, rho_c, neg_inv_grad, scaled_eps, l_t, theta, taut):
+    """:func:`_masked_step` of :func:`_inner_step` (eager: bit-for-bit the CPU path's arithmetic)."""
+    return _masked_step(_inner_step, u, p1, p2, active, count, coef, rho_c, neg_inv_grad, scaled_eps, l_t, theta, taut)
+
+
+def masked_step_functional(u, p1, p2, active, count, coef, rho_c, neg_inv_grad, scaled_eps, l_t, theta, taut):
+    """:func:`_masked_step` of :func:`_inner_step_functional`, the form torch.compile fuses."""
+    return _masked_step(_inner_step_functional, u, p1, p2, active, count, coef, rho_c, neg_inv_grad, scaled_eps,
+                        l_t, theta, taut)
+
+
+def outer_iteration(step, median_fn, u, p1, p2, active, count, coef, rho_c, neg_inv_grad, scaled_eps, *,
+                    n_inner: int, median: int, l_t: float, theta: float, taut: float):
+    """One outer iteration of all samples: median filter, then ``n_inner`` masked inner
+    iterations. No host sync: this is what a CUDA graph captures."""
+    if median > 1:
+        u = median_fn(u, active, median)
+    for _ in range(n_inner):
+        u, p1, p2, active, count = step(u, p1, p2, active, count, coef, rho_c, neg_inv_grad, scaled_eps,
+                                        l_t, theta, taut)
+    return u, p1, p2, active, count
+
+
+def _compiled(fn: Callable, backend: str) -> Callable:
+    key = f"{fn.__name__}:{backend}"
+    if key not in _COMPILED:
+        # dynamic=True: one graph for every pyramid level and batch size (> 1) instead of one per shape
+        _COMPILED[key] = _EagerOnFailure(torch.compile(fn, dynamic=True, backend=backend), fn)
+    return _COMPILED[key]
+
+
+class _EagerOnFailure:
+    """A compiled function that falls back to ``eager`` (with one warning) where compilation
+    fails, e.g. no C++ compiler or no triton on this machine."""
+
+    def __init__(self, compiled: Callable, eager: Callable):
+        self.compiled, self.eager, self.failed = compiled, eager, False
+
+    def __call__(self, *args):
+        if not self.failed:
+            try:
+                with warnings.catch_warnings():  # dynamo notes that it traces through the lru_cache of the median's network
+                    warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools.lru_cache`")
+                    return self.compiled(*args)
+            except Exception as exc:  # noqa: BLE001 - any compiler failure: run eagerly instead
+                self.failed = True
+                warnings.warn(f"torch.compile of {self.eager.__name__} failed ({type(exc).__name__}: "
+                              f"{str(exc)[:300]}); running it eagerly", RuntimeWarning, stacklevel=2)
+        return self.eager(*args)
+
+
+class _GraphedOuter:
+    """:func:`outer_iteration` captured in a CUDA graph for one set of input shapes: inputs are
+    copied into static buffers, one replay runs the whole outer iteration; the outputs are the
+    graph's static buffers (valid until the next replay)."""
+
+    def __init__(self, fn: Callable, args: tuple[torch.Tensor, ...]):
+        self.static_in = tuple(a.clone() for a in args)
+        side = torch.cuda.Stream(args[0].device)
+        side.wait_stream(torch.cuda.current_stream(args[0].device))
+        with torch.cuda.stream(side):  # warm-up (compilation, autotuning) outside the capture
+            for _ in range(2):
+                fn(*self.static_in)
+        torch.cuda.current_stream(args[0].device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.static_out = fn(*self.static_in)
+
+    def __call__(self, *args):
+        for static, a in zip(self.static_in, args):
+            if static.data_ptr() != a.data_ptr():
+                static.copy_(a)
+        self.graph.replay()
+        return self.static_out
+
+
+#: CUDA graphs by (shapes, device, settings); least recently used dropped beyond the limit
+_GRAPHS: OrderedDict = OrderedDict()
+_MAX_GRAPHS = 48
+_GRAPHS_FAILED: set = set()
+
+
+def _graphed_call(fn: Callable, key: tuple, args: tuple[torch.Tensor, ...]):
+    """Run ``fn(*args)`` through its CUDA graph (captured on first use); eagerly, with one
+    warning, where capture fails."""
+    if key[1:] in _GRAPHS_FAILED:
+        return fn(*args)
+    graphed = _GRAPHS.get(key)
+    if graphed is None:
+        try:
+            graphed = _GraphedOuter(fn, args)
+        except Exception as exc:  # noqa: BLE001 - e.g. an op that cannot be captured: run without graphs
+            _GRAPHS_FAILED.add(key[1:])
+            warnings.warn(f"CUDA graph capture of the TV-L1 outer iteration failed ({type(exc).__name__}: "
+                          f"{str(exc)[:300]}); running without CUDA graphs", RuntimeWarning, stacklevel=2)
+            return fn(*args)
+        _GRAPHS[key] = graphed
+        while len(_GRAPHS) > _MAX_GRAPHS:
+            _GRAPHS.popitem(last=False)
+    _GRAPHS.move_to_end(key)
+    return graphed(*args)
+
+
+def _solve_warp_fused(run_outer, u, p1, p2, consts, n_outer: int):
+    """The warp's outer iterations on the whole batch, masked; one host sync per outer iteration
+    (the fixed-cadence check), none inside it. Returns u, p1, p2 and the per-sample iteration
+    counts (a device tensor)."""
+    active = torch.ones(u.shape[0], dtype=torch.bool, device=u.device)
+    count = torch.zeros(u.shape[0], dtype=torch.int32, device=u.device)
+    for k in range(n_outer):
+        u, p1, p2, active, count = run_outer(u, p1, p2, active, count, *consts)
+        if k + 1 < n_outer and not bool(active.any()):  # the one sync of an outer iteration
+            break
+    # clones: the outputs of a CUDA graph are overwritten by its next replay
+    return u.clone(), p1.clone(), p2.clone(), count
+
+
+def _fused_runner(device: torch.device, compile: bool | str, cuda_graphs: bool, *, n_inner: int, median: int,
+                  l_t: float, theta: float, taut: float) -> Callable:
+    """``run_outer(u, p1, p2, active, count, coef, rho_c, neg_inv_grad, scaled_eps)`` for the
+    fused path: :func:`outer_iteration` of the compiled (or eager) step and median, through a
+    CUDA graph when asked."""
+    if compile:
+        backend = compile if isinstance(compile, str) else "inductor"
+        step, med = _compiled(masked_step_functional, backend), _compiled(masked_median, backend)
+    else:
+        step, med = masked_step, masked_median
+    fn = functools.partial(outer_iteration, step, med, n_inner=n_inner, median=median, l_t=l_t, theta=theta, taut=taut)
+    if not cuda_graphs:
+        return fn
+    settings = (str(device), str(compile), n_inner, median, l_t, theta, taut)
+
+    def run_outer(*args):
+        shapes = tuple(tuple(a.shape) for a in args)
+        return _graphed_call(fn, (shapes, *settings), args)
+
+    return run_outer
+
+
 # --------------------------------------------------------------------------------------------
 
 
@@ -361,7 +529,9 @@ def tvl1_flow(
     scaleStep: float = 0.8,
     gamma: float = 0.0,
     medianFiltering: int = 5,
-    compile: bool = False,
+    compile: bool | str | None = None,
+    fused: bool | None = None,
+    cuda_graphs: bool | None = None,
     sync_every: int | None = None,
     stats: dict | None = None,
 ) -> torch.Tensor:
@@ -370,7 +540,14 @@ def tvl1_flow(
 
     Returns float32 ``(B, 2, H, W)`` (u, v) in pixels on the input's device. Parameter names and
     defaults are OpenCV's (``innnerIterations`` with its three n's, ``lambda_``). ``stats``, if given,
-    receives the number of inner iterations run per level.
+    receives the number of inner iterations run per level (on the fused path: one extra sync per warp).
+
+    Run settings (no effect on the result beyond float rounding): ``fused`` (default: on CUDA only)
+    selects the fused path of the module docstring; ``compile`` (default: on the fused path on CUDA)
+    runs the inner iteration through ``torch.compile`` (a backend name such as ``"aot_eager"`` picks
+    that backend); ``cuda_graphs`` (default: on the fused path on CUDA) replays each outer iteration
+    as one CUDA graph. ``sync_every`` is the unfused path's compaction cadence (default 1 on the CPU,
+    10 elsewhere).
     """
     if i0.shape != i1.shape or i0.dim() != 3:
         raise InputError(f"expected two (B, H, W) tensors of the same shape, got {tuple(i0.shape)} and {tuple(i1.shape)}")
@@ -379,14 +556,26 @@ def tvl1_flow(
     if not 0.0 < scaleStep < 1.0 and nscales > 1:
         raise InputError(f"scaleStep must be in (0, 1), got {scaleStep}")
     device = i0.device
+    if fused is None:
+        fused = device.type == "cuda"
+    if compile is None:
+        compile = fused and device.type == "cuda"
+    if cuda_graphs is None:
+        cuda_graphs = fused and device.type == "cuda"
+    if cuda_graphs and (not fused or device.type != "cuda"):
+        raise InputError(f"cuda_graphs needs the fused path on a CUDA device (got fused={fused}, device {device})")
     if sync_every is None:
         sync_every = 1 if device.type == "cpu" else 10
-    step_fn = _get_step(compile)
     use_gamma = gamma != 0.0
     n_comp = 3 if use_gamma else 2
     l_t = float(lambda_ * theta)
     taut = float(tau / theta)
     theta = float(theta)
+    if fused:
+        run_outer = _fused_runner(device, compile, bool(cuda_graphs), n_inner=innnerIterations, median=medianFiltering,
+                                  l_t=l_t, theta=theta, taut=taut)
+    else:
+        step_fn = _get_step(bool(compile))
 
     b, h, w = i0.shape
     sizes = pyramid_sizes(h, w, nscales, scaleStep)
@@ -409,6 +598,8 @@ def tvl1_flow(
         I0 = pyr[level][:, :1]
         I1 = pyr[level][:, 1:]
         scaled_eps = float(epsilon * epsilon * lh * lw)
+        if fused:  # a device tensor: one compiled graph for every level, not one per threshold
+            scaled_eps_t = torch.tensor(scaled_eps, dtype=torch.float32, device=device)
         I1x, I1y = centered_gradient(I1)
         I1stack = torch.cat([I1, I1x, I1y], 1)
         p1 = torch.zeros_like(u)
@@ -425,6 +616,11 @@ def tvl1_flow(
             # OpenCV skips the thresholding step where |grad|^2 <= FLT_EPSILON; so do we (step 0)
             big = grad > _FLT_EPS
             neg_inv_grad = torch.where(big, -1.0 / torch.where(big, grad, torch.ones_like(grad)), 0.0)
+            if fused:
+                u, p1, p2, count = _solve_warp_fused(run_outer, u, p1, p2, (coef, rho_c, neg_inv_grad, scaled_eps_t),
+                                                     outerIterations)
+                n_iter += int(count.max()) if stats is not None else 0
+                continue
             u, p1, p2, n = _solve_warp(
                 step_fn, u, p1, p2, (coef, rho_c, neg_inv_grad), (l_t, theta, taut), scaled_eps,
                 outerIterations, innnerIterations, medianFiltering, sync_every,

@@ -3,14 +3,18 @@
 A store is a directory::
 
     STORE/
-      manifest.json      header (format, version, settings) + committed videos (checkpoint)
-      commits.jsonl      video entries committed since manifest.json was last rewritten
+      manifest.json      header (format, version, settings) + videos committed before 1.2 (frozen)
+      commits.jsonl      every video entry committed since (append-only from 1.2 on)
+      catalog/           (1.2) derived index for a fast open: catalog.json + immutable segments
       failures.jsonl     videos that failed, one JSON object per line
       writer.lock        held (flock) by the one process writing the store
       shards/shard-00000.lmdb | shard-00000.h5 ...   each holds whole videos
 
 The committed videos are the union of ``manifest.json["videos"]`` and the complete lines of
 ``commits.jsonl`` (one JSON object ending in a newline; a later entry with the same id wins).
+Since 1.2 a writer never empties the log nor rewrites the manifest's videos; ``catalog/``
+indexes the log (see :func:`check_catalog` and docs/FORMAT.md section 13) so that a reader
+need not parse every entry. The catalog is derived: missing or stale, the union above is read.
 Anything in a shard that no committed entry points to is garbage left by an interrupted run and
 is never read.
 
@@ -59,6 +63,11 @@ COMMIT_LOG = "commits.jsonl"
 FAILURES = "failures.jsonl"
 LOCK_FILE = "writer.lock"
 SHARD_DIR = "shards"
+CATALOG_DIR = "catalog"          # since 1.2 (docs/FORMAT.md section 13)
+CATALOG_FILE = "catalog.json"    # under CATALOG_DIR, replaced atomically
+CATALOG_NAME = "flowstore-catalog"
+CATALOG_VERSION = 1
+SEGMENT_SUFFIX = ".lmdb"
 
 #: backend name -> suffix of its shard files (a view of the registry in store/backend.py)
 SHARD_SUFFIX = FieldView(BACKENDS, "suffix")
@@ -342,6 +351,62 @@ def check_entry(entry, *, backend: str, stride: int, where: str) -> VideoEntry:
     if "source_frames" in entry or "source_times" in entry:
         _check_source_frames(entry, num_frames, where)
     return entry
+
+
+_SEGMENT_NAME_RE = re.compile(r"segment-[0-9]{8,}\.lmdb", re.ASCII)
+
+
+def segment_name(number: int) -> str:
+    """File name (under ``catalog/``) of catalog segment ``number``."""
+    return f"segment-{number:08d}{SEGMENT_SUFFIX}"
+
+
+def segment_key(video_id: str) -> bytes:
+    """Key of a video in a catalog segment: its id in UTF-8 (LMDB sorts keys bytewise, which is
+    the code-point order of the ids)."""
+    return video_id.encode("utf-8")
+
+
+def segment_value(entry: dict) -> bytes:
+    """Value of a video in a catalog segment: its entry as compact UTF-8 JSON, keys sorted."""
+    return json.dumps(entry, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def check_catalog(doc, where: str) -> dict:
+    """``catalog/catalog.json`` (docs/FORMAT.md section 13) against the spec; returns it.
+    Raises FormatError; a reader treats any error here as "no catalog" (it is derived data)."""
+    if not isinstance(doc, dict):
+        raise FormatError(f"{where}: must be a JSON object, got {type(doc).__name__}")
+    if doc.get("format") != CATALOG_NAME:
+        raise FormatError(f"{where}: key 'format' must be {CATALOG_NAME!r}")
+    version = _count(doc, "catalog_version", 1, 1 << 31, where)
+    if version > CATALOG_VERSION:
+        raise FormatError(f"{where}: catalog_version {version} is newer than {CATALOG_VERSION}")
+    segments = _field(doc, "segments", list, where)
+    for n, seg in enumerate(segments):
+        at = f"{where}: segments[{n}]"
+        if not isinstance(seg, dict):
+            raise FormatError(f"{at}: must be an object")
+        if not _SEGMENT_NAME_RE.fullmatch(_field(seg, "name", str, at)):
+            raise FormatError(f"{at}: key 'name' is not a segment name like {segment_name(0)!r}")
+        _count(seg, "level", 0, 64, at)
+        _count(seg, "entries", 0, 1 << 62, at)
+    if len({s["name"] for s in segments}) != len(segments):
+        raise FormatError(f"{where}: a segment is listed twice")
+    _count(doc, "videos", 0, 1 << 62, where)
+    log = _field(doc, "log", dict, where)
+    for key in ("offset", "lines", "inode", "last_line_start", "last_line_crc32"):
+        _count(log, key, 0, 1 << 63, f"{where}: log")
+    if log["last_line_start"] > log["offset"]:
+        raise FormatError(f"{where}: log.last_line_start is past log.offset")
+    manifest = _field(doc, "manifest", dict, where)
+    for key in ("inode", "size", "mtime_ns"):
+        _count(manifest, key, 0, 1 << 63, f"{where}: manifest")
+    check_header({**_field(doc, "header", dict, where), "videos": []}, f"{where}: header")
+    sizes = _field(doc, "shard_sizes", dict, where)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in sizes.values()):
+        raise FormatError(f"{where}: shard_sizes must map shard names to byte counts")
+    return doc
 
 
 def _check_source_frames(entry: dict, num_frames: int, where: str) -> None:

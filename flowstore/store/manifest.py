@@ -51,8 +51,14 @@ def read_json_lines(path: str | os.PathLike) -> list[tuple[int, dict]]:
         return []
     except OSError as exc:  # a directory where the file belongs, no permission, an I/O error
         raise FormatError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    return parse_json_lines(raw)
+
+
+def parse_json_lines(raw: bytes, first_number: int = 1) -> list[tuple[int, dict]]:
+    """:func:`read_json_lines` of bytes already read (``first_number``: the number of their
+    first line in the file, e.g. for the tail of ``commits.jsonl`` past the catalog)."""
     out = []
-    for number, line in enumerate(raw.split(b"\n")[:-1], 1):  # after the last newline: incomplete
+    for number, line in enumerate(raw.split(b"\n")[:-1], first_number):  # after the last newline: incomplete
         try:
             obj = json.loads(line.decode("utf-8"))  # UTF-8 only: json.loads(bytes) would take UTF-16/32
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -116,14 +122,15 @@ def _read_snapshot(path: Path, log: Path, attempts: int = 20) -> tuple[bytes, li
     return raw, lines
 
 
-def load_failures(root: str | os.PathLike, committed: set[str] | None = None) -> list[dict]:
-    """Latest failure per video id, leaving out videos that have since been committed."""
+def load_failures(root: str | os.PathLike, committed=None) -> list[dict]:
+    """Latest failure per video id, leaving out videos that have since been committed
+    (``committed``: anything with ``in``, e.g. a set, a StoreReader or a StoreWriter)."""
     path = Path(root) / FAILURES
     latest: dict[str, dict] = {}
     for line, entry in read_json_lines(path):
         if "id" in entry:
             latest[entry["id"]] = check_failure(entry, f"{path}:{line}")
-    committed = committed or set()
+    committed = set() if committed is None else committed
     return [v for k, v in sorted(latest.items()) if k not in committed]
 
 

@@ -1,8 +1,13 @@
 """Read a flowstore store: committed videos only, handles opened lazily in each process."""
 from __future__ import annotations
 
+import heapq
+import itertools
 import os
 import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +15,8 @@ import numpy as np
 from ..quantize import QuantSpec, dequantize
 from .backend import ShardReader
 from .shards import open_shard
-from .format import FORWARD, RGB, store_directions, store_setting
+from .catalog import Catalog, decode_value, open_catalog, tail_entries
+from .format import CATALOG_DIR, COMMIT_LOG, FORWARD, MANIFEST, RGB, SHARD_DIR, segment_key, shard_path, store_directions, store_setting
 from .records import decode_flow_q, decode_frame, flow_components, range_kind, unpack_range
 from .manifest import load_failures, load_manifest
 from ..errors import DamagedStoreError, InputError, OutOfRangeError, UnknownNameError
@@ -25,6 +31,81 @@ def shard_min_sizes(entries) -> dict[str, int]:
     return sizes
 
 
+class LazyManifest(Mapping):
+    """A store's header with a ``videos`` key whose list of entries is built on first access."""
+
+    def __init__(self, header: dict, entries):
+        self._header, self._entries, self._videos = header, entries, None
+
+    def __getitem__(self, key):
+        if key == "videos":
+            if self._videos is None:
+                self._videos = list(self._entries())
+            return self._videos
+        return self._header[key]
+
+    def __iter__(self):
+        yield from (k for k in self._header if k != "videos")
+        yield "videos"
+
+    def __len__(self) -> int:
+        return len([k for k in self._header if k != "videos"]) + 1
+
+
+class VideoIds(Sequence):
+    """The committed video ids of a store opened through its catalog, sorted, read-only and lazy:
+    ``len`` and ``in`` cost no more than a lookup, iteration merges the catalog's segments with
+    the log tail. Positional indexing (``videos[i]``, slices) reads every id into a list on its
+    first use (O(n) once; ``list(reader.videos)`` does the same)."""
+
+    # It holds the catalog and the log tail, not the reader: no reference cycle, so a reader
+    # dropped without close() releases its shard maps at once (refcounting, not the cyclic GC).
+    def __init__(self, root: Path, catalog: Catalog, tail: dict[str, dict], count: int):
+        self._root, self._catalog, self._tail, self._count = root, catalog, tail, count
+        self._list: list[str] | None = None
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __contains__(self, video) -> bool:
+        if video in self._tail:
+            return True
+        try:
+            key = segment_key(video) if isinstance(video, str) else None
+        except UnicodeEncodeError:
+            return False
+        return key is not None and self._catalog.get(key) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        if self._list is not None:
+            return iter(self._list)
+        return self._iter_ids()
+
+    def _iter_ids(self) -> Iterator[str]:
+        stream = heapq.merge((key.decode("utf-8") for key, _, _ in self._catalog.items()), sorted(self._tail))
+        last = None
+        for vid in stream:
+            if vid != last:
+                last = vid
+                yield vid
+
+    def __getitem__(self, index):
+        if self._list is None:
+            self._list = list(self._iter_ids())
+        return self._list[index]
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, (Sequence, VideoIds)) and not isinstance(other, str):
+            return len(self) == len(other) and list(self) == list(other)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"VideoIds({len(self)} videos of {self._root})"
+
+    def __getstate__(self):
+        return {**self.__dict__, "_list": None}
+
+
 class StoreReader:
     """``open_store(path)``: the committed videos of a store (a
     :class:`~flowstore.store.source.RecordSource`).
@@ -34,31 +115,100 @@ class StoreReader:
     :class:`~flowstore.store.lmdb_backend.LMDBShardReader`: for stores much larger than RAM on
     disks with a large read_ahead_kb). Safe to hand to DataLoader workers: shard handles are
     dropped when pickled or forked and reopened on first use in the new process.
+
+    Opening reads the catalog (format 1.2) and the log lines past it: no work that grows with
+    the store. ``videos`` is then a lazy :class:`VideoIds`; stores without a usable catalog
+    (written by flowstore before 1.2, or a catalog that is stale) are read whole, the 1.1 way,
+    and ``videos`` is a list. ``manifest`` (header + every entry) is built on first use: O(n);
+    ``header`` is the header alone. At most ``max_open_shards`` shard handles are kept open
+    (least recently used closed first; a handle a reader thread is using is never closed under
+    it), so a loader worker stays within a low file-descriptor limit.
     """
 
-    def __init__(self, path: str | os.PathLike, *, check: bool = False, readahead: bool = True):
+    DEFAULT_MAX_OPEN_SHARDS = 64
+    _ENTRY_CACHE = 4096  # decoded catalog entries kept per reader
+
+    def __init__(self, path: str | os.PathLike, *, check: bool = False, readahead: bool = True,
+                 max_open_shards: int = DEFAULT_MAX_OPEN_SHARDS):
         self.root = Path(path)
         self.check = check
         self.readahead = readahead
-        self.manifest = load_manifest(self.root)
-        self._entries = {v["id"]: v for v in self.manifest["videos"]}
-        self._min_sizes = shard_min_sizes(self.manifest["videos"])
-        self.videos: list[str] = sorted(self._entries)
-        self.backend: str = self.manifest["backend"]
-        self.quant = QuantSpec.from_manifest(self.manifest["quantization"])
-        self.flow_codec: str = self.manifest["flow"]["codec"]
-        self.frame_codec: str = self.manifest["frames"]["codec"]
-        self.stride: int = int(self.manifest.get("stride", 1))
+        if int(max_open_shards) < 1:
+            raise InputError(f"max_open_shards must be at least 1, got {max_open_shards}")
+        self.max_open_shards = int(max_open_shards)
+        self._open_index()
+        self.backend: str = self.header["backend"]
+        self.quant = QuantSpec.from_manifest(self.header["quantization"])
+        self.flow_codec: str = self.header["flow"]["codec"]
+        self.frame_codec: str = self.header["frames"]["codec"]
+        self.stride: int = int(self.header.get("stride", 1))
         #: the flow directions the store holds (format 1.2 ``directions``; forward before 1.2)
-        self.directions: tuple[str, ...] = store_directions(self.manifest)
-        self._handles: dict[str, ShardReader] = {}
+        self.directions: tuple[str, ...] = store_directions(self.header)
+        self._handles: OrderedDict[str, list] = OrderedDict()  # shard -> [handle, users, size at open]
         self._pid = os.getpid()
         self._lock = threading.Lock()  # reader threads (loader read-ahead) may open shards at once
+
+    def _open_index(self) -> None:
+        path = self.root / MANIFEST
+        if not path.exists():  # the same message as the full read
+            load_manifest(self.root)
+        opened = open_catalog(self.root)
+        self._entry_cache: OrderedDict[str, dict] = OrderedDict()
+        if opened is None:  # the 1.1 way: every entry of manifest.json and commits.jsonl
+            manifest = load_manifest(self.root)
+            self.header = {k: v for k, v in manifest.items() if k != "videos"}
+            self._catalog = None
+            self._entries = {v["id"]: v for v in manifest["videos"]}
+            self._min_sizes = shard_min_sizes(manifest["videos"])
+            self._count = len(self._entries)
+            self.videos: Sequence[str] = sorted(self._entries)
+            self._manifest = manifest
+            return
+        self._catalog, lines = opened
+        self.header = self._catalog.doc["header"]
+        self._entries = tail_entries(lines, self.header, self.root / COMMIT_LOG)
+        self._min_sizes = dict(self._catalog.doc["shard_sizes"])
+        for shard, size in shard_min_sizes(self._entries.values()).items():
+            self._min_sizes[shard] = max(size, self._min_sizes.get(shard, 0))
+        self._count = self._catalog.doc["videos"] + sum(
+            1 for v in self._entries if self._catalog.get(segment_key(v)) is None)
+        self.videos = VideoIds(self.root, self._catalog, self._entries, self._count)
+        self._manifest = None
+
+    @property
+    def manifest(self) -> Mapping:
+        """The header plus ``videos`` = every committed entry sorted by id, as
+        :func:`~flowstore.store.manifest.load_manifest` gives it (a read-only mapping). The
+        header keys cost nothing; ``manifest["videos"]`` is built on first use: O(n)."""
+        if self._manifest is not None:  # read whole at open (no catalog)
+            return self._manifest
+        return LazyManifest(self.header, self.iter_entries)  # not kept: no reader <-> manifest cycle
+
+    def iter_entries(self) -> Iterator[dict]:
+        """Every committed entry in id order (a merge of the catalog's segments and the log
+        tail; no list of them all is held)."""
+        if self._catalog is None:
+            for v in self.videos:
+                yield self._entries[v]
+            return
+        yield from (self.entry(v) for v in self.videos)
+
+    def _has(self, video: str) -> bool:
+        return video in self._entries if self._catalog is None else video in self.videos
+
+    @staticmethod
+    def _has_key(video) -> bool:
+        """Whether ``video`` can be a catalog key at all (a string that encodes to UTF-8)."""
+        try:
+            return isinstance(video, str) and bool(segment_key(video))
+        except UnicodeEncodeError:
+            return False
 
     # -- bookkeeping -----------------------------------------------------------------------
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_handles"] = {}
+        state["_handles"] = OrderedDict()
+        state["_entry_cache"] = OrderedDict()
         del state["_lock"]
         return state
 
@@ -68,10 +218,10 @@ class StoreReader:
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self.videos)
+        return self._count
 
     def __contains__(self, video: str) -> bool:
-        return video in self._entries
+        return self._has(video)
 
     def __enter__(self):
         return self
@@ -81,37 +231,93 @@ class StoreReader:
 
     def close(self) -> None:
         if self._pid == os.getpid():
-            for handle in self._handles.values():
+            for handle, _, _ in self._handles.values():
                 handle.close()
-        self._handles = {}
+        self._handles = OrderedDict()
+        if self._catalog is not None:
+            self._catalog.close()
 
     def entry(self, video: str) -> dict:
-        try:
-            return self._entries[video]
-        except KeyError:
-            hint = f"; e.g. {self.videos[:3]}" if self.videos else " (the store has no committed videos)"
-            raise UnknownNameError(f"video {video!r} is not in store {self.root}{hint}") from None
+        e = self._entries.get(video)
+        if e is not None:
+            return e
+        if self._catalog is not None:
+            with self._lock:
+                e = self._entry_cache.get(video)
+                if e is not None:
+                    self._entry_cache.move_to_end(video)
+                    return e
+            hit = self._catalog.get(segment_key(video)) if self._has_key(video) else None
+            if hit is not None:
+                e = decode_value(hit[0], video, self.header, f"{self.root}/{CATALOG_DIR}/{hit[1]}")
+                with self._lock:
+                    self._entry_cache[video] = e
+                    if len(self._entry_cache) > self._ENTRY_CACHE:
+                        self._entry_cache.popitem(last=False)
+                return e
+        some = list(itertools.islice(iter(self.videos), 3))
+        hint = f"; e.g. {some}" if some else " (the store has no committed videos)"
+        raise UnknownNameError(f"video {video!r} is not in store {self.root}{hint}")
 
     def shard_of(self, video: str) -> str:
         """The shard file name holding ``video`` (see :class:`~flowstore.store.source.RecordSource`)."""
         return str(self.entry(video)["shard"])
 
     def failures(self) -> list[dict]:
-        return load_failures(self.root, set(self._entries))
+        return load_failures(self.root, self)
+
+    # -- shard handles: a bounded LRU, counted while in use ----------------------------------
+    @contextmanager
+    def _using(self, video: str) -> Iterator[ShardReader]:
+        """The open shard of ``video`` for the duration of a read: counted as in use, so that
+        no other thread's eviction closes it meanwhile."""
+        slot = self._acquire(video)
+        try:
+            yield slot[0]
+        finally:
+            with self._lock:
+                slot[1] -= 1
+                self._evict()
+
+    def _acquire(self, video: str) -> list:
+        if self._pid != os.getpid():  # forked: the parent's handles must not be used here
+            self._handles, self._pid, self._lock = OrderedDict(), os.getpid(), threading.Lock()
+        entry = self.entry(video)
+        shard = entry["shard"]
+        with self._lock:
+            slot = self._handles.get(shard)
+            if slot is None:
+                # opened under the lock: two threads must not open one LMDB file at once
+                path = shard_path(self.root, shard)
+                handle = open_shard(self.backend, self.root, shard, video=video,
+                                    min_size=self._min_sizes.get(shard, 0), readahead=self.readahead)
+                try:
+                    size = os.stat(path).st_size
+                except OSError:
+                    size = 0
+                slot = self._handles[shard] = [handle, 0, size]
+            else:
+                self._handles.move_to_end(shard)
+            if int(entry.get("shard_size", 0)) > slot[2]:
+                raise DamagedStoreError(f"shard {SHARD_DIR}/{shard} of video {video!r} in {self.root} is cut short: "
+                                        f"{slot[2]:,} bytes, its commit says at least {int(entry['shard_size']):,}")
+            slot[1] += 1
+            self._evict()
+            return slot
+
+    def _evict(self) -> None:
+        """Close least recently used handles no thread is using, down to max_open_shards."""
+        if len(self._handles) <= self.max_open_shards:
+            return
+        for shard in [s for s, slot in self._handles.items() if slot[1] == 0]:
+            if len(self._handles) <= self.max_open_shards:
+                break
+            self._handles.pop(shard)[0].close()
 
     def _shard(self, video: str) -> ShardReader:
-        if self._pid != os.getpid():  # forked: the parent's handles must not be used here
-            self._handles, self._pid, self._lock = {}, os.getpid(), threading.Lock()
-        shard = self.entry(video)["shard"]
-        handle = self._handles.get(shard)
-        if handle is None:
-            with self._lock:
-                handle = self._handles.get(shard)
-                if handle is None:
-                    handle = open_shard(self.backend, self.root, shard, video=video,
-                                        min_size=self._min_sizes.get(shard, 0), readahead=self.readahead)
-                    self._handles[shard] = handle
-        return handle
+        """The open handle of ``video``'s shard (tests and tools; reads go through ``_using``)."""
+        with self._using(video) as handle:
+            return handle
 
     # -- sizes -----------------------------------------------------------------------------
     def num_frames(self, video: str) -> int:
@@ -133,7 +339,8 @@ class StoreReader:
     # -- encoded bytes (for loaders that decode themselves) ---------------------------------
     def frame_bytes(self, video: str, index: int) -> bytes:
         index = self._check_index(video, index, self.num_frames(video), "frame")
-        return self._shard(video).get(video, RGB, index, check=self.check)
+        with self._using(video) as shard:
+            return shard.get(video, RGB, index, check=self.check)
 
     def check_direction(self, direction: str) -> str:
         """``direction`` if the store holds flow of it, else an InputError saying how to get it."""
@@ -149,9 +356,9 @@ class StoreReader:
         kind_x, kind_y = flow_components(self.check_direction(direction))
         n = self.num_flows(video)
         indices = [self._check_index(video, i, n, "flow") for i in indices]
-        shard = self._shard(video)
-        return (shard.get_many(video, kind_x, indices, check=self.check),
-                shard.get_many(video, kind_y, indices, check=self.check))
+        with self._using(video) as shard:
+            return (shard.get_many(video, kind_x, indices, check=self.check),
+                    shard.get_many(video, kind_y, indices, check=self.check))
 
     # -- decoded ---------------------------------------------------------------------------
     def frame(self, video: str, index: int) -> np.ndarray:
@@ -179,7 +386,8 @@ class StoreReader:
         if self.quant.scheme != "minmax":
             return None
         index = self._check_index(video, index, self.num_flows(video), "flow")
-        raw = self._shard(video).get(video, kind, index, check=self.check)
+        with self._using(video) as shard:
+            raw = shard.get(video, kind, index, check=self.check)
         return unpack_range(raw, f"{video}/{kind}/{index}")
 
     def flow(self, video: str, index: int, direction: str = FORWARD) -> np.ndarray:
@@ -188,7 +396,7 @@ class StoreReader:
         return dequantize(self.flow_q(video, index, direction), self.quant, self.flow_range(video, index, direction))
 
     def info(self) -> dict:
-        m = self.manifest
+        m = self.header
         return {
             "path": str(self.root),
             "format": m["format"],
@@ -207,7 +415,7 @@ class StoreReader:
             "videos": [
                 {"id": v["id"], "num_frames": v["num_frames"], "num_flows": v["num_flows"],
                  "width": v["width"], "height": v["height"], "shard": v["shard"], "bytes": v.get("bytes")}
-                for v in m["videos"]
+                for v in self.iter_entries()
             ],
             "failures": self.failures(),
         }

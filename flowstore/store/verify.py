@@ -1,6 +1,7 @@
 """``flowstore verify``: every committed record is present, its CRC-32 matches, and (optionally)
 it decodes to an image of the recorded size. The records are those of every flow direction the
-store holds (``record_counts`` with the header's ``directions``)."""
+store holds (``record_counts`` with the header's ``directions``). The catalog (format 1.2)
+must agree with the log."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,7 +11,8 @@ from pathlib import Path
 
 from ..errors import FlowstoreError
 from .shards import open_shard
-from .format import RGB, SHARD_DIR, store_directions
+from .catalog import decode_value, open_catalog, tail_entries
+from .format import CATALOG_DIR, COMMIT_LOG, RGB, SHARD_DIR, store_directions
 from .manifest import load_manifest
 from .reader import shard_min_sizes
 from .records import RANGE_KINDS, decode_flow_component, decode_frame, record_counts, records_crc32
@@ -27,6 +29,38 @@ class VerifyReport:
         return not self.problems
 
 
+def catalog_problems(root: Path, manifest: dict) -> list[str]:
+    """Where the catalog (format 1.2) disagrees with the full read (``manifest`` from
+    :func:`load_manifest`: manifest videos + the whole log). No catalog, or a stale one, is no
+    problem: readers then take the full read too and the next writer rebuilds it."""
+    opened = open_catalog(root)
+    if opened is None:
+        return []
+    catalog, lines = opened
+    try:
+        header = catalog.doc["header"]
+        tail = tail_entries(lines, header, root / COMMIT_LOG)
+        want = {e["id"]: e for e in manifest["videos"]}
+        got = {}
+        for key, value, segment in catalog.items():
+            vid = key.decode("utf-8", errors="replace")
+            got[vid] = decode_value(value, vid, header, f"{root}/{CATALOG_DIR}/{segment}")
+        got.update(tail)
+        problems = [f"catalog: video {vid!r} is committed in {COMMIT_LOG} but not in the catalog"
+                    for vid in sorted(set(want) - set(got))[:20]]
+        problems += [f"catalog: video {vid!r} is in the catalog but not committed" for vid in sorted(set(got) - set(want))[:20]]
+        problems += [f"catalog: video {vid!r} differs from its latest entry in {COMMIT_LOG}"
+                     for vid in sorted(set(got) & set(want)) if got[vid] != want[vid]][:20]
+        distinct = catalog.doc["videos"] + sum(1 for v in tail if catalog.get(v.encode("utf-8")) is None)
+        if distinct != len(want):
+            problems.append(f"catalog: {CATALOG_DIR}/catalog.json counts {distinct} videos, the log has {len(want)}")
+        return problems
+    except FlowstoreError as exc:
+        return [f"catalog: {exc.message}"]
+    finally:
+        catalog.close()
+
+
 def verify_store(root: str | Path, *, decode: bool = False, progress: Callable[[int], None] | None = None,
                  max_problems: int = 1000) -> VerifyReport:
     root = Path(root)
@@ -35,6 +69,7 @@ def verify_store(root: str | Path, *, decode: bool = False, progress: Callable[[
     scheme = manifest["quantization"]["scheme"]
     directions = store_directions(manifest)
     report = VerifyReport()
+    report.problems.extend(catalog_problems(root, manifest))
     readers = {}
     min_sizes = shard_min_sizes(manifest["videos"])
     try:
