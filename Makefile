@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # free space the venv needs (torch, ptlflow and the rest installed: about 6.7 GB, plus pip's cache)
 VENV_NEED_GB ?= 8
 
-.PHONY: demo test venv clean bench gpu-check
+.PHONY: demo demo-sz-table test venv clean bench gpu-check
 
 venv: $(STAMP)
 
@@ -34,6 +34,10 @@ $(STAMP): pyproject.toml
 demo: venv
 	$(VENV)/bin/flowstore run pipelines/demo.toml
 
+# Simonyan & Zisserman's temporal-net and fusion tables on the demo data (demo_sz_out/sz_table.md)
+demo-sz-table: venv
+	$(VENV)/bin/flowstore run pipelines/demo_sz_table.toml
+
 test: venv
 	$(PY) -m pytest -q tests
 
@@ -46,4 +50,4 @@ gpu-check:
 	PYTHONPATH=. $(PYTHON) benchmarks/gpu_check.py $(if $(OUT),--out $(OUT),)
 
 clean:
-	rm -rf demo_out .pytest_cache
+	rm -rf demo_out demo_sz_out .pytest_cache

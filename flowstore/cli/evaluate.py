@@ -34,6 +34,8 @@ the others) is an error naming the file.
 \b
 Output (--out DIR): DIR/<model>/metrics.json, predictions.csv, confusion.png per model,
 DIR/summary.json (all rows) and DIR/table.md (the table, also printed; --table elsewhere).
+--reference ROW=TEXT adds a column beside the accuracies, e.g. a paper's number for that row
+(pipelines/demo_sz_table.toml: Simonyan & Zisserman's tables).
 
 \b
 Examples:
@@ -56,6 +58,9 @@ Examples:
 @click.option("--views", type=int, default=None, help="Use only the first N stored views (default: all).")
 @click.option("--out", "-o", type=click.Path(path_type=str), default=None, help="Output directory.")
 @click.option("--table", type=click.Path(path_type=str), default=None, help="Also write the markdown table here.")
+@click.option("--reference", "references", multiple=True, metavar="ROW=TEXT",
+              help="Add a reference column to the table (e.g. a paper's number): ROW is a model's name, or "
+                   "MODEL:FUSION for a fused model's rows (fused:svm); repeatable.")
 @click.option("--views-grid", is_flag=True,
               help="Also score every (N_t, N_s) subset of the stored views: clip- and video-level accuracy and "
                    "seconds per video per pair, printed, plotted and written to OUT/<model>/views_grid.*.")
@@ -67,17 +72,18 @@ Examples:
 @click.option("--threads", type=int, default=1, show_default=True,
               help="Torch CPU threads; heads are small, so more threads mostly add overhead.")
 @user_errors
-def command(models, features, labels, test_labels, classes, split, subset, views, out, table, views_grid,
+def command(models, features, labels, test_labels, classes, split, subset, views, out, table, references, views_grid,
             allow_mismatch, allow_overlap, device, threads):
     import torch
 
-    from ..heads.modeleval import accuracy_table, evaluate_model
+    from ..heads.modeleval import accuracy_table, evaluate_model, row_key
     from ..heads.splits import load_label_sets
 
     if threads:
         torch.set_num_threads(threads)
     if features and len(models) != 1:
         raise click.UsageError("--features overrides the features of ONE --model")
+    reference = dict(_reference(r) for r in references)
     label_sets = None
     if labels is not None:
         label_sets = load_label_sets(labels, test_labels=test_labels, classes=classes, split=split)
@@ -94,7 +100,11 @@ def command(models, features, labels, test_labels, classes, split, subset, views
                              log=lambda m: click.echo(m, err=True))
         rows += res["rows"]
         results.append({k: v for k, v in res.items() if k not in ("per_class_accuracy", "confusion_matrix")})
-    text = accuracy_table(rows)
+    unknown = sorted(set(reference) - {row_key(r) for r in rows})
+    if unknown:
+        raise click.UsageError(f"--reference names no row of the table: {unknown}; "
+                               f"choose from {[row_key(r) for r in rows]}")
+    text = accuracy_table(rows, reference)
     click.echo(f"\nAccuracy on {subset} videos (multi-view: softmax averaged over the views; * = the model's chosen fusion):\n")
     click.echo(text)
     targets = [Path(table)] if table else []
@@ -110,3 +120,10 @@ def command(models, features, labels, test_labels, classes, split, subset, views
 
     report_views(models, names, features=list(features) or None, label_sets=label_sets, subset=subset, out=out,
                  grid=views_grid, device=device or "cpu", echo=click.echo)
+
+
+def _reference(text: str) -> tuple[str, str]:
+    row, sep, value = text.partition("=")
+    if not sep or not row.strip():
+        raise click.UsageError(f"--reference {text!r}: give ROW=TEXT (e.g. flow=81.0%)")
+    return row.strip(), value.strip()

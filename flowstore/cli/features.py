@@ -20,7 +20,21 @@ channels and replicated over the 2L channels).
 Sampling is TSN's: --segments K snippets per video, each of --length items (1 frame for rgb,
 L flows for flow), each segment taken at --temporal-views T positions; every snippet gives
 --spatial-views C crops (1: centre or whole frame, 2: plus its mirror, 10: TSN's ten crops).
-Each video is stored as (V = T*C views, K segments, D features). --pool none keeps the
+Each video is stored as (V = T*C views, K segments, D features).
+
+\b
+--stacking says what the L flows of a flow snippet are (Simonyan & Zisserman 2014, sec. 3.1):
+  stack          the forward flows of L consecutive frame pairs (their eq. 1; the default)
+  bidirectional  L/2 backward flows before the snippet's middle frame and L/2 forward flows
+                 after it, 2L channels (L even); needs a store made with
+                 `flowstore extract --direction both`
+  trajectory     the L forward flows sampled along the trajectory that follows the flow from
+                 each pixel (their eq. 2, bilinear on the dequantized flow; a stride-1 store)
+
+Mean subtraction works on each (bidirectional: each half has its own stack mean). The stacking
+is recorded in the provenance: resuming OUT with another one is refused as a settings mismatch.
+
+--pool none keeps the
 backbone's last conv map instead (timm forward_features, before global pooling): (V, K, C, h, w)
 per video in float16, one HDF5 chunk per video, for `train-head --fusion mid-conv`; all videos
 must then give one input size (--crop, or --resize WxH). The summary reports the bytes per
@@ -38,6 +52,7 @@ Examples:
   flowstore features --store store --stream rgb --backbone resnet50 --weights resnet50_a1.pth \\
       --resize 256 --crop 224 --spatial-views 10 --out rgb_r50.h5 --gpu 0
   flowstore features --store store --stream flow --pool none --crop 112 --out flow_maps.h5
+  flowstore features --store store_both --stream flow --length 10 --stacking bidirectional --out flow_bi.h5
 """
 
 
@@ -57,6 +72,9 @@ Examples:
 @click.option("--crop", default=None, metavar="WxH|N", help="Crop size (default: the whole frame).")
 @click.option("--flow-values", type=click.Choice(["q128", "pixels", "uint8"]), default="q128", show_default=True,
               help="Flow input: (q-128)/128 as TSN, dequantized pixels, or raw 8-bit values.")
+@click.option("--stacking", type=RegistryChoice("flowstore.data.sampling:list_stackings"), default="stack",
+              show_default=True, help="Flow snippets: stack (forward flows), bidirectional (L/2 backward + L/2 "
+                                      "forward; a --direction both store) or trajectory (along the flow).")
 @click.option("--mean-subtract", type=click.Choice(["none", "field", "stack"]), default="none", show_default=True,
               help="Camera-motion compensation: subtract each flow field's (or stack's) mean vector.")
 @click.option("--pool", type=click.Choice(["avg", "none"]), default="avg", show_default=True,
@@ -77,7 +95,7 @@ Examples:
 @click.option("--summary-json", type=click.Path(path_type=str), default=None, help="Also write the summary as JSON here.")
 @user_errors
 def command(store, stream, backbone, weights, out, num_segments, length, temporal_views, spatial_views, resize, crop,
-            flow_values, mean_subtract, pool, seed, batch_size, device, gpu, threads, dtype, executor, workers, ray_address,
+            flow_values, stacking, mean_subtract, pool, seed, batch_size, device, gpu, threads, dtype, executor, workers, ray_address,
             gpus_per_worker, cpus_per_worker, max_retries, overwrite, no_progress, summary_json):
     from ..features.extract import FeatureConfig, extract_features
 
@@ -92,7 +110,7 @@ def command(store, stream, backbone, weights, out, num_segments, length, tempora
                         length=length, temporal_views=temporal_views, spatial_views=int(spatial_views),
                         resize=parse_size(resize, "--resize", single=True), crop=crop_size, flow_values=flow_values,
                         mean_subtract=None if mean_subtract == "none" else mean_subtract, dtype=dtype,
-                        batch_size=batch_size, device=device, pool=pool)
+                        batch_size=batch_size, device=device, pool=pool, stacking=stacking)
     click.echo(f"features: {stream} of {store} with {backbone} ({'random init' if weights == 'random' else weights}) "
                f"-> {out} [{device}]", err=True)
     options = {k: v for k, v in dict(workers=workers, ray_address=ray_address, gpus_per_worker=gpus_per_worker,

@@ -7,7 +7,9 @@ For every committed video of the store and one stream (``rgb`` or ``flow``):
    is sampled at T temporal positions (``temporal_views``): with ``A = count - length + 1``
    valid starts, view t of segment k starts at ``floor((k + (t + 1/2) / T) * A / K)`` --
    :func:`flowstore.data.sampling.evenly_spaced_starts` with ``K * T`` snippets, so T = 1 is
-   exactly TSN's test sampling (the segment centres).
+   exactly TSN's test sampling (the segment centres). ``stacking`` says what a flow snippet's
+   2L channels are (``stack``, ``bidirectional``, ``trajectory``: :data:`flowstore.data.sampling.STACKINGS`,
+   S&Z 2014 sec. 3.1); it is recorded as ``sampling.stacking`` in the provenance.
 2. **Views.** Every snippet is optionally resized, then cut into C spatial views
    (``spatial_views``): 1 = the centre crop (or the whole frame without ``crop``), 2 = the
    centre and its mirror (flow: u negated), 10 = TSN's ten crops. Views are ``V = T * C``,
@@ -126,6 +128,7 @@ class FeatureConfig:
     device: str = "cpu"
     decode_ahead: int = 8
     pool: str = "avg"
+    stacking: str = "stack"            # what a flow snippet's 2L channels are (data.sampling.STACKINGS)
 
     def check(self) -> None:
         if self.stream not in STREAMS:
@@ -150,6 +153,12 @@ class FeatureConfig:
             raise InputError(f"unknown pool {self.pool!r}; choose from {list(POOLS)}")
         if self.pool == "none":
             self.dtype = "float16"  # a map is h * w times a vector; float16 halves that
+        from ..data.sampling import STACKINGS
+
+        STACKINGS[self.stacking]  # an unknown name: "unknown stacking ...; choose from [...]"
+        if self.stream == "rgb" and self.stacking != "stack":
+            raise InputError(f"{self.stacking} stacking is a way of stacking flow; --stream rgb reads frames "
+                             "(drop --stacking)")
         from ..data import transforms as T
         from ..devices import check_devices
 
@@ -163,7 +172,10 @@ class FeatureConfig:
         """The crop fits every video's (resized) frames, and maps (``pool="none"``) have one size:
         refused before any work, not per video."""
         from ..data import transforms as T
+        from ..data.source import check_stacking
 
+        if self.stream == "flow":
+            check_stacking(reader, self.stacking, self.length)  # backward flow held, L even, stride 1
         if self.pool == "none" and len(self.input_sizes(reader)) > 1:
             sizes = sorted(self.input_sizes(reader))
             raise InputError(f"--pool none stores one map size, but the videos give the backbone {len(sizes)} input "
@@ -259,7 +271,7 @@ class _Preparer:
 
         self.reader, self.cfg = reader, cfg
         self.rgb_mean, self.rgb_std = rgb_mean, rgb_std
-        self.ds = StoreClipDataset(reader, None, modality=cfg.stream, sampling="tsn",
+        self.ds = StoreClipDataset(reader, None, modality=cfg.stream, sampling="tsn", stacking=cfg.stacking,
                                    num_segments=cfg.num_segments, length=cfg.length, train=False,
                                    flow_values=cfg.flow_values,
                                    mean_subtract=cfg.mean_subtract, read_ahead=0)
@@ -268,6 +280,7 @@ class _Preparer:
         return self.reader.num_frames(video) if self.cfg.stream == "rgb" else self.reader.num_flows(video)
 
     def __call__(self, video: str):
+        from ..data.sampling import STACKINGS
         from ..data.transforms import Clip, finalize
 
         cfg = self.cfg
@@ -282,7 +295,8 @@ class _Preparer:
             flow_mirror=views[0].flow_mirror,
         )
         values = finalize(merged, self.reader.quant, flow_mode=cfg.flow_values, mean_subtract=cfg.mean_subtract,
-                          rgb_mode="float", rgb_mean=self.rgb_mean, rgb_std=self.rgb_std)[cfg.stream]
+                          rgb_mode="float", rgb_mean=self.rgb_mean, rgb_std=self.rgb_std,
+                          mean_groups=STACKINGS[cfg.stacking].mean_groups)[cfg.stream]
         x = values.float() if values.dtype != torch.float32 else values
         c_sp, t, k = len(views), cfg.temporal_views, cfg.num_segments
         x = x.reshape(c_sp, t, k, *x.shape[1:]).transpose(0, 1).reshape(t * c_sp * k, *x.shape[1:])
@@ -308,6 +322,7 @@ def _provenance(reader, cfg: FeatureConfig, backbone_info: dict, rgb_mean, rgb_s
             "temporal_views": cfg.temporal_views,
             "rule": "view t of segment k starts at floor((k + (t + 1/2) / T) * A / K), A = count - length + 1",
             "count": "frames" if cfg.stream == "rgb" else "flows",
+            **({"stacking": cfg.stacking} if cfg.stream == "flow" else {}),
         },
         "views": {
             "temporal": cfg.temporal_views, "spatial": cfg.spatial_views, "total": cfg.num_views,

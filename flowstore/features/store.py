@@ -22,7 +22,9 @@ everything that determines the numbers (backbone, weights SHA-256, sampling, vie
 preparation, the flow store and its manifest hash); :func:`settings_of` is the part that must
 agree for a run to append to an existing file; its ``pool`` (``avg``: pooled vectors, the
 default and what a file without the key holds; ``none``: spatial maps) says which kind the
-file is. Readers that need one kind refuse the other (:meth:`FeatureStore.require`).
+file is. Readers that need one kind refuse the other (:meth:`FeatureStore.require`). A flow
+store's ``sampling.stacking`` (``features --stacking``) is part of the settings too; ``stack``,
+the default, leaves the digest what it was before the key existed, so older files resume.
 """
 from __future__ import annotations
 
@@ -55,6 +57,8 @@ def settings_of(provenance: dict) -> dict:
     weights.pop("path", None)  # the same file (same SHA-256) may have moved
     if out.get("pool") in (None, "avg"):  # pooled vectors: the digest stays what it was before --pool
         out.pop("pool")
+    if (out.get("sampling") or {}).get("stacking") == "stack":  # likewise before --stacking (old files resume)
+        out["sampling"].pop("stacking")
     out["store_header_sha256"] = (provenance.get("store") or {}).get("header_sha256")
     return out
 

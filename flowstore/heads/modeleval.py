@@ -10,7 +10,7 @@ from .modeldir import apply_fusion, overlap_message, short_metrics, write_json
 from .splits import LabelSets, align_classes, load_label_sets, resolve_labels
 from .streams import open_streams, stream_features
 
-__all__ = ["accuracy_table", "evaluate_model", "read_model"]
+__all__ = ["accuracy_table", "evaluate_model", "read_model", "row_key"]
 
 
 def _is_int(v) -> bool:
@@ -384,14 +384,23 @@ def _row(model, streams, head, fusion, m, views, chosen, weights=None) -> dict:
             "chosen": bool(chosen), "weights": weights}
 
 
-def accuracy_table(rows: list[dict]) -> str:
-    """A markdown table of evaluation rows."""
-    lines = ["| model | streams | head | fusion | views | top-1 | top-5 | mean class acc. | n |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|"]
+def row_key(row: dict) -> str:
+    """How ``evaluate --reference`` names a table row: its model, or ``MODEL:FUSION`` for the
+    rows of a model's score fusions (``fused:svm``)."""
+    return row["model"] if row["fusion"] in ("none", "early-concat", "mid-conv") else f"{row['model']}:{row['fusion']}"
+
+
+def accuracy_table(rows: list[dict], reference: dict | None = None) -> str:
+    """A markdown table of evaluation rows; ``reference`` (:func:`row_key` -> text, e.g. a
+    paper's number for that row) adds a last column, "—" for the rows it does not name."""
+    lines = ["| model | streams | head | fusion | views | top-1 | top-5 | mean class acc. | n |"
+             + (" reference |" if reference else ""),
+             "|---|---|---|---|---:|---:|---:|---:|---:|" + ("---|" if reference else "")]
     for r in rows:
         fusion = r["fusion"] + (" *" if r["chosen"] and r["fusion"] not in ("none",) else "")
         if r.get("weights") is not None:
             fusion += " (w = " + ", ".join(f"{w:.2f}" for w in r["weights"]) + ")"
         lines.append(f"| {r['model']} | {r['streams']} | {r['head']} | {fusion} | {r['views']} | "
-                     f"{r['top1']:.1%} | {r['top5']:.1%} | {r['mean_class_accuracy']:.1%} | {r['n']} |")
+                     f"{r['top1']:.1%} | {r['top5']:.1%} | {r['mean_class_accuracy']:.1%} | {r['n']} |"
+                     + (f" {reference.get(row_key(r), '—')} |" if reference else ""))
     return "\n".join(lines)
