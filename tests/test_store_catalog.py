@@ -360,3 +360,36 @@ def test_a_reader_dropped_without_close_releases_its_maps_at_once(base):
         assert not [k for k in _SHARED_ENVS if k.startswith(str(base.resolve()))]
     finally:
         gc.enable()
+
+
+def test_without_lmdb_a_writer_writes_no_catalog_and_every_reader_still_sees_every_video(base, monkeypatch):
+    """Where the lmdb package is missing (flowstore run from a source tree, e.g. the GPU check on a
+    bare machine) the catalog is skipped, never needed: the writer keeps its entries in memory and
+    appends to the log past what an existing catalog covers (that catalog stays right: the lines
+    are its tail); a store begun there has no catalog and reads the 1.1 way; a later writer with
+    lmdb indexes it."""
+    monkeypatch.setattr(StoreWriter, "CHECKPOINT_EVERY", 2)
+    covered = catalog_doc(base)["log"]["offset"]
+    fresh = base.parent / "fresh"
+    with monkeypatch.context() as m:
+        m.setattr(catalog_mod, "AVAILABLE", False)
+        m.setattr("flowstore.store.writer.CATALOG_AVAILABLE", False)
+        for root, first in ((base, 12), (fresh, 0)):
+            writer = StoreWriter(root, SETTINGS)
+            assert len(writer) == first and ("v000" in writer) == (first > 0)
+            for i in range(first, first + 5):  # past CHECKPOINT_EVERY: nothing indexed
+                writer.commit(write_video(root, f"v{i:03d}", shard_name("lmdb", 10 + i), i))
+            assert len(writer) == first + 5 and writer.entry(f"v{first + 4:03d}")["id"] == f"v{first + 4:03d}"
+            writer.checkpoint()
+            writer.close()
+            with StoreReader(root) as r:  # no catalog is read here
+                assert r._catalog is None and len(r) == first + 5
+    assert catalog_doc(base)["log"]["offset"] == covered  # untouched: the new lines are its tail
+    assert not (fresh / CATALOG_DIR / CATALOG_FILE).exists()
+    for root in (base, fresh):
+        want = spec_union(root)
+        assert reader_view(root) == want and len(want) in (17, 5)
+    with StoreReader(base) as r:
+        assert r._catalog is not None  # the old catalog, plus the tail
+    StoreWriter(fresh, SETTINGS).close()  # with lmdb: the store gets its catalog
+    assert catalog_doc(fresh)["videos"] == 5 and reader_view(fresh) == spec_union(fresh)

@@ -11,7 +11,10 @@ segment holding an id wins. Everything past the covered offset of the log (at mo
 checkpoint's worth of lines) is read as the 1.1 rules say.
 
 A missing, damaged or stale catalog is never an error: :func:`open_catalog` returns None and
-the reader takes the 1.1 path (``manifest.json["videos"]`` + the whole log).
+the reader takes the 1.1 path (``manifest.json["videos"]`` + the whole log). So is a Python
+without the ``lmdb`` package (a core dependency, missing only where flowstore runs from a
+source tree, e.g. the GPU check on a bare machine): then :data:`AVAILABLE` is False, readers
+take the full read and writers write no catalog (:class:`~flowstore.store.writer.StoreWriter`).
 """
 from __future__ import annotations
 
@@ -23,16 +26,21 @@ import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import lmdb
+try:
+    import lmdb
+except ImportError:  # the catalog is an index: without it every store still reads (slower)
+    lmdb = None
 
 from ..io import atomic_write, atomic_write_text
 from .format import (
     CATALOG_DIR, CATALOG_FILE, CATALOG_NAME, CATALOG_VERSION, COMMIT_LOG, MANIFEST, FormatError,
     check_catalog, check_entry,
 )
-from .lmdb_backend import _acquire_env, _release_env, check_lmdb_file
 from .manifest import parse_json_lines
 from ..errors import DamagedStoreError
+
+#: whether catalogs can be read and written here (the lmdb package imports)
+AVAILABLE = lmdb is not None
 
 #: a writer merges this many segments of one level into one of the next level
 SEGMENT_FANOUT = 4
@@ -187,6 +195,8 @@ class Catalog:
 
     def _open_one(self, name: str) -> None:
         path = self.segment_path(name)
+        from .lmdb_backend import _acquire_env, check_lmdb_file
+
         size = os.stat(path).st_size
         check_lmdb_file(str(path), size)  # a damaged segment must not fault the process
         self._envs[name] = _acquire_env(str(path), True)
@@ -208,6 +218,8 @@ class Catalog:
 
     def _release(self, name: str) -> None:
         if self._envs is not None and self._envs.pop(name, None) is not None and self._pid == os.getpid():
+            from .lmdb_backend import _release_env
+
             _release_env(str(self.segment_path(name)))
 
     def close(self) -> None:
@@ -269,6 +281,8 @@ def open_catalog(root: str | os.PathLike, attempts: int = 20) -> tuple[Catalog, 
     as in the file); None when there is no usable catalog (missing, damaged, or stale: the log
     or the manifest is not the one it was made beside). Segments that vanish while opening (a
     writer's compaction) make it read ``catalog.json`` again."""
+    if not AVAILABLE:
+        return None
     root = Path(root)
     path = catalog_path(root)
     for _ in range(attempts):

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import InputError, StoreLockedError, StoreWriteError  # noqa: F401 (the lock and write errors are re-exported)
+from .catalog import AVAILABLE as CATALOG_AVAILABLE
 from .catalog import (
     SEGMENT_FANOUT, Catalog, advance_log_position, decode_value, level_for, manifest_identity,
     open_catalog, publish, tail_entries, write_segment,
@@ -138,7 +139,9 @@ class StoreWriter:
     """Main-process side: creates or reopens a store and commits videos. Hold the lock first.
 
     It holds only the entries committed since the last checkpoint; the others are looked up in
-    the catalog (``vid in writer``, :meth:`entry`), so its memory does not grow with the store."""
+    the catalog (``vid in writer``, :meth:`entry`), so its memory does not grow with the store.
+    Where the lmdb package is missing (``catalog.AVAILABLE`` False) it keeps every entry in
+    memory instead and writes no catalog: the store is then read the 1.1 way (still correct)."""
 
     CHECKPOINT_EVERY = 500  # commits between catalog checkpoints (bounds the log tail readers parse)
 
@@ -146,6 +149,7 @@ class StoreWriter:
         self.root = Path(root)
         self.settings = settings
         self._pending: dict[str, VideoEntry] = {}
+        self._catalog = None
         self._open_or_create()
 
     def _open_or_create(self) -> None:
@@ -156,6 +160,8 @@ class StoreWriter:
             for pattern in (".*.tmp-*", ".write-test-*"):
                 for stale in folder.glob(pattern):
                     stale.unlink()
+        if not CATALOG_AVAILABLE:
+            return self._open_unindexed()
         if (self.root / MANIFEST).exists():
             opened = open_catalog(self.root)
             if opened is not None:
@@ -164,30 +170,55 @@ class StoreWriter:
             else:
                 manifest = load_manifest(self.root)
                 header = {k: v for k, v in manifest.items() if k != "videos"}
-            diff = settings_diff(header, self.settings)
-            if diff:
+            try:
+                self._check_settings(header)
+            except SettingsMismatchError:
                 if opened is not None:
                     self._catalog.close()
-                raise SettingsMismatchError(
-                    f"store {self.root} was made with other settings:\n  " + "\n  ".join(diff)
-                    + "\nRerun with the store's settings, or write to another --out."
-                )
+                raise
             self.header = header
             if opened is not None:
                 self._resume(tail_entries(lines, header, self.root / COMMIT_LOG))
             else:
                 self._rebuild_catalog(manifest["videos"])
         else:
-            self.header = {
-                "format": FORMAT_NAME,
-                "format_version": FORMAT_VERSION,
-                "flowstore_version": __version__,
-                "created_at": now(),
-                "updated_at": now(),
-                **self.settings,
-            }
+            self.header = self._new_header()
             atomic_write_text(self.root / MANIFEST, _manifest_text({**self.header, "videos": []}))
             self._rebuild_catalog([])
+
+    def _new_header(self) -> dict:
+        return {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "flowstore_version": __version__,
+            "created_at": now(),
+            "updated_at": now(),
+            **self.settings,
+        }
+
+    def _open_unindexed(self) -> None:
+        """No lmdb here: every committed entry in memory (the full read), no catalog written. An
+        existing catalog.json is left as it is: the lines appended past what it covers are read
+        as its tail, so it stays correct."""
+        self._shard_sizes = {}
+        if (self.root / MANIFEST).exists():
+            manifest = load_manifest(self.root)
+            self.header = {k: v for k, v in manifest.items() if k != "videos"}
+            self._check_settings(self.header)
+            for entry in manifest["videos"]:
+                self._pending[entry["id"]] = entry
+        else:
+            self.header = self._new_header()
+            atomic_write_text(self.root / MANIFEST, _manifest_text({**self.header, "videos": []}))
+        self._videos = len(self._pending)
+
+    def _check_settings(self, header: dict) -> None:
+        diff = settings_diff(header, self.settings)
+        if diff:
+            raise SettingsMismatchError(
+                f"store {self.root} was made with other settings:\n  " + "\n  ".join(diff)
+                + "\nRerun with the store's settings, or write to another --out."
+            )
 
     # -- the catalog ----------------------------------------------------------------------------
     def _resume(self, tail: dict[str, dict]) -> None:
@@ -270,7 +301,8 @@ class StoreWriter:
 
     # -- committed videos -----------------------------------------------------------------------
     def __contains__(self, video_id: str) -> bool:
-        return video_id in self._pending or self._catalog.get(segment_key(video_id)) is not None
+        return video_id in self._pending or (
+            self._catalog is not None and self._catalog.get(segment_key(video_id)) is not None)
 
     def __len__(self) -> int:
         """The number of distinct committed videos."""
@@ -280,7 +312,7 @@ class StoreWriter:
         """The committed entry of ``video_id`` (KeyError when none)."""
         if video_id in self._pending:
             return self._pending[video_id]
-        hit = self._catalog.get(segment_key(video_id))
+        hit = None if self._catalog is None else self._catalog.get(segment_key(video_id))
         if hit is None:
             raise KeyError(video_id)
         return decode_value(hit[0], video_id, self.header, str(self._catalog.segment_path(hit[1])))
@@ -293,7 +325,7 @@ class StoreWriter:
         entry = VideoEntry(**entry, committed_at=now())
         append_lines(self.root / COMMIT_LOG, [dumps_line(entry)])
         self._add_pending(entry)
-        if len(self._pending) >= self.CHECKPOINT_EVERY:
+        if self._catalog is not None and len(self._pending) >= self.CHECKPOINT_EVERY:
             self.checkpoint()
 
     def record_failure(self, video_id: str, source: str, reason: str) -> None:
@@ -302,7 +334,11 @@ class StoreWriter:
     def checkpoint(self) -> None:
         """Index the entries committed since the last checkpoint: a new segment, compaction,
         then catalog.json (the commit point), then the segments no longer listed are deleted.
-        The log and manifest.json are left as they are (format 1.2)."""
+        The log and manifest.json are left as they are (format 1.2). Without lmdb: only the
+        failures are compacted."""
+        if self._catalog is None:
+            atomic_write_text(self.root / FAILURES, failures_text(self.failures()))
+            return
         if self._pending:
             name = self._next_segment_name()
             count = write_segment(self._catalog.segment_path(name),
@@ -317,7 +353,8 @@ class StoreWriter:
 
     def close(self) -> None:
         """Release the catalog's segments (the run's last checkpoint is the caller's)."""
-        self._catalog.close()
+        if self._catalog is not None:
+            self._catalog.close()
 
 
 def _manifest_text(manifest: dict) -> str:
