@@ -123,18 +123,7 @@ class FlowOnDevice:
     def flow(self, gray0: torch.Tensor, gray1: torch.Tensor) -> torch.Tensor:
         """Float32 ``(P, 2, H, W)`` flow of grayscale uint8 ``(P, H, W)`` pairs on :attr:`device`
         with a ``torch`` engine: its own batched step (``batch_size`` pairs a call), no host copy."""
-        est = self.estimator
-        step = est.batch_size
-        if getattr(est, "requested_batch_size", 1) is None and self.device.type == "cuda":
-            # the engine's automatic size for this frame size (it learns the size in prepare(),
-            # which the device path skips)
-            from ..flow.torch_engines import auto_batch_size
-
-            step = auto_batch_size(est._device, *gray0.shape[-2:], est.BYTES_PER_PIXEL)
-        # the engine's per-chunk step: its public compute() would copy every flow to the host
-        parts = [est._run(gray0[i:i + step].to(est._device), gray1[i:i + step].to(est._device))
-                 for i in range(0, len(gray0), step)]
-        return torch.cat(parts).to(self.device)
+        return self.estimator.compute_on_device(gray0, gray1).to(self.device)
 
     def host_flow(self, rgb: torch.Tensor, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
         """Any other engine (OpenCV, learned models): its ``prepare`` of each RGB frame

@@ -125,6 +125,19 @@ class _TorchEstimator(FlowEstimator):
             out.append(flow.permute(0, 2, 3, 1).to("cpu").numpy())
         return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
 
+    def compute_on_device(self, gray0: torch.Tensor, gray1: torch.Tensor) -> torch.Tensor:
+        """Tensors in, tensors out (for flow computed in a training loop, e.g.
+        :class:`~flowstore.data.device_flow.FlowOnDevice`): grayscale uint8 ``(P, H, W)`` pairs
+        -> float32 ``(P, 2, H, W)`` flow on the engine's device, in chunks of ``batch_size``
+        pairs, with no copy to the host."""
+        if gray0.shape != gray1.shape or gray0.ndim != 3:
+            raise InputError(f"need two (P, H, W) batches of one shape, got {tuple(gray0.shape)} and {tuple(gray1.shape)}")
+        self._frame_shape = tuple(gray0.shape[-2:])
+        step = self.batch_size
+        parts = [self._run(gray0[i:i + step].to(self._device), gray1[i:i + step].to(self._device))
+                 for i in range(0, len(gray0), step)]
+        return torch.cat(parts)
+
     def describe(self) -> dict:
         return {
             "method": self.method,

@@ -68,7 +68,7 @@ def export_webdataset(store, out_dir, *, videos=None, shard_size: int = 1 << 30)
     src = open_source(store)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in src.manifest.items() if k != "videos"}
+    settings = dict(src.header)  # the manifest without its videos (O(1) with a catalog)
     shards: list[Path] = []
     tar = None
     try:
