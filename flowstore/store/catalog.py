@@ -34,7 +34,7 @@ except ImportError:  # the catalog is an index: without it every store still rea
 from ..io import atomic_write, atomic_write_text
 from .format import (
     CATALOG_DIR, CATALOG_FILE, CATALOG_NAME, CATALOG_VERSION, COMMIT_LOG, MANIFEST, FormatError,
-    check_catalog, check_entry,
+    check_catalog, check_entry, segment_key,
 )
 from .manifest import parse_json_lines
 from ..errors import DamagedStoreError
@@ -253,6 +253,20 @@ class Catalog:
             if value is not None:
                 return value, seg["name"]
         return None
+
+    def lookup(self, video) -> tuple[bytes, str] | None:
+        """:meth:`get` by video id; None for an id no segment can hold (not a string, or one
+        that does not encode to UTF-8)."""
+        try:
+            key = segment_key(video) if isinstance(video, str) else None
+        except UnicodeEncodeError:
+            return None
+        return None if key is None else self.get(key)
+
+    def count_new(self, ids: Iterable[str]) -> int:
+        """How many of ``ids`` (e.g. the log tail's) no segment holds: the store's distinct
+        videos are ``doc["videos"]`` plus these."""
+        return sum(1 for v in ids if self.lookup(v) is None)
 
     def items(self, names: list[str] | None = None) -> Iterator[tuple[bytes, bytes, str]]:
         """``(key, value, segment)`` of every distinct key in key order, the newest segment's

@@ -353,7 +353,8 @@ def check_entry(entry, *, backend: str, stride: int, where: str) -> VideoEntry:
     return entry
 
 
-_SEGMENT_NAME_RE = re.compile(r"segment-[0-9]{8,}\.lmdb", re.ASCII)
+#: a catalog segment's file name; group 1 is its number
+SEGMENT_NAME_RE = re.compile(r"segment-([0-9]{8,})\.lmdb", re.ASCII)
 
 
 def segment_name(number: int) -> str:
@@ -387,7 +388,7 @@ def check_catalog(doc, where: str) -> dict:
         at = f"{where}: segments[{n}]"
         if not isinstance(seg, dict):
             raise FormatError(f"{at}: must be an object")
-        if not _SEGMENT_NAME_RE.fullmatch(_field(seg, "name", str, at)):
+        if not SEGMENT_NAME_RE.fullmatch(_field(seg, "name", str, at)):
             raise FormatError(f"{at}: key 'name' is not a segment name like {segment_name(0)!r}")
         _count(seg, "level", 0, 64, at)
         _count(seg, "entries", 0, 1 << 62, at)

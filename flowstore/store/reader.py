@@ -16,7 +16,7 @@ from ..quantize import QuantSpec, dequantize
 from .backend import ShardReader
 from .shards import open_shard
 from .catalog import Catalog, decode_value, open_catalog, tail_entries
-from .format import CATALOG_DIR, COMMIT_LOG, FORWARD, MANIFEST, RGB, SHARD_DIR, segment_key, shard_path, store_directions, store_setting
+from .format import CATALOG_DIR, COMMIT_LOG, FORWARD, MANIFEST, RGB, SHARD_DIR, shard_path, store_directions, store_setting
 from .records import decode_flow_q, decode_frame, flow_components, range_kind, unpack_range
 from .manifest import load_failures, load_manifest
 from ..errors import DamagedStoreError, InputError, OutOfRangeError, UnknownNameError
@@ -68,13 +68,7 @@ class VideoIds(Sequence):
         return self._count
 
     def __contains__(self, video) -> bool:
-        if video in self._tail:
-            return True
-        try:
-            key = segment_key(video) if isinstance(video, str) else None
-        except UnicodeEncodeError:
-            return False
-        return key is not None and self._catalog.get(key) is not None
+        return video in self._tail or self._catalog.lookup(video) is not None
 
     def __iter__(self) -> Iterator[str]:
         if self._list is not None:
@@ -170,8 +164,7 @@ class StoreReader:
         self._min_sizes = dict(self._catalog.doc["shard_sizes"])
         for shard, size in shard_min_sizes(self._entries.values()).items():
             self._min_sizes[shard] = max(size, self._min_sizes.get(shard, 0))
-        self._count = self._catalog.doc["videos"] + sum(
-            1 for v in self._entries if self._catalog.get(segment_key(v)) is None)
+        self._count = self._catalog.doc["videos"] + self._catalog.count_new(self._entries)
         self.videos = VideoIds(self.root, self._catalog, self._entries, self._count)
         self._manifest = None
 
@@ -195,14 +188,6 @@ class StoreReader:
 
     def _has(self, video: str) -> bool:
         return video in self._entries if self._catalog is None else video in self.videos
-
-    @staticmethod
-    def _has_key(video) -> bool:
-        """Whether ``video`` can be a catalog key at all (a string that encodes to UTF-8)."""
-        try:
-            return isinstance(video, str) and bool(segment_key(video))
-        except UnicodeEncodeError:
-            return False
 
     # -- bookkeeping -----------------------------------------------------------------------
     def __getstate__(self):
@@ -247,7 +232,7 @@ class StoreReader:
                 if e is not None:
                     self._entry_cache.move_to_end(video)
                     return e
-            hit = self._catalog.get(segment_key(video)) if self._has_key(video) else None
+            hit = self._catalog.lookup(video)
             if hit is not None:
                 e = decode_value(hit[0], video, self.header, f"{self.root}/{CATALOG_DIR}/{hit[1]}")
                 with self._lock:

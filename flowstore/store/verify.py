@@ -51,7 +51,7 @@ def catalog_problems(root: Path, manifest: dict) -> list[str]:
         problems += [f"catalog: video {vid!r} is in the catalog but not committed" for vid in sorted(set(got) - set(want))[:20]]
         problems += [f"catalog: video {vid!r} differs from its latest entry in {COMMIT_LOG}"
                      for vid in sorted(set(got) & set(want)) if got[vid] != want[vid]][:20]
-        distinct = catalog.doc["videos"] + sum(1 for v in tail if catalog.get(v.encode("utf-8")) is None)
+        distinct = catalog.doc["videos"] + catalog.count_new(tail)
         if distinct != len(want):
             problems.append(f"catalog: {CATALOG_DIR}/catalog.json counts {distinct} videos, the log has {len(want)}")
         return problems

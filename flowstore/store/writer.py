@@ -35,7 +35,7 @@ from .catalog import (
 )
 from .format import (
     CATALOG_DIR, COMMIT_LOG, FAILURES, FORMAT_NAME, FORMAT_VERSION, LOCK_FILE, MANIFEST, SETTINGS_KEYS,
-    SHARD_DIR, SHARD_SUFFIX, VideoEntry, dumps_line, parse_version, segment_key, segment_name,
+    SHARD_DIR, SHARD_SUFFIX, VideoEntry, dumps_line, parse_version, SEGMENT_NAME_RE, segment_key, segment_name,
     segment_value, shard_name, shard_path, store_setting,
 )
 from ..io import atomic_write_text, fsync_path
@@ -258,8 +258,8 @@ class StoreWriter:
         self._delete_unlisted_segments()
 
     def _next_segment_name(self) -> str:
-        numbers = [int(m.group(1)) for p in os.listdir(self.root / CATALOG_DIR) if (m := _SEGMENT_RE.fullmatch(p))]
-        numbers += [int(_SEGMENT_RE.fullmatch(s["name"]).group(1)) for s in self._catalog.segments]
+        numbers = [int(m.group(1)) for p in os.listdir(self.root / CATALOG_DIR) if (m := SEGMENT_NAME_RE.fullmatch(p))]
+        numbers += [int(SEGMENT_NAME_RE.fullmatch(s["name"]).group(1)) for s in self._catalog.segments]
         return segment_name(max(numbers, default=-1) + 1)
 
     def _publish(self) -> None:
@@ -273,7 +273,7 @@ class StoreWriter:
     def _delete_unlisted_segments(self) -> None:
         listed = {s["name"] for s in self._catalog.segments}
         for path in (self.root / CATALOG_DIR).iterdir():
-            if _SEGMENT_RE.fullmatch(path.name) and path.name not in listed:
+            if SEGMENT_NAME_RE.fullmatch(path.name) and path.name not in listed:
                 path.unlink()
 
     def _compact(self) -> None:
@@ -302,7 +302,7 @@ class StoreWriter:
     # -- committed videos -----------------------------------------------------------------------
     def __contains__(self, video_id: str) -> bool:
         return video_id in self._pending or (
-            self._catalog is not None and self._catalog.get(segment_key(video_id)) is not None)
+            self._catalog is not None and self._catalog.lookup(video_id) is not None)
 
     def __len__(self) -> int:
         """The number of distinct committed videos."""
@@ -312,7 +312,7 @@ class StoreWriter:
         """The committed entry of ``video_id`` (KeyError when none)."""
         if video_id in self._pending:
             return self._pending[video_id]
-        hit = None if self._catalog is None else self._catalog.get(segment_key(video_id))
+        hit = None if self._catalog is None else self._catalog.lookup(video_id)
         if hit is None:
             raise KeyError(video_id)
         return decode_value(hit[0], video_id, self.header, str(self._catalog.segment_path(hit[1])))
@@ -361,7 +361,6 @@ def _manifest_text(manifest: dict) -> str:
     return json.dumps(manifest, indent=1, ensure_ascii=False) + "\n"
 
 
-_SEGMENT_RE = re.compile(r"segment-([0-9]{8,})\.lmdb")
 
 
 _SHARD_RE = re.compile(r"shard-(\d+)\.")
